@@ -1,0 +1,212 @@
+#pragma once
+
+// The front door of the engine: plain C++ types only (no torch, no protobuf).
+// server/ talks to the model exclusively through this header.
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace adapterd {
+
+// What the engine serves, reported by Admin.GetServerInfo.
+struct ModelInfo {
+  std::string name;          // Directory base name, or "adapterd-default-tiny".
+  std::string architecture;  // "llama" (also mistral/qwen2) or "gpt2".
+  std::string model_type;    // config.json model_type as written.
+  std::string dtype;         // "float32", "float16" or "bfloat16".
+  std::string device;        // "cpu" or "cuda:0".
+  std::string path;          // Model directory on the server.
+  std::string fingerprint;   // sha256 over config.json and the safetensors headers.
+  int64_t vocab_size = 0;
+  int64_t context_length = 0;  // Max tokens per sequence (prompt + generated).
+  int64_t num_layers = 0;
+  int64_t hidden_size = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  bool is_default_model = false;  // The embedded seeded demo model.
+};
+
+// Limits the engine enforces; the server reports them and validates against them.
+struct EngineLimits {
+  int max_batch_size = 32;       // Sequences decoded together in one step.
+  int max_queue = 1024;          // Requests waiting for a slot.
+  int max_tokens = 4096;         // Upper bound for SamplingParams::max_tokens.
+  int max_stop_sequences = 8;
+  int max_stop_length = 256;     // Bytes per stop sequence.
+  int max_top_logprobs = 20;
+  int max_continuations = 64;    // Per Score request.
+  int64_t max_prompt_bytes = 1 << 20;
+};
+
+struct EngineOptions {
+  std::string model_dir;  // Empty: materialise the default model under data_dir.
+  std::string data_dir = "./data";
+  std::string device = "cpu";  // "cpu", "cuda", "cuda:N".
+  std::string dtype;           // Empty: the model's own dtype; else float32/float16/bfloat16.
+  int num_threads = 0;         // Intra-op threads for the CPU; 0 = torch default.
+  int64_t max_context = 0;     // 0 = the model's max_position_embeddings (capped at 4096).
+  uint64_t default_model_seed = 1234;
+  EngineLimits limits;
+};
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0 = greedy. Range [0, 100].
+  int top_k = 0;             // 0 = off. Range [0, vocab].
+  float top_p = 1.0f;        // Range (0, 1]; 1 = off.
+  std::optional<uint64_t> seed;  // Set: reproducible sampling for this request.
+  int max_tokens = 16;           // New tokens to generate, >= 1.
+  std::vector<std::string> stop;  // Generation ends before the first match; not returned.
+  bool logprobs = false;          // Return the chosen token's log-prob.
+  int top_logprobs = 0;           // Also return this many alternatives per step.
+  bool ignore_eos = false;        // Keep generating past EOS (benchmarks).
+};
+
+struct TokenLogprob {
+  int32_t id = 0;
+  float logprob = 0.0f;
+};
+
+// One generated (or scored) token. `text` is the token's contribution to the
+// UTF-8 text stream: possibly empty while a multi-byte character is incomplete.
+struct GeneratedToken {
+  int32_t id = 0;
+  std::string text;
+  float logprob = 0.0f;  // Under the unmodified (temperature 1) distribution.
+  std::vector<TokenLogprob> top;
+};
+
+enum class FinishReason {
+  kLength = 0,         // max_tokens reached.
+  kStop = 1,           // A stop sequence matched.
+  kEos = 2,            // The model emitted an end-of-sequence token.
+  kContextLength = 3,  // The sequence filled the context window.
+};
+
+struct GenerateResult {
+  FinishReason finish_reason = FinishReason::kLength;
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+};
+
+// Set by the frontend to stop a request; the engine checks it every step and
+// frees the slot. Thread-safe.
+class CancellationToken {
+ public:
+  void Cancel() { cancelled_.store(true, std::memory_order_release); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+// Receives a generation's output. Called on the engine thread, in order:
+// any number of OnTokens, then exactly one OnFinish. Implementations must not
+// block (queue and return).
+class GenerateSink {
+ public:
+  virtual ~GenerateSink() = default;
+  virtual void OnTokens(std::vector<GeneratedToken> tokens) = 0;
+  // `status` is OK, CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE (shutdown) or
+  // INTERNAL. `result` is meaningful for OK and carries usage otherwise.
+  virtual void OnFinish(absl::Status status, const GenerateResult& result) = 0;
+};
+
+struct GenerateRequest {
+  std::string request_id;
+  std::string tenant;
+  std::string adapter;  // "name[@version]"; empty = the base model.
+  std::string prompt;   // Used when prompt_ids is empty.
+  std::vector<int32_t> prompt_ids;
+  bool add_special_tokens = true;   // BOS etc. per the tokenizer's post-processor.
+  bool parse_special_tokens = true;  // false: "<|endoftext|>" in text stays text.
+  SamplingParams sampling;
+  absl::Time deadline = absl::InfiniteFuture();
+  std::shared_ptr<CancellationToken> cancel;  // May be null.
+};
+
+struct ScoreRequest {
+  std::string request_id;
+  std::string tenant;
+  std::string adapter;
+  std::string prompt;  // Tokenised with add_special_tokens.
+  std::vector<std::string> continuations;  // Each tokenised without special tokens.
+  int top_logprobs = 0;
+  absl::Time deadline = absl::InfiniteFuture();
+  std::shared_ptr<CancellationToken> cancel;
+};
+
+struct ContinuationScore {
+  double logprob = 0.0;  // Sum over the continuation's tokens.
+  std::vector<GeneratedToken> tokens;
+  bool greedy = false;  // Every token was the argmax.
+};
+
+struct ScoreResult {
+  std::vector<ContinuationScore> scores;  // One per continuation, in order.
+  int prompt_tokens = 0;
+};
+
+using ScoreCallback = std::function<void(absl::StatusOr<ScoreResult>)>;
+
+struct EngineStats {
+  int64_t running = 0;  // Sequences holding a slot.
+  int64_t queued = 0;
+  int64_t free_slots = 0;
+  int64_t steps = 0;
+  int64_t generated_tokens = 0;
+  int64_t prompt_tokens = 0;
+  int64_t requests_finished = 0;
+  int64_t requests_cancelled = 0;
+};
+
+// The inference engine: owns the model, the KV cache and one engine thread
+// that runs continuous batching. Thread-safe: Submit/SubmitScore may be called
+// from any thread.
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  virtual const ModelInfo& info() const = 0;
+  virtual const EngineLimits& limits() const = 0;
+
+  // Queues a generation. Returns INVALID_ARGUMENT for a bad request (empty
+  // prompt, out-of-range sampling values, prompt longer than the context),
+  // NOT_FOUND for an unknown adapter, RESOURCE_EXHAUSTED when the queue is
+  // full, UNAVAILABLE after Shutdown; then `sink` is never called. On OK the
+  // sink receives the output on the engine thread.
+  virtual absl::Status Submit(GenerateRequest request, std::shared_ptr<GenerateSink> sink) = 0;
+
+  // Queues a scoring request: log-probs of each continuation after the prompt.
+  // Same synchronous errors as Submit; on OK `done` runs once on the engine thread.
+  virtual absl::Status SubmitScore(ScoreRequest request, ScoreCallback done) = 0;
+
+  virtual EngineStats Stats() const = 0;
+
+  // Stops accepting work, lets running requests finish for up to `drain`, then
+  // fails the rest with UNAVAILABLE and joins the engine thread. Idempotent.
+  virtual void Shutdown(absl::Duration drain) = 0;
+};
+
+// Loads the model named by `options` (or materialises the default model) and
+// starts the engine thread. Errors: NOT_FOUND (missing dir or file),
+// INVALID_ARGUMENT (corrupt or inconsistent files), UNIMPLEMENTED (unknown
+// architecture), FAILED_PRECONDITION (device unavailable).
+absl::StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options);
+
+// Validates sampling values against the limits and vocabulary size; the
+// server calls it before Submit so that both report the same message.
+absl::Status ValidateSampling(const SamplingParams& params, const EngineLimits& limits,
+                              int64_t vocab_size);
+
+const char* FinishReasonName(FinishReason reason);
+
+}  // namespace adapterd

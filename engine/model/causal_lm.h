@@ -1,0 +1,64 @@
+#pragma once
+
+// Decoder-only causal LMs loaded from a Hugging Face model directory:
+// the Llama family (Llama 2/3, Mistral, Qwen2) and GPT-2. Engine-internal
+// header (uses ATen); never include it from engine/api or outside engine/.
+//
+// Not thread-safe; owned by the engine thread. Forward may throw c10::Error,
+// which the engine catches at its API boundary.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model/model_config.h"
+
+namespace adapterd {
+
+class KvCache;
+
+struct ModelLoadOptions {
+  std::string device = "cpu";  // "cpu", "cuda", "cuda:N".
+  std::string dtype;           // Empty: config's torch_dtype/dtype (float32 if absent).
+};
+
+// One step's work: for each sequence, the new tokens that extend what its
+// cache slot already holds.
+struct ForwardBatch {
+  std::vector<int> slots;                    // Cache slot per sequence (distinct).
+  std::vector<int64_t> past_lens;            // Tokens already cached in that slot.
+  std::vector<std::vector<int32_t>> tokens;  // New tokens per sequence (non-empty).
+  bool all_logits = false;  // true: a row per new token; false: the last token's only.
+};
+
+class CausalLM {
+ public:
+  // NOT_FOUND: missing directory/config.json/weights; INVALID_ARGUMENT: corrupt
+  // or inconsistent files (bad safetensors header, missing or mis-shaped
+  // tensors); UNIMPLEMENTED: unknown model_type; FAILED_PRECONDITION: device
+  // not available.
+  static absl::StatusOr<std::unique_ptr<CausalLM>> Load(const std::string& dir,
+                                                        const ModelLoadOptions& options);
+  virtual ~CausalLM() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual at::ScalarType dtype() const = 0;
+  virtual at::Device device() const = 0;
+  // sha256 (hex) over config.json and every safetensors header.
+  virtual const std::string& fingerprint() const = 0;
+
+  // A cache for `num_slots` sequences of up to `max_len` tokens each.
+  virtual std::unique_ptr<KvCache> NewCache(int num_slots, int64_t max_len) const = 0;
+
+  // Runs the batch, appending the new tokens' keys/values to the cache.
+  // Returns float32 logits on the CPU-or-model device: [sum of new tokens, V]
+  // in batch order when all_logits, else [num sequences, V].
+  // REQUIRES: past_lens[i] + tokens[i].size() <= the cache's max_len.
+  virtual at::Tensor Forward(const ForwardBatch& batch, KvCache& cache) = 0;
+};
+
+}  // namespace adapterd

@@ -1,0 +1,176 @@
+// The Llama family (Llama 2/3, Mistral, Qwen2): RMSNorm, RoPE (half-split
+// layout), GQA, gated MLP. Mirrors transformers' modeling_llama.py.
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "engine/model/causal_lm.h"
+#include "engine/model/weights.h"
+#include "engine/runtime/kv_cache.h"
+
+namespace adapterd {
+namespace {
+
+struct LlamaLayer {
+  at::Tensor input_norm, post_norm;
+  at::Tensor q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b;
+  at::Tensor gate_w, gate_b, up_w, up_b, down_w, down_b;
+};
+
+at::Tensor Activation(const at::Tensor& x, const std::string& name) {
+  if (name == "silu") return at::silu(x);
+  if (name == "gelu") return at::gelu(x);
+  if (name == "relu") return at::relu(x);
+  return at::gelu(x, "tanh");  // gelu_new, gelu_pytorch_tanh.
+}
+
+// transformers' _compute_*_rope_parameters, in float32 like the reference.
+absl::StatusOr<at::Tensor> InverseFrequencies(const ModelConfig& c) {
+  const int64_t dim = c.head_dim;
+  at::Tensor exponents = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+  at::Tensor inv_freq = at::reciprocal(at::pow(c.rope_theta, exponents));
+  const RopeScaling& r = c.rope_scaling;
+  if (r.type == "default") return inv_freq;
+  if (r.type == "linear") return inv_freq / r.factor;
+  if (r.type == "llama3") {
+    const double old_len = static_cast<double>(r.original_max_position_embeddings);
+    const double low_wavelen = old_len / r.low_freq_factor;
+    const double high_wavelen = old_len / r.high_freq_factor;
+    at::Tensor wavelen = at::reciprocal(inv_freq) * (2 * M_PI);
+    at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / r.factor, inv_freq);
+    at::Tensor smooth = (at::reciprocal(wavelen) * old_len - r.low_freq_factor) /
+                        (r.high_freq_factor - r.low_freq_factor);
+    at::Tensor smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled;
+    at::Tensor medium = at::logical_not(wavelen < high_wavelen) * at::logical_not(wavelen > low_wavelen);
+    return at::where(medium, smoothed, scaled);
+  }
+  return absl::UnimplementedError(absl::StrCat("rope type '", r.type, "' is not implemented"));
+}
+
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+class LlamaModel final : public CausalLM {
+ public:
+  LlamaModel(const ModelContext& context) : context_(context) {}
+
+  absl::Status LoadWeights(const ModelWeights& weights) {
+    const ModelConfig& c = context_.config;
+    TensorLoader get(weights, context_.dtype, context_.device);
+    const int64_t h = c.hidden_size, q_out = c.num_heads * c.head_dim,
+                  kv_out = c.num_kv_heads * c.head_dim, inter = c.intermediate_size;
+    embed_ = get("embed_tokens.weight", {c.vocab_size, h});
+    norm_ = get("norm.weight", {h});
+    if (c.tie_word_embeddings && !weights.Has("lm_head.weight")) {
+      lm_head_ = embed_;
+    } else {
+      lm_head_ = get("lm_head.weight", {c.vocab_size, h});
+    }
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      const std::string p = absl::StrCat("layers.", i, ".");
+      LlamaLayer l;
+      l.input_norm = get(p + "input_layernorm.weight", {h});
+      l.post_norm = get(p + "post_attention_layernorm.weight", {h});
+      l.q_w = get(p + "self_attn.q_proj.weight", {q_out, h});
+      l.k_w = get(p + "self_attn.k_proj.weight", {kv_out, h});
+      l.v_w = get(p + "self_attn.v_proj.weight", {kv_out, h});
+      l.o_w = get(p + "self_attn.o_proj.weight", {h, q_out});
+      if (c.attention_bias) {
+        l.q_b = get(p + "self_attn.q_proj.bias", {q_out});
+        l.k_b = get(p + "self_attn.k_proj.bias", {kv_out});
+        l.v_b = get(p + "self_attn.v_proj.bias", {kv_out});
+      }
+      if (c.attention_out_bias) l.o_b = get(p + "self_attn.o_proj.bias", {h});
+      l.gate_w = get(p + "mlp.gate_proj.weight", {inter, h});
+      l.up_w = get(p + "mlp.up_proj.weight", {inter, h});
+      l.down_w = get(p + "mlp.down_proj.weight", {h, inter});
+      if (c.mlp_bias) {
+        l.gate_b = get(p + "mlp.gate_proj.bias", {inter});
+        l.up_b = get(p + "mlp.up_proj.bias", {inter});
+        l.down_b = get(p + "mlp.down_proj.bias", {h});
+      }
+      layers_.push_back(std::move(l));
+    }
+    if (!get.status().ok()) return get.status();
+    absl::StatusOr<at::Tensor> inv_freq = InverseFrequencies(c);
+    if (!inv_freq.ok()) return inv_freq.status();
+    inv_freq_ = inv_freq->to(context_.device);
+    return absl::OkStatus();
+  }
+
+  const ModelConfig& config() const override { return context_.config; }
+  at::ScalarType dtype() const override { return context_.dtype; }
+  at::Device device() const override { return context_.device; }
+  const std::string& fingerprint() const override { return context_.fingerprint; }
+
+  std::unique_ptr<KvCache> NewCache(int num_slots, int64_t max_len) const override {
+    const ModelConfig& c = context_.config;
+    return std::make_unique<KvCache>(static_cast<int>(c.num_layers), num_slots, max_len,
+                                     c.num_kv_heads, c.head_dim, context_.dtype, context_.device);
+  }
+
+  at::Tensor Forward(const ForwardBatch& batch, KvCache& cache) override {
+    const ModelConfig& c = context_.config;
+    TORCH_CHECK(cache.num_layers() == c.num_layers && cache.kv_heads() == c.num_kv_heads &&
+                    cache.head_dim() == c.head_dim,
+                "KV cache does not belong to this model");
+    const AttentionStep step = AttentionStep::Build(batch, cache.num_slots(), cache.max_len(),
+                                                    c.vocab_size, c.sliding_window, context_.device);
+    const int64_t t = step.num_tokens;
+
+    at::Tensor freqs = at::outer(step.token_positions.to(at::kFloat), inv_freq_);
+    at::Tensor emb = at::cat({freqs, freqs}, -1);
+    at::Tensor cos = emb.cos().to(context_.dtype).unsqueeze(1);  // [T, 1, D]
+    at::Tensor sin = emb.sin().to(context_.dtype).unsqueeze(1);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+
+    at::Tensor x = embed_.index_select(0, step.token_ids);  // [T, H]
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      const LlamaLayer& l = layers_[i];
+      at::Tensor h = RmsNorm(x, l.input_norm);
+      at::Tensor q = at::linear(h, l.q_w, l.q_b).view({t, c.num_heads, c.head_dim});
+      at::Tensor k = at::linear(h, l.k_w, l.k_b).view({t, c.num_kv_heads, c.head_dim});
+      at::Tensor v = at::linear(h, l.v_w, l.v_b).view({t, c.num_kv_heads, c.head_dim});
+      q = q * cos + RotateHalf(q) * sin;
+      k = k * cos + RotateHalf(k) * sin;
+      cache.Write(static_cast<int>(i), step, k, v);
+      at::Tensor attn = cache.Attend(static_cast<int>(i), step, q, scale, c.sliding_layers[i]);
+      x = x + at::linear(attn, l.o_w, l.o_b);
+      h = RmsNorm(x, l.post_norm);
+      at::Tensor mlp = Activation(at::linear(h, l.gate_w, l.gate_b), c.hidden_act) *
+                       at::linear(h, l.up_w, l.up_b);
+      x = x + at::linear(mlp, l.down_w, l.down_b);
+    }
+    if (!batch.all_logits) x = x.index_select(0, step.last_rows);
+    x = RmsNorm(x, norm_);
+    return at::linear(x, lm_head_).to(at::kFloat);
+  }
+
+ private:
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+    at::Tensor xf = x.to(at::kFloat);
+    at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
+    return weight * (xf * at::rsqrt(variance + context_.config.norm_eps)).to(x.scalar_type());
+  }
+
+  ModelContext context_;
+  at::Tensor embed_, norm_, lm_head_, inv_freq_;
+  std::vector<LlamaLayer> layers_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CausalLM>> BuildLlama(const ModelContext& context,
+                                                     const ModelWeights& weights) {
+  auto model = std::make_unique<LlamaModel>(context);
+  absl::Status status = model->LoadWeights(weights);
+  if (!status.ok()) return status;
+  return std::unique_ptr<CausalLM>(std::move(model));
+}
+
+}  // namespace adapterd

@@ -1,0 +1,148 @@
+#include "engine/runtime/kv_cache.h"
+
+#include <ATen/ATen.h>
+#include <ATen/TensorIndexing.h>
+
+#include <limits>
+#include <unordered_set>
+
+#include "engine/model/causal_lm.h"
+
+namespace adapterd {
+namespace {
+
+at::Tensor LongTensor(const std::vector<int64_t>& values, at::Device device) {
+  at::Tensor t = at::empty({static_cast<int64_t>(values.size())}, at::kLong);
+  if (!values.empty()) {
+    std::memcpy(t.data_ptr<int64_t>(), values.data(), values.size() * sizeof(int64_t));
+  }
+  return t.to(device);
+}
+
+// true where key position k must not be seen by query position q.
+at::Tensor Blocked(const at::Tensor& q_pos, const at::Tensor& k_pos, int64_t window) {
+  at::Tensor blocked = k_pos.gt(q_pos);
+  if (window > 0) blocked.logical_or_(k_pos.le(q_pos - window));
+  return blocked;
+}
+
+}  // namespace
+
+AttentionStep AttentionStep::Build(const ForwardBatch& batch, int num_slots, int64_t max_len,
+                                   int64_t vocab_size, int64_t sliding_window,
+                                   at::Device device) {
+  const size_t n = batch.slots.size();
+  TORCH_CHECK(n > 0, "empty batch");
+  TORCH_CHECK(batch.past_lens.size() == n && batch.tokens.size() == n,
+              "ForwardBatch: slots, past_lens and tokens differ in length");
+  AttentionStep step;
+  std::unordered_set<int64_t> seen;
+  std::vector<int64_t> ids, positions, token_slots, last_rows;
+  step.all_decode = true;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t slot = batch.slots[i];
+    const int64_t past = batch.past_lens[i];
+    const int64_t len = static_cast<int64_t>(batch.tokens[i].size());
+    TORCH_CHECK(slot >= 0 && slot < num_slots, "slot ", slot, " out of range [0, ", num_slots, ")");
+    TORCH_CHECK(seen.insert(slot).second, "slot ", slot, " appears twice in one batch");
+    TORCH_CHECK(len > 0, "sequence ", i, " has no new tokens");
+    TORCH_CHECK(past >= 0 && past + len <= max_len, "sequence ", i, ": ", past, " + ", len,
+                " tokens exceed the cache length ", max_len);
+    step.slots.push_back(slot);
+    step.past_lens.push_back(past);
+    step.lens.push_back(len);
+    step.offsets.push_back(step.num_tokens);
+    for (int64_t j = 0; j < len; ++j) {
+      const int32_t id = batch.tokens[i][j];
+      TORCH_CHECK(id >= 0 && id < vocab_size, "token id ", id, " out of range [0, ", vocab_size,
+                  ")");
+      ids.push_back(id);
+      positions.push_back(past + j);
+      token_slots.push_back(slot);
+    }
+    step.num_tokens += len;
+    last_rows.push_back(step.num_tokens - 1);
+    step.max_kv_len = std::max(step.max_kv_len, past + len);
+    if (len != 1) step.all_decode = false;
+  }
+  step.token_ids = LongTensor(ids, device);
+  step.token_positions = LongTensor(positions, device);
+  step.token_slots = LongTensor(token_slots, device);
+  step.last_rows = LongTensor(last_rows, device);
+  step.slots_tensor = LongTensor(step.slots, device);
+
+  const at::Tensor k_pos = at::arange(step.max_kv_len, at::TensorOptions().dtype(at::kLong).device(device));
+  if (step.all_decode) {
+    at::Tensor q_pos = step.token_positions.unsqueeze(1);  // [B, 1]
+    step.blocked.push_back(Blocked(q_pos, k_pos.unsqueeze(0), 0).view({-1, 1, 1, step.max_kv_len}));
+    if (sliding_window > 0) {
+      step.blocked_sliding.push_back(
+          Blocked(q_pos, k_pos.unsqueeze(0), sliding_window).view({-1, 1, 1, step.max_kv_len}));
+    }
+  } else {
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t kv_len = step.past_lens[i] + step.lens[i];
+      at::Tensor q_pos = step.token_positions.narrow(0, step.offsets[i], step.lens[i]).unsqueeze(1);
+      at::Tensor keys = k_pos.narrow(0, 0, kv_len).unsqueeze(0);
+      step.blocked.push_back(Blocked(q_pos, keys, 0));
+      if (sliding_window > 0) step.blocked_sliding.push_back(Blocked(q_pos, keys, sliding_window));
+    }
+  }
+  return step;
+}
+
+KvCache::KvCache(int num_layers, int num_slots, int64_t max_len, int64_t kv_heads,
+                 int64_t head_dim, at::ScalarType dtype, at::Device device)
+    : num_slots_(num_slots), max_len_(max_len), kv_heads_(kv_heads), head_dim_(head_dim) {
+  const auto options = at::TensorOptions().dtype(dtype).device(device);
+  for (int i = 0; i < num_layers; ++i) {
+    keys_.push_back(at::zeros({num_slots, kv_heads, max_len, head_dim}, options));
+    values_.push_back(at::zeros({num_slots, kv_heads, max_len, head_dim}, options));
+  }
+}
+
+void KvCache::Write(int layer, const AttentionStep& step, const at::Tensor& k,
+                    const at::Tensor& v) {
+  using at::indexing::Slice;
+  keys_[layer].index_put_({step.token_slots, Slice(), step.token_positions}, k);
+  values_[layer].index_put_({step.token_slots, Slice(), step.token_positions}, v);
+}
+
+at::Tensor KvCache::Attend(int layer, const AttentionStep& step, const at::Tensor& q,
+                           double scale, bool sliding) const {
+  const int64_t heads = q.size(1);
+  const int64_t group = heads / kv_heads_;
+  const int64_t d = head_dim_;
+  const auto& blocked = sliding && !step.blocked_sliding.empty() ? step.blocked_sliding : step.blocked;
+  const double neg_inf = -std::numeric_limits<double>::infinity();
+
+  if (step.all_decode) {
+    const int64_t b = q.size(0);
+    const int64_t len = step.max_kv_len;
+    at::Tensor k = keys_[layer].narrow(2, 0, len).index_select(0, step.slots_tensor);
+    at::Tensor v = values_[layer].narrow(2, 0, len).index_select(0, step.slots_tensor);
+    at::Tensor qg = q.reshape({b, kv_heads_, group, d});
+    at::Tensor scores = at::matmul(qg, k.transpose(-1, -2)).to(at::kFloat).mul_(scale);
+    scores.masked_fill_(blocked[0], neg_inf);
+    at::Tensor probs = at::softmax(scores, -1).to(q.scalar_type());
+    return at::matmul(probs, v).reshape({b, heads * d});  // [B, kv, g, D]
+  }
+
+  std::vector<at::Tensor> outs;
+  outs.reserve(step.slots.size());
+  for (size_t i = 0; i < step.slots.size(); ++i) {
+    const int64_t n = step.lens[i];
+    const int64_t len = step.past_lens[i] + n;
+    at::Tensor qi = q.narrow(0, step.offsets[i], n).transpose(0, 1).reshape({kv_heads_, group, n, d});
+    at::Tensor k = keys_[layer][step.slots[i]].narrow(1, 0, len).unsqueeze(1);    // [kv, 1, L, D]
+    at::Tensor v = values_[layer][step.slots[i]].narrow(1, 0, len).unsqueeze(1);  // [kv, 1, L, D]
+    at::Tensor scores = at::matmul(qi, k.transpose(-1, -2)).to(at::kFloat).mul_(scale);
+    scores.masked_fill_(blocked[i], neg_inf);
+    at::Tensor probs = at::softmax(scores, -1).to(q.scalar_type());
+    at::Tensor out = at::matmul(probs, v);  // [kv, g, n, D]
+    outs.push_back(out.permute({2, 0, 1, 3}).reshape({n, heads * d}));
+  }
+  return outs.size() == 1 ? outs[0] : at::cat(outs, 0);
+}
+
+}  // namespace adapterd

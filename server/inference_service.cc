@@ -1,0 +1,334 @@
+#include "server/inference_service.h"
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "server/proto_convert.h"
+#include "server/request_id.h"
+#include "server/status_convert.h"
+#include "spdlog/spdlog.h"
+
+namespace adapterd {
+namespace {
+
+constexpr char kShuttingDown[] = "server is shutting down";
+
+absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
+  const auto deadline = context->deadline();
+  if (deadline >= std::chrono::system_clock::now() + std::chrono::hours(24 * 365 * 10)) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+// Names the adapter in logs: "" is the base model.
+const std::string& AdapterForLog(const std::string& adapter) {
+  static const std::string kBase = "<base>";
+  return adapter.empty() ? kBase : adapter;
+}
+
+void LogFinish(const char* method, const std::string& request_id, const std::string& adapter,
+               const absl::Status& status, int prompt_tokens, int completion_tokens,
+               absl::Time start) {
+  const double ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+  if (status.ok()) {
+    spdlog::info("{} request_id={} adapter={} ok prompt_tokens={} completion_tokens={} ms={:.1f}",
+                 method, request_id, AdapterForLog(adapter), prompt_tokens, completion_tokens, ms);
+  } else {
+    spdlog::info("{} request_id={} adapter={} failed: {} ms={:.1f}", method, request_id,
+                 AdapterForLog(adapter), status.ToString(), ms);
+  }
+}
+
+// A unary call whose cancellation reaches the engine.
+class UnaryCall : public grpc::ServerUnaryReactor {
+ public:
+  UnaryCall() : cancel_(std::make_shared<CancellationToken>()) {}
+
+  const std::shared_ptr<CancellationToken>& cancel() const { return cancel_; }
+
+  void OnCancel() override { cancel_->Cancel(); }
+  void OnDone() override { delete this; }
+
+ private:
+  const std::shared_ptr<CancellationToken> cancel_;
+};
+
+// Collects a unary Generate's tokens into the response; finishes the call on
+// OnFinish. Called only on the engine thread, so it needs no lock.
+class UnaryGenerateSink final : public GenerateSink {
+ public:
+  UnaryGenerateSink(UnaryCall* call, v1::GenerateResponse* response, bool logprobs,
+                    std::string adapter)
+      : call_(call), response_(response), logprobs_(logprobs), adapter_(std::move(adapter)) {}
+
+  void OnTokens(std::vector<GeneratedToken> tokens) override {
+    for (const GeneratedToken& token : tokens) {
+      response_->mutable_text()->append(token.text);
+      TokenToProto(token, logprobs_, response_->add_tokens());
+    }
+  }
+
+  void OnFinish(absl::Status status, const GenerateResult& result) override {
+    if (status.ok()) {
+      response_->set_finish_reason(FinishReasonToProto(result.finish_reason));
+      response_->mutable_usage()->set_prompt_tokens(result.prompt_tokens);
+      response_->mutable_usage()->set_completion_tokens(result.completion_tokens);
+    }
+    LogFinish("Generate", response_->request_id(), adapter_, status, result.prompt_tokens,
+              result.completion_tokens, start_);
+    call_->Finish(ToGrpcStatus(status));  // The call may be gone after this.
+  }
+
+ private:
+  UnaryCall* const call_;
+  v1::GenerateResponse* const response_;
+  const bool logprobs_;
+  const std::string adapter_;
+  const absl::Time start_ = absl::Now();
+};
+
+// A GenerateStream call: a write reactor fed by the engine thread.
+class GenerateStreamCall final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse> {
+ public:
+  GenerateStreamCall(std::string request_id, std::string adapter, bool logprobs)
+      : cancel_(std::make_shared<CancellationToken>()),
+        request_id_(std::move(request_id)),
+        adapter_(std::move(adapter)),
+        logprobs_(logprobs) {}
+
+  const std::shared_ptr<CancellationToken>& cancel() const { return cancel_; }
+
+  // Engine thread.
+  void AddTokens(std::vector<GeneratedToken> tokens) {
+    {
+      absl::MutexLock lock(&mu_);
+      for (GeneratedToken& token : tokens) pending_.push_back(std::move(token));
+    }
+    Pump();
+  }
+
+  // Engine thread; the last call the engine makes.
+  void EngineFinished(absl::Status status, const GenerateResult& result) {
+    LogFinish("GenerateStream", request_id_, adapter_, status, result.prompt_tokens,
+              result.completion_tokens, start_);
+    {
+      absl::MutexLock lock(&mu_);
+      engine_done_ = true;
+      engine_status_ = std::move(status);
+      result_ = result;
+    }
+    Pump();
+  }
+
+  // The request never reached the engine.
+  void Reject(const absl::Status& status) {
+    LogFinish("GenerateStream", request_id_, adapter_, status, 0, 0, start_);
+    Finish(ToGrpcStatus(status));
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      write_in_flight_ = false;
+      if (!ok) client_gone_ = true;
+    }
+    if (!ok) cancel_->Cancel();
+    Pump();
+  }
+
+  void OnCancel() override { cancel_->Cancel(); }
+  void OnDone() override { delete this; }
+
+ private:
+  enum class Action { kNone, kWrite, kWriteAndFinish, kFinish };
+
+  // Starts the next write or the finish, if one is due. gRPC may run a
+  // reaction inline inside StartWrite/Finish, so they are called without mu_.
+  void Pump() {
+    Action action = Action::kNone;
+    grpc::Status final_status;
+    {
+      absl::MutexLock lock(&mu_);
+      if (write_in_flight_ || finish_started_) return;
+      if (client_gone_) pending_.clear();
+      if (pending_.empty() && !engine_done_) return;
+      out_.Clear();
+      out_.set_request_id(request_id_);
+      out_.set_adapter(adapter_);
+      for (const GeneratedToken& token : pending_) {
+        out_.mutable_text()->append(token.text);
+        TokenToProto(token, logprobs_, out_.add_tokens());
+      }
+      const bool has_tokens = !pending_.empty();
+      pending_.clear();
+      if (engine_done_ && engine_status_.ok() && !client_gone_) {
+        out_.set_finish_reason(FinishReasonToProto(result_.finish_reason));
+        out_.mutable_usage()->set_prompt_tokens(result_.prompt_tokens);
+        out_.mutable_usage()->set_completion_tokens(result_.completion_tokens);
+        action = Action::kWriteAndFinish;
+        finish_started_ = true;
+      } else if (has_tokens) {
+        action = Action::kWrite;
+        write_in_flight_ = true;
+      } else {
+        action = Action::kFinish;
+        finish_started_ = true;
+        final_status = client_gone_ && engine_status_.ok()
+                           ? grpc::Status(grpc::StatusCode::CANCELLED, "client went away")
+                           : ToGrpcStatus(engine_status_);
+      }
+    }
+    switch (action) {
+      case Action::kWrite:
+        StartWrite(&out_);
+        break;
+      case Action::kWriteAndFinish:
+        StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+        break;
+      case Action::kFinish:
+        Finish(final_status);
+        break;
+      case Action::kNone:
+        break;
+    }
+  }
+
+  const std::shared_ptr<CancellationToken> cancel_;
+  const std::string request_id_;
+  const std::string adapter_;
+  const bool logprobs_;
+  const absl::Time start_ = absl::Now();
+
+  absl::Mutex mu_;  // Guards the fields below and out_ while no write is in flight.
+  std::vector<GeneratedToken> pending_ ABSL_GUARDED_BY(mu_);
+  bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_started_ ABSL_GUARDED_BY(mu_) = false;
+  bool engine_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool client_gone_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status engine_status_ ABSL_GUARDED_BY(mu_);
+  GenerateResult result_ ABSL_GUARDED_BY(mu_);
+  // The message being written; owned by gRPC from StartWrite to OnWriteDone.
+  v1::GenerateStreamResponse out_;
+};
+
+// Forwards the engine's calls to a GenerateStreamCall, which outlives it: the
+// call finishes only after EngineFinished.
+class StreamSink final : public GenerateSink {
+ public:
+  explicit StreamSink(GenerateStreamCall* call) : call_(call) {}
+  void OnTokens(std::vector<GeneratedToken> tokens) override {
+    call_->AddTokens(std::move(tokens));
+  }
+  void OnFinish(absl::Status status, const GenerateResult& result) override {
+    call_->EngineFinished(std::move(status), result);
+  }
+
+ private:
+  GenerateStreamCall* const call_;
+};
+
+std::string RequestIdOf(const std::string& given) {
+  return given.empty() ? NewRequestId() : given;
+}
+
+}  // namespace
+
+InferenceService::InferenceService(Engine* engine) : engine_(engine) {}
+
+void InferenceService::StopAccepting() { accepting_.store(false); }
+
+grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext* context,
+                                                     const v1::GenerateRequest* request,
+                                                     v1::GenerateResponse* response) {
+  auto* call = new UnaryCall();
+  const std::string request_id = RequestIdOf(request->request_id());
+  response->set_request_id(request_id);
+  response->set_adapter(request->adapter());
+  absl::StatusOr<GenerateRequest> converted =
+      accepting_.load() ? GenerateRequestFromProto(*request, engine_->limits(),
+                                                   engine_->info().vocab_size)
+                        : absl::UnavailableError(kShuttingDown);
+  absl::Status status = converted.status();
+  if (status.ok()) {
+    converted->request_id = request_id;
+    converted->deadline = DeadlineOf(context);
+    converted->cancel = call->cancel();
+    const bool logprobs = converted->sampling.logprobs;
+    spdlog::debug("Generate request_id={} adapter={} submitted", request_id,
+                  AdapterForLog(request->adapter()));
+    status = engine_->Submit(
+        *std::move(converted),
+        std::make_shared<UnaryGenerateSink>(call, response, logprobs, request->adapter()));
+  }
+  if (!status.ok()) {
+    LogFinish("Generate", request_id, request->adapter(), status, 0, 0, absl::Now());
+    call->Finish(ToGrpcStatus(status));
+  }
+  return call;
+}
+
+grpc::ServerWriteReactor<v1::GenerateStreamResponse>* InferenceService::GenerateStream(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  const std::string request_id = RequestIdOf(request->request_id());
+  absl::StatusOr<GenerateRequest> converted =
+      accepting_.load() ? GenerateRequestFromProto(*request, engine_->limits(),
+                                                   engine_->info().vocab_size)
+                        : absl::UnavailableError(kShuttingDown);
+  auto* call = new GenerateStreamCall(request_id, request->adapter(),
+                                      converted.ok() && converted->sampling.logprobs);
+  absl::Status status = converted.status();
+  if (status.ok()) {
+    converted->request_id = request_id;
+    converted->deadline = DeadlineOf(context);
+    converted->cancel = call->cancel();
+    spdlog::debug("GenerateStream request_id={} adapter={} submitted", request_id,
+                  AdapterForLog(request->adapter()));
+    status = engine_->Submit(*std::move(converted), std::make_shared<StreamSink>(call));
+  }
+  if (!status.ok()) call->Reject(status);
+  return call;
+}
+
+grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* context,
+                                                  const v1::ScoreRequest* request,
+                                                  v1::ScoreResponse* response) {
+  auto* call = new UnaryCall();
+  const std::string request_id = RequestIdOf(request->request_id());
+  response->set_request_id(request_id);
+  response->set_adapter(request->adapter());
+  absl::StatusOr<ScoreRequest> converted =
+      accepting_.load() ? ScoreRequestFromProto(*request, engine_->limits())
+                        : absl::UnavailableError(kShuttingDown);
+  absl::Status status = converted.status();
+  if (status.ok()) {
+    converted->request_id = request_id;
+    converted->deadline = DeadlineOf(context);
+    converted->cancel = call->cancel();
+    const absl::Time start = absl::Now();
+    std::string adapter = request->adapter();
+    status = engine_->SubmitScore(
+        *std::move(converted),
+        [call, response, request_id, adapter = std::move(adapter),
+         start](absl::StatusOr<ScoreResult> result) {
+          if (result.ok()) ScoreResultToProto(*result, response);
+          LogFinish("Score", request_id, adapter, result.status(),
+                    result.ok() ? result->prompt_tokens : 0,
+                    response->usage().completion_tokens(), start);
+          call->Finish(ToGrpcStatus(result.status()));
+        });
+  }
+  if (!status.ok()) {
+    LogFinish("Score", request_id, request->adapter(), status, 0, 0, absl::Now());
+    call->Finish(ToGrpcStatus(status));
+  }
+  return call;
+}
+
+}  // namespace adapterd

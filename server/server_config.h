@@ -1,0 +1,40 @@
+#pragma once
+
+// adapterd's command line. Every flag also reads an ADAPTERD_* environment
+// variable (--max-batch-size ↔ ADAPTERD_MAX_BATCH_SIZE); a flag wins.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "engine/api/engine.h"
+#include "server/server.h"
+
+namespace adapterd {
+
+struct ServerConfig {
+  std::string listen = "127.0.0.1:50051";
+  std::string model_dir;  // Empty: the embedded default model under data_dir.
+  std::string data_dir = "./data";
+  std::string device = "cpu";
+  std::string dtype;  // Empty: the model's own.
+  int max_batch_size = 32;
+  int max_queue = 1024;
+  int max_tokens = 4096;
+  int64_t max_context = 0;
+  int threads = 0;
+  int64_t max_message_bytes = 4 << 20;
+  std::string log_level = "info";
+  double drain_timeout_seconds = 30.0;
+};
+
+// Parses `argv` and the environment. Returns nullopt when the process should
+// exit instead of serving: after --help (exit code 0) or a usage error (its
+// message printed, exit code non-zero); `*exit_code` says which.
+std::optional<ServerConfig> ParseServerConfig(int argc, const char* const* argv,
+                                              int* exit_code);
+
+EngineOptions ToEngineOptions(const ServerConfig& config);
+ServerOptions ToServerOptions(const ServerConfig& config);
+
+}  // namespace adapterd
