@@ -139,6 +139,10 @@ struct ScoreRequest {
   std::string adapter;
   std::string prompt;  // Tokenised with add_special_tokens.
   std::vector<std::string> continuations;  // Each tokenised without special tokens.
+  // Token ids instead of text (for clients with their own tokenizer): used
+  // when prompt_ids is non-empty, and then continuation_ids replace continuations.
+  std::vector<int32_t> prompt_ids;
+  std::vector<std::vector<int32_t>> continuation_ids;
   int top_logprobs = 0;
   absl::Time deadline = absl::InfiniteFuture();
   std::shared_ptr<CancellationToken> cancel;

@@ -1,8 +1,7 @@
 #include "engine/model/bpe_model.h"
 
-#include <queue>
-
 #include <nlohmann/json.hpp>
+#include <queue>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -22,7 +21,8 @@ constexpr std::string_view kWhere = "model";
 absl::StatusOr<std::optional<std::string>> OptionalString(const json& j, std::string_view key) {
   auto it = j.find(std::string(key));
   if (it == j.end() || it->is_null()) return std::optional<std::string>();
-  if (!it->is_string()) return MalformedError(kWhere, absl::StrCat("'", AbslView(key), "' is not a string"));
+  if (!it->is_string())
+    return MalformedError(kWhere, absl::StrCat("'", AbslView(key), "' is not a string"));
   return std::optional<std::string>(it->get<std::string>());
 }
 
@@ -145,7 +145,7 @@ void BpeModel::Tokenize(std::string_view word, std::vector<int32_t>* ids) const 
   }
   std::vector<int32_t> symbols;
   symbols.reserve(word.size());
-  std::optional<int32_t> pending_unk;
+  int32_t pending_unk = -1;  // An unk id not yet added (fuse_unk extends it).
   std::string piece;
   for (size_t i = 0; i < word.size();) {
     const size_t start = i;
@@ -156,8 +156,8 @@ void BpeModel::Tokenize(std::string_view word, std::vector<int32_t>* ids) const 
     piece.append(word.substr(start, i - start));
     if (i == word.size()) piece.append(end_of_word_suffix_);
     if (auto it = vocab_.find(piece); it != vocab_.end()) {
-      if (pending_unk.has_value()) symbols.push_back(*pending_unk);
-      pending_unk.reset();
+      if (pending_unk >= 0) symbols.push_back(pending_unk);
+      pending_unk = -1;
       symbols.push_back(it->second);
       continue;
     }
@@ -171,11 +171,11 @@ void BpeModel::Tokenize(std::string_view word, std::vector<int32_t>* ids) const 
       }
     }
     if (unk_id_.has_value()) {
-      if (pending_unk.has_value() && !fuse_unk_) symbols.push_back(*pending_unk);
+      if (pending_unk >= 0 && !fuse_unk_) symbols.push_back(pending_unk);
       pending_unk = *unk_id_;
     }
   }
-  if (pending_unk.has_value()) symbols.push_back(*pending_unk);
+  if (pending_unk >= 0) symbols.push_back(pending_unk);
   MergeWord(&symbols);
   ids->insert(ids->end(), symbols.begin(), symbols.end());
 }

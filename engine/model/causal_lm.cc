@@ -2,9 +2,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <sys/stat.h>
 
 #include <exception>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -48,12 +48,11 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
 
 absl::StatusOr<std::unique_ptr<CausalLM>> LoadOrThrow(const std::string& dir,
                                                       const ModelLoadOptions& options) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) {
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return absl::NotFoundError(absl::StrCat("model directory not found: ", dir));
   }
-  const std::string config_path = (fs::path(dir) / "config.json").string();
+  const std::string config_path = dir + "/config.json";
   std::ifstream in(config_path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("no config.json in ", dir));
   std::stringstream text;

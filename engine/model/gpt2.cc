@@ -76,12 +76,13 @@ class Gpt2Model final : public CausalLM {
                     cache.head_dim() == c.head_dim,
                 "KV cache does not belong to this model");
     const int64_t max_len = std::min<int64_t>(cache.max_len(), c.max_position_embeddings);
-    const AttentionStep step = AttentionStep::Build(batch, cache.num_slots(), max_len,
-                                                    c.vocab_size, 0, context_.device);
+    const AttentionStep step =
+        AttentionStep::Build(batch, cache.num_slots(), max_len, c.vocab_size, 0, context_.device);
     const int64_t t = step.num_tokens, h = c.hidden_size;
     double scale = c.scale_attn_weights ? 1.0 / std::sqrt(static_cast<double>(c.head_dim)) : 1.0;
 
-    at::Tensor x = wte_.index_select(0, step.token_ids) + wpe_.index_select(0, step.token_positions);
+    at::Tensor x =
+        wte_.index_select(0, step.token_ids) + wpe_.index_select(0, step.token_positions);
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const Gpt2Layer& l = layers_[i];
       at::Tensor a = at::layer_norm(x, {h}, l.ln1_w, l.ln1_b, c.norm_eps);

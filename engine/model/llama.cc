@@ -44,7 +44,8 @@ absl::StatusOr<at::Tensor> InverseFrequencies(const ModelConfig& c) {
     at::Tensor smooth = (at::reciprocal(wavelen) * old_len - r.low_freq_factor) /
                         (r.high_freq_factor - r.low_freq_factor);
     at::Tensor smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled;
-    at::Tensor medium = at::logical_not(wavelen < high_wavelen) * at::logical_not(wavelen > low_wavelen);
+    at::Tensor medium =
+        at::logical_not(wavelen < high_wavelen) * at::logical_not(wavelen > low_wavelen);
     return at::where(medium, smoothed, scaled);
   }
   return absl::UnimplementedError(absl::StrCat("rope type '", r.type, "' is not implemented"));
@@ -66,8 +67,8 @@ class LlamaModel final : public CausalLM {
                   kv_out = c.num_kv_heads * c.head_dim, inter = c.intermediate_size;
     embed_ = get("embed_tokens.weight", {c.vocab_size, h});
     norm_ = get("norm.weight", {h});
-    if (c.tie_word_embeddings && !weights.Has("lm_head.weight")) {
-      lm_head_ = embed_;
+    if (c.tie_word_embeddings) {
+      lm_head_ = embed_;  // As transformers ties them, even if lm_head.weight is stored.
     } else {
       lm_head_ = get("lm_head.weight", {c.vocab_size, h});
     }
@@ -119,8 +120,8 @@ class LlamaModel final : public CausalLM {
     TORCH_CHECK(cache.num_layers() == c.num_layers && cache.kv_heads() == c.num_kv_heads &&
                     cache.head_dim() == c.head_dim,
                 "KV cache does not belong to this model");
-    const AttentionStep step = AttentionStep::Build(batch, cache.num_slots(), cache.max_len(),
-                                                    c.vocab_size, c.sliding_window, context_.device);
+    const AttentionStep step = AttentionStep::Build(
+        batch, cache.num_slots(), cache.max_len(), c.vocab_size, c.sliding_window, context_.device);
     const int64_t t = step.num_tokens;
 
     at::Tensor freqs = at::outer(step.token_positions.to(at::kFloat), inv_freq_);

@@ -100,8 +100,9 @@ absl::Status ParseRope(const json& j, ModelConfig* c) {
   ASSIGN_OR_RETURN(r.factor, GetDouble(*scaling, "factor", 1.0));
   ASSIGN_OR_RETURN(r.low_freq_factor, GetDouble(*scaling, "low_freq_factor", 1.0));
   ASSIGN_OR_RETURN(r.high_freq_factor, GetDouble(*scaling, "high_freq_factor", 4.0));
-  ASSIGN_OR_RETURN(r.original_max_position_embeddings,
-                   GetInt(*scaling, "original_max_position_embeddings", c->max_position_embeddings));
+  ASSIGN_OR_RETURN(
+      r.original_max_position_embeddings,
+      GetInt(*scaling, "original_max_position_embeddings", c->max_position_embeddings));
   ASSIGN_OR_RETURN(r.beta_fast, GetDouble(*scaling, "beta_fast", 32.0));
   ASSIGN_OR_RETURN(r.beta_slow, GetDouble(*scaling, "beta_slow", 1.0));
   if (Field(*scaling, "attention_factor") != nullptr) {
@@ -111,8 +112,9 @@ absl::Status ParseRope(const json& j, ModelConfig* c) {
   if (type != "default" && r.factor <= 0) return Bad("rope scaling \"factor\" must be positive");
   if (type == "llama3" && (Field(*scaling, "original_max_position_embeddings") == nullptr ||
                            r.high_freq_factor <= r.low_freq_factor)) {
-    return Bad("llama3 rope scaling needs original_max_position_embeddings and "
-               "high_freq_factor > low_freq_factor");
+    return Bad(
+        "llama3 rope scaling needs original_max_position_embeddings and "
+        "high_freq_factor > low_freq_factor");
   }
   return absl::OkStatus();
 }
@@ -230,15 +232,13 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(std::string_view text) {
     } else if (c.model_type == "gpt2") {
       RETURN_IF_ERROR(ParseGpt2(j, &c));
     } else {
-      return absl::UnimplementedError(
-          absl::StrCat("unsupported model_type '", c.model_type, "'"));
+      return absl::UnimplementedError(absl::StrCat("unsupported model_type '", c.model_type, "'"));
     }
   } catch (const json::exception& e) {
     return Bad(e.what());
   }
-  if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.intermediate_size <= 0 ||
-      c.num_layers <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 ||
-      c.max_position_embeddings <= 0) {
+  if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.intermediate_size <= 0 || c.num_layers <= 0 ||
+      c.num_heads <= 0 || c.num_kv_heads <= 0 || c.max_position_embeddings <= 0) {
     return Bad("sizes must be positive");
   }
   if (c.num_heads % c.num_kv_heads != 0) {

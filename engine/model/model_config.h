@@ -41,7 +41,7 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;  // q/k/v(/o) bias; always true for qwen2's q/k/v.
+  bool attention_bias = false;      // q/k/v(/o) bias; always true for qwen2's q/k/v.
   bool attention_out_bias = false;  // o_proj bias: attention_bias on llama, false on qwen2.
   bool mlp_bias = false;
   // Sliding-window attention: a query at position p sees keys at positions

@@ -15,7 +15,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 
 namespace adapterd {
@@ -31,12 +30,11 @@ struct DtypeBits {
 };
 
 constexpr DtypeBits kDtypes[] = {
-    {"BOOL", 8},     {"U8", 8},          {"I8", 8},           {"I16", 16},
-    {"U16", 16},     {"F16", 16},        {"BF16", 16},        {"I32", 32},
-    {"U32", 32},     {"F32", 32},        {"F64", 64},         {"I64", 64},
-    {"U64", 64},     {"F8_E5M2", 8},     {"F8_E4M3", 8},      {"F8_E8M0", 8},
-    {"F8_E4M3FNUZ", 8}, {"F8_E5M2FNUZ", 8}, {"F4", 4},       {"F6_E2M3", 6},
-    {"F6_E3M2", 6},  {"C64", 64},
+    {"BOOL", 8},    {"U8", 8},          {"I8", 8},          {"I16", 16},    {"U16", 16},
+    {"F16", 16},    {"BF16", 16},       {"I32", 32},        {"U32", 32},    {"F32", 32},
+    {"F64", 64},    {"I64", 64},        {"U64", 64},        {"F8_E5M2", 8}, {"F8_E4M3", 8},
+    {"F8_E8M0", 8}, {"F8_E4M3FNUZ", 8}, {"F8_E5M2FNUZ", 8}, {"F4", 4},      {"F6_E2M3", 6},
+    {"F6_E3M2", 6}, {"C64", 64},
 };
 
 absl::Status Invalid(const std::string& what) {
@@ -54,8 +52,8 @@ absl::Status ParseTensorInfo(const std::string& name, const json& entry,
   auto shape = entry.find("shape");
   auto offsets = entry.find("data_offsets");
   if (dtype == entry.end() || shape == entry.end() || offsets == entry.end()) {
-    return Invalid(absl::StrCat("tensor '", name,
-                                "' needs \"dtype\", \"shape\" and \"data_offsets\""));
+    return Invalid(
+        absl::StrCat("tensor '", name, "' needs \"dtype\", \"shape\" and \"data_offsets\""));
   }
   if (!dtype->is_string() || SafetensorsDtypeBits(dtype->get<std::string>()) == 0) {
     return Invalid(absl::StrCat("tensor '", name, "' has unknown dtype ", dtype->dump()));
@@ -96,7 +94,8 @@ int64_t SafetensorsTensorInfo::numel() const {
 
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view bytes) {
   if (bytes.size() < 8) {
-    return Invalid(absl::StrCat("file of ", bytes.size(), " bytes is shorter than the 8-byte header length"));
+    return Invalid(
+        absl::StrCat("file of ", bytes.size(), " bytes is shorter than the 8-byte header length"));
   }
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[i]);
@@ -104,8 +103,8 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view bytes)
     return Invalid(absl::StrCat("header length ", n, " exceeds the limit of ", kMaxHeaderSize));
   }
   if (n > bytes.size() - 8) {
-    return Invalid(absl::StrCat("header length ", n, " runs past the end of the ",
-                                bytes.size(), "-byte file"));
+    return Invalid(absl::StrCat("header length ", n, " runs past the end of the ", bytes.size(),
+                                "-byte file"));
   }
   SafetensorsHeader header;
   header.header_size = n;
@@ -178,7 +177,8 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view bytes)
       }
     }
     uint64_t bits = 0;
-    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(SafetensorsDtypeBits(t.dtype)), &bits)) {
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(SafetensorsDtypeBits(t.dtype)),
+                               &bits)) {
       return Invalid(absl::StrCat("tensor '", t.name, "' size overflows"));
     }
     if (bits % 8 != 0) {
@@ -261,11 +261,13 @@ absl::StatusOr<std::string> SerializeSafetensors(
           absl::StrCat("tensor '", t.name, "' has unknown dtype '", t.dtype, "'"));
     }
     if (t.name == "__metadata__" || !names.insert(t.name).second) {
-      return absl::InvalidArgumentError(absl::StrCat("duplicate or reserved tensor name '", t.name, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("duplicate or reserved tensor name '", t.name, "'"));
     }
     uint64_t numel = 1;
     for (int64_t d : t.shape) {
-      if (d < 0) return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' has a negative dim"));
+      if (d < 0)
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' has a negative dim"));
       numel *= static_cast<uint64_t>(d);
     }
     if (numel * bits % 8 != 0 || numel * bits / 8 != t.data.size()) {
@@ -297,8 +299,8 @@ absl::StatusOr<std::string> SerializeSafetensors(
     info["data_offsets"] = {offset, offset + t->data.size()};
     // Keys in the Rust writer's order.
     header += json(t->name).dump() + ":{\"dtype\":" + info["dtype"].dump() +
-              ",\"shape\":" + info["shape"].dump() + ",\"data_offsets\":" +
-              info["data_offsets"].dump() + "}";
+              ",\"shape\":" + info["shape"].dump() +
+              ",\"data_offsets\":" + info["data_offsets"].dump() + "}";
     offset += t->data.size();
   }
   header += "}";

@@ -34,7 +34,7 @@ struct SafetensorsTensorInfo {
 
 // The parsed and validated header of a safetensors file.
 struct SafetensorsHeader {
-  std::vector<SafetensorsTensorInfo> tensors;  // Sorted by offset.
+  std::vector<SafetensorsTensorInfo> tensors;   // Sorted by offset.
   std::map<std::string, std::string> metadata;  // "__metadata__".
   uint64_t header_size = 0;                     // N: the JSON's length in bytes.
   std::string_view header_json;                 // Points into the parsed bytes.

@@ -1,12 +1,11 @@
 #include "engine/model/tokenizer.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <system_error>
-#include <filesystem>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -84,9 +83,10 @@ struct Segment {
 
 bool IsWordChar(char32_t cp) {
   // Rust regex `\w`: Alphabetic, marks, decimal numbers, connector punctuation,
-  // join controls. Approximated with PCRE2's Unicode properties.
+  // join controls (PCRE2 property names).
   static const std::shared_ptr<const TokenizerRegex> re =
-      TokenizerRegex::Compile(R"([\p{L}\p{Nl}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}])", false).value();
+      TokenizerRegex::Compile(R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}])", false)
+          .value();
   std::string s;
   AppendUtf8(cp, &s);
   return !re->FindAll(s).empty();
@@ -104,8 +104,7 @@ class HfTokenizer : public Tokenizer {
 
   std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens,
                               bool parse_special) const override;
-  std::string DecodeBytes(const std::vector<int32_t>& ids,
-                          bool skip_special_tokens) const override;
+  std::string DecodeBytes(const std::vector<int32_t>& ids, bool skip_special_tokens) const override;
   std::string Decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override;
   int64_t vocab_size() const override { return vocab_size_; }
   std::optional<int32_t> TokenToId(std::string_view token) const override;
@@ -217,8 +216,7 @@ void HfTokenizer::SplitOnAdded(const std::string& text, bool at_start,
     if (a.single_word) {
       const bool start_space = start == 0 || !IsWordChar(LastCodePoint(text.substr(0, start)));
       size_t after = stop;
-      const bool stop_space =
-          stop == text.size() || !IsWordChar(NextCodePoint(text, &after));
+      const bool stop_space = stop == text.size() || !IsWordChar(NextCodePoint(text, &after));
       if (!start_space || !stop_space) continue;
     }
     if (a.lstrip) {
@@ -311,7 +309,8 @@ std::string HfTokenizer::Decode(const std::vector<int32_t>& ids, bool skip_speci
 }
 
 std::optional<int32_t> HfTokenizer::TokenToId(std::string_view token) const {
-  if (auto it = added_by_content_.find(AbslView(token)); it != added_by_content_.end()) return it->second;
+  if (auto it = added_by_content_.find(AbslView(token)); it != added_by_content_.end())
+    return it->second;
   return model_->TokenToId(token);
 }
 

@@ -16,20 +16,23 @@ namespace adapterd {
 using json = nlohmann::json;
 
 absl::Status MalformedError(std::string_view where, std::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat("malformed tokenizer.json: ", AbslView(where), ": ", AbslView(what)));
+  return absl::InvalidArgumentError(
+      absl::StrCat("malformed tokenizer.json: ", AbslView(where), ": ", AbslView(what)));
 }
 
 absl::StatusOr<const json*> JsonField(const json& j, std::string_view key, std::string_view where) {
   if (!j.is_object()) return MalformedError(where, "expected an object");
   auto it = j.find(std::string(key));
-  if (it == j.end()) return MalformedError(where, absl::StrCat("missing field '", AbslView(key), "'"));
+  if (it == j.end())
+    return MalformedError(where, absl::StrCat("missing field '", AbslView(key), "'"));
   return &*it;
 }
 
 absl::StatusOr<std::string> JsonString(const json& j, std::string_view key,
                                        std::string_view where) {
   ASSIGN_OR_RETURN(const json* v, JsonField(j, key, where));
-  if (!v->is_string()) return MalformedError(where, absl::StrCat("'", AbslView(key), "' is not a string"));
+  if (!v->is_string())
+    return MalformedError(where, absl::StrCat("'", AbslView(key), "' is not a string"));
   return v->get_ref<const std::string&>();
 }
 
@@ -38,7 +41,8 @@ absl::StatusOr<bool> JsonBool(const json& j, std::string_view key, std::string_v
   if (!j.is_object()) return MalformedError(where, "expected an object");
   auto it = j.find(std::string(key));
   if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_boolean()) return MalformedError(where, absl::StrCat("'", AbslView(key), "' is not a bool"));
+  if (!it->is_boolean())
+    return MalformedError(where, absl::StrCat("'", AbslView(key), "' is not a bool"));
   return it->get<bool>();
 }
 
@@ -60,7 +64,8 @@ absl::StatusOr<std::string> TypeOf(const json& j, std::string_view what) {
 }
 
 absl::Status Unsupported(std::string_view what, std::string_view type) {
-  return absl::InvalidArgumentError(absl::StrCat("unsupported ", AbslView(what), " type '", AbslView(type), "'"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unsupported ", AbslView(what), " type '", AbslView(type), "'"));
 }
 
 // Oniguruma's \s is Unicode White_Space; PCRE2's also has U+180E.
@@ -123,15 +128,15 @@ absl::StatusOr<std::shared_ptr<const TokenizerRegex>> TokenizerRegex::Compile(
   const std::string rewritten = literal ? EscapeLiteral(pattern) : RewriteForPcre2(pattern);
   int error = 0;
   PCRE2_SIZE offset = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(rewritten.data()),
-                                   rewritten.size(), PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF,
-                                   &error, &offset, nullptr);
+  pcre2_code* code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(rewritten.data()), rewritten.size(),
+                    PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &error, &offset, nullptr);
   if (code == nullptr) {
     PCRE2_UCHAR buf[256];
     pcre2_get_error_message(error, buf, sizeof(buf));
-    return absl::InvalidArgumentError(absl::StrCat("unsupported regex '", AbslView(pattern), "': ",
-                                                   reinterpret_cast<const char*>(buf), " at ",
-                                                   offset));
+    return absl::InvalidArgumentError(absl::StrCat("unsupported regex '", AbslView(pattern),
+                                                   "': ", reinterpret_cast<const char*>(buf),
+                                                   " at ", offset));
   }
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // Falls back to the interpreter if unavailable.
   return std::shared_ptr<const TokenizerRegex>(new TokenizerRegex(code));
@@ -241,15 +246,19 @@ std::string ReplaceAll(const TokenizerRegex& re, std::string_view text, std::str
 absl::StatusOr<std::shared_ptr<const TokenizerRegex>> ParsePattern(const json& j,
                                                                    std::string_view where) {
   ASSIGN_OR_RETURN(const json* pattern, JsonField(j, "pattern", where));
+  absl::StatusOr<std::shared_ptr<const TokenizerRegex>> re =
+      MalformedError(where, "'pattern' must be {\"String\": s} or {\"Regex\": r}");
   if (pattern->is_object() && pattern->size() == 1) {
     if (pattern->contains("String") && (*pattern)["String"].is_string()) {
-      return TokenizerRegex::Compile((*pattern)["String"].get<std::string>(), /*literal=*/true);
-    }
-    if (pattern->contains("Regex") && (*pattern)["Regex"].is_string()) {
-      return TokenizerRegex::Compile((*pattern)["Regex"].get<std::string>(), /*literal=*/false);
+      re = TokenizerRegex::Compile((*pattern)["String"].get<std::string>(), /*literal=*/true);
+    } else if (pattern->contains("Regex") && (*pattern)["Regex"].is_string()) {
+      re = TokenizerRegex::Compile((*pattern)["Regex"].get<std::string>(), /*literal=*/false);
     }
   }
-  return MalformedError(where, "'pattern' must be {\"String\": s} or {\"Regex\": r}");
+  if (!re.ok() && re.status().message().find("malformed") != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(AbslView(where), ": ", re.status().message()));
+  }
+  return re;
 }
 
 // ---- Normalizers ----
@@ -464,8 +473,8 @@ class MetaspacePreTokenizer : public PreTokenizer {
         }
       }
       const bool starts = text.compare(0, replacement_.size(), replacement_) == 0;
-      if (!starts && (scheme_ == PrependScheme::kAlways ||
-                      (scheme_ == PrependScheme::kFirst && p.at_start))) {
+      if (!starts &&
+          (scheme_ == PrependScheme::kAlways || (scheme_ == PrependScheme::kFirst && p.at_start))) {
         text.insert(0, replacement_);
       }
       PreToken piece{std::move(text), p.at_start};
@@ -770,7 +779,8 @@ template <typename T, typename ParseFn>
 absl::StatusOr<std::vector<std::unique_ptr<T>>> ParseList(const json& j, std::string_view key,
                                                           std::string_view where, ParseFn parse) {
   ASSIGN_OR_RETURN(const json* list, JsonField(j, key, where));
-  if (!list->is_array()) return MalformedError(where, absl::StrCat("'", AbslView(key), "' is not a list"));
+  if (!list->is_array())
+    return MalformedError(where, absl::StrCat("'", AbslView(key), "' is not a list"));
   std::vector<std::unique_ptr<T>> parts;
   for (const json& item : *list) {
     ASSIGN_OR_RETURN(auto part, parse(item));
@@ -825,6 +835,28 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(const json& j) {
     ASSIGN_OR_RETURN(SplitBehavior behavior, ParseBehavior(j, where));
     ASSIGN_OR_RETURN(bool invert, JsonBool(j, "invert", where, false));
     return std::make_unique<SplitPreTokenizer>(std::move(re), behavior, invert);
+  }
+  if (type == "WhitespaceSplit") {
+    ASSIGN_OR_RETURN(auto re, TokenizerRegex::Compile(R"(\s)", /*literal=*/false));
+    return std::make_unique<SplitPreTokenizer>(std::move(re), SplitBehavior::kRemoved,
+                                               /*invert=*/false);
+  }
+  if (type == "Whitespace") {
+    // Rust regex `\w+|[^\w\s]+`, with Unicode \w spelled out for PCRE2.
+    ASSIGN_OR_RETURN(
+        auto re, TokenizerRegex::Compile(R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}]+|)"
+                                         R"([^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}\s]+)",
+                                         /*literal=*/false));
+    return std::make_unique<SplitPreTokenizer>(std::move(re), SplitBehavior::kRemoved,
+                                               /*invert=*/true);
+  }
+  if (type == "Digits") {
+    // char::is_numeric (Nd, Nl, No), one char per match; Contiguous joins runs.
+    ASSIGN_OR_RETURN(bool individual, JsonBool(j, "individual_digits", where, false));
+    ASSIGN_OR_RETURN(auto re, TokenizerRegex::Compile(R"(\p{N})", /*literal=*/false));
+    return std::make_unique<SplitPreTokenizer>(
+        std::move(re), individual ? SplitBehavior::kIsolated : SplitBehavior::kContiguous,
+        /*invert=*/false);
   }
   if (type == "Metaspace") {
     ASSIGN_OR_RETURN(std::string replacement, ParseSingleChar(j, "replacement", where));

@@ -6,6 +6,11 @@
 // Engine-internal; torch-free. All stages are immutable after parsing and
 // thread-safe.
 //
+// Supported types: normalizers NFC, NFD, Prepend, Replace, Strip, ByteLevel,
+// Sequence; pre-tokenizers ByteLevel, Split, Metaspace, Digits, Whitespace,
+// WhitespaceSplit, Sequence; post-processors TemplateProcessing (single
+// sequence), ByteLevel, Sequence; decoders ByteLevel, Replace, ByteFallback,
+// Fuse, Strip, Metaspace, Sequence.
 // Parse* return INVALID_ARGUMENT naming the component for an unsupported
 // `type` ("unsupported normalizer type 'Lowercase'") and for malformed fields.
 
@@ -13,12 +18,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -35,8 +39,8 @@ absl::StatusOr<const nlohmann::json*> JsonField(const nlohmann::json& j, std::st
 absl::StatusOr<std::string> JsonString(const nlohmann::json& j, std::string_view key,
                                        std::string_view where);
 // A missing or null field gives `fallback`.
-absl::StatusOr<bool> JsonBool(const nlohmann::json& j, std::string_view key,
-                              std::string_view where, bool fallback);
+absl::StatusOr<bool> JsonBool(const nlohmann::json& j, std::string_view key, std::string_view where,
+                              bool fallback);
 absl::StatusOr<int64_t> JsonInt(const nlohmann::json& j, std::string_view key,
                                 std::string_view where);
 absl::Status MalformedError(std::string_view where, std::string_view what);

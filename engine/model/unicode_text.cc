@@ -80,11 +80,11 @@ char32_t Compose(char32_t a, char32_t b) {
       b < kTBase + kTCount) {
     return a + (b - kTBase);
   }
-  auto it = std::lower_bound(std::begin(kCompositions), std::end(kCompositions),
-                             std::make_pair(a, b), [](const Composition& e, auto key) {
-                               return e.first != key.first ? e.first < key.first
-                                                           : e.second < key.second;
-                             });
+  auto it =
+      std::lower_bound(std::begin(kCompositions), std::end(kCompositions), std::make_pair(a, b),
+                       [](const Composition& e, auto key) {
+                         return e.first != key.first ? e.first < key.first : e.second < key.second;
+                       });
   if (it != std::end(kCompositions) && it->first == a && it->second == b) return it->composite;
   return 0;
 }

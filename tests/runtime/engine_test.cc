@@ -124,20 +124,23 @@ TEST_F(EngineTest, ReportsTheModel) {
 }
 
 TEST_F(EngineTest, GreedyGenerationMatchesTransformers) {
-  // Reference generations written by scripts/fixtures/make_models.py with HF generate.
-  std::ifstream in(FixturesDir() + "/models/llama/reference_generations.json");
-  ASSERT_TRUE(in.good()) << "missing reference_generations.json";
+  // Reference greedy generations written by scripts/fixtures/make_models.py with HF generate.
+  std::ifstream in(FixturesDir() + "/models/llama/reference.json");
+  ASSERT_TRUE(in.good()) << "missing reference.json";
   const nlohmann::json ref = nlohmann::json::parse(in);
+  const auto& prompts = ref.at("prompts");
+  const auto& generations = ref.at("generations");
+  ASSERT_EQ(prompts.size(), generations.size());
   int checked = 0;
-  for (const auto& item : ref.at("generations")) {
+  for (size_t i = 0; i < prompts.size(); ++i) {
     GenerateRequest req;
-    req.prompt_ids = item.at("prompt_ids").get<std::vector<int32_t>>();
-    const auto expected = item.at("generated_ids").get<std::vector<int32_t>>();
+    req.prompt_ids = prompts[i].get<std::vector<int32_t>>();
+    const auto expected = generations[i].get<std::vector<int32_t>>();
     req.sampling.max_tokens = static_cast<int>(expected.size());
     req.sampling.ignore_eos = true;
     Output out = Run(std::move(req));
     ASSERT_TRUE(out.status.ok()) << out.status;
-    EXPECT_EQ(out.ids, expected);
+    EXPECT_EQ(out.ids, expected) << "prompt " << i;
     ++checked;
   }
   EXPECT_GT(checked, 0);
@@ -212,34 +215,50 @@ TEST_F(EngineTest, SameSeedSameSampleDifferentSeedDiffers) {
 }
 
 TEST_F(EngineTest, ScoreAgreesWithGenerationLogprobs) {
-  Output gen = Run(Greedy("Score this", 5));
+  GenerateRequest gen_req;
+  gen_req.prompt_ids = {5, 17, 42, 99, 7};
+  gen_req.sampling.max_tokens = 6;
+  gen_req.sampling.ignore_eos = true;
+  Output gen = Run(gen_req);
   ASSERT_TRUE(gen.status.ok());
+  std::vector<int32_t> other = gen.ids;
+  other.back() = (other.back() + 1) % static_cast<int32_t>(engine_->info().vocab_size);
   ScoreRequest req;
-  req.prompt = "Score this";
-  req.continuations = {gen.text, gen.text + " and more"};
-  std::promise<absl::StatusOr<ScoreResult>> promise;
-  ASSERT_TRUE(engine_
-                  ->SubmitScore(req, [&](absl::StatusOr<ScoreResult> r) {
-                    promise.set_value(std::move(r));
-                  })
-                  .ok());
-  absl::StatusOr<ScoreResult> result = promise.get_future().get();
+  req.prompt_ids = gen_req.prompt_ids;
+  req.continuation_ids = {gen.ids, other};
+  req.top_logprobs = 3;
+  auto score = [&](ScoreRequest r) {
+    std::promise<absl::StatusOr<ScoreResult>> promise;
+    absl::Status s = engine_->SubmitScore(
+        std::move(r), [&](absl::StatusOr<ScoreResult> res) { promise.set_value(std::move(res)); });
+    EXPECT_TRUE(s.ok()) << s;
+    return promise.get_future().get();
+  };
+  absl::StatusOr<ScoreResult> result = score(req);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->scores.size(), 2u);
   const ContinuationScore& first = result->scores[0];
-  // Re-tokenising the text may merge differently; compare when the ids agree.
-  std::vector<int32_t> ids;
-  for (const auto& t : first.tokens) ids.push_back(t.id);
-  if (ids == gen.ids) {
-    EXPECT_TRUE(first.greedy);
-    double sum = 0;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      EXPECT_NEAR(first.tokens[i].logprob, gen.logprobs[i], 1e-4);
-      sum += gen.logprobs[i];
-    }
-    EXPECT_NEAR(first.logprob, sum, 1e-3);
+  ASSERT_EQ(first.tokens.size(), gen.ids.size());
+  EXPECT_TRUE(first.greedy);
+  double sum = 0;
+  for (size_t i = 0; i < gen.ids.size(); ++i) {
+    EXPECT_EQ(first.tokens[i].id, gen.ids[i]);
+    EXPECT_NEAR(first.tokens[i].logprob, gen.logprobs[i], 1e-4);
+    EXPECT_EQ(first.tokens[i].top[0].id, gen.ids[i]);
+    sum += gen.logprobs[i];
   }
+  EXPECT_NEAR(first.logprob, sum, 1e-3);
+  // The second differs only in a non-greedy last token: lower score, not greedy.
+  EXPECT_FALSE(result->scores[1].greedy);
   EXPECT_LT(result->scores[1].logprob, first.logprob);
+
+  // By text: a prompt and continuations are tokenised by the engine.
+  ScoreRequest text;
+  text.prompt = "The weather today";
+  text.continuations = {" is nice", " is nice and warm"};
+  absl::StatusOr<ScoreResult> by_text = score(text);
+  ASSERT_TRUE(by_text.ok()) << by_text.status();
+  EXPECT_GT(by_text->scores[0].logprob, by_text->scores[1].logprob);
   WaitIdle();
 }
 

@@ -22,7 +22,7 @@ class NullSink : public GenerateSink {
   void OnFinish(absl::Status, const GenerateResult&) override {}
 };
 
-struct Run {
+struct FedRun {
   std::string text;
   std::vector<std::string> pieces;
   std::optional<FinishReason> reason;
@@ -30,13 +30,13 @@ struct Run {
 };
 
 // Feeds `completion`'s ids to a sequence as if the model had chosen them.
-Run Feed(const Tokenizer& tok, const std::string& completion, SamplingParams params,
+FedRun Feed(const Tokenizer& tok, const std::string& completion, SamplingParams params,
          std::vector<int32_t> eos = {}, int64_t max_len = 1000) {
   GenerateRequest req;
   req.sampling = params;
   Sequence seq(req, std::make_shared<NullSink>(), tok.Encode("Prompt:", false), &tok, eos,
                max_len, 1);
-  Run run;
+  FedRun run;
   for (int32_t id : tok.Encode(completion, false)) {
     SampledToken t;
     t.id = id;
@@ -84,47 +84,47 @@ class SequenceTest : public ::testing::Test {
 
 TEST_F(SequenceTest, StreamsTheWholeTextWhenNothingStopsIt) {
   const std::string text = " Hello world, and more";
-  Run run = Feed(*tok_, text, Params(1000));
+  FedRun run = Feed(*tok_, text, Params(1000));
   EXPECT_EQ(run.text, text);
   EXPECT_FALSE(run.reason.has_value());  // Still running: max_tokens not reached.
 }
 
 TEST_F(SequenceTest, StopsBeforeTheStopSequenceAndHoldsBackItsPrefix) {
-  Run run = Feed(*tok_, " Hello world, the END is near", Params(1000, {"END"}));
+  FedRun run = Feed(*tok_, " Hello world, the END is near", Params(1000, {"END"}));
   EXPECT_EQ(run.text, " Hello world, the ");
   EXPECT_EQ(run.reason, FinishReason::kStop);
   // A negative control: without the stop the text runs on.
-  Run free_run = Feed(*tok_, " Hello world, the END is near", Params(1000));
+  FedRun free_run = Feed(*tok_, " Hello world, the END is near", Params(1000));
   EXPECT_NE(free_run.text.find("END is near"), std::string::npos);
 }
 
 TEST_F(SequenceTest, StopSequenceSplitAcrossTokensIsFound) {
   // "\n\n" or a multi-token stop: the match spans token boundaries.
-  Run run = Feed(*tok_, " alpha beta gamma delta", Params(1000, {"a gam"}));
+  FedRun run = Feed(*tok_, " alpha beta gamma delta", Params(1000, {"a gam"}));
   EXPECT_EQ(run.text, " alpha bet");
   EXPECT_EQ(run.reason, FinishReason::kStop);
 }
 
 TEST_F(SequenceTest, EmitsOnlyValidUtf8PiecesForEmoji) {
   const std::string text = " smile 😀🎉 café 日本語";
-  Run run = Feed(*tok_, text, Params(1000));
+  FedRun run = Feed(*tok_, text, Params(1000));
   EXPECT_EQ(run.text, text);
   for (const std::string& piece : run.pieces) EXPECT_TRUE(IsValidUtf8(piece)) << piece;
 }
 
 TEST_F(SequenceTest, FinishesOnMaxTokensEosAndContext) {
-  Run length = Feed(*tok_, " one two three four five six", Params(2));
+  FedRun length = Feed(*tok_, " one two three four five six", Params(2));
   EXPECT_EQ(length.reason, FinishReason::kLength);
   EXPECT_EQ(length.tokens_fed, 2);
 
   const std::vector<int32_t> ids = tok_->Encode(" one two three", false);
-  Run eos = Feed(*tok_, " one two three", Params(1000), {ids[1]});
+  FedRun eos = Feed(*tok_, " one two three", Params(1000), {ids[1]});
   EXPECT_EQ(eos.reason, FinishReason::kEos);
   EXPECT_EQ(eos.tokens_fed, 2);
   EXPECT_EQ(eos.text, tok_->Decode({ids[0]}));
 
   const int64_t prompt = tok_->Encode("Prompt:", false).size();
-  Run context = Feed(*tok_, " one two three four five six", Params(1000), {}, prompt + 3);
+  FedRun context = Feed(*tok_, " one two three four five six", Params(1000), {}, prompt + 3);
   EXPECT_EQ(context.reason, FinishReason::kContextLength);
   EXPECT_EQ(context.tokens_fed, 3);
 }

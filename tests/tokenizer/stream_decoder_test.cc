@@ -1,9 +1,9 @@
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <cstdlib>
 #include <string>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/tokenizer.h"
@@ -66,8 +66,8 @@ TEST_P(StreamDecoderTest, UsesThePromptAsContext) {
   ASSERT_NE(t, nullptr);
   const std::vector<int32_t> prompt = t->Encode("Say it:", true);
   // SentencePiece-style normalizers prepend the word boundary themselves.
-  const std::vector<int32_t> tail = t->Encode(
-      GetParam() == "llama2" ? "hello there 😀 friend" : " hello there 😀 friend", false);
+  const std::vector<int32_t> tail =
+      t->Encode(GetParam() == "llama2" ? "hello there 😀 friend" : " hello there 😀 friend", false);
   std::vector<int32_t> all = prompt;
   all.insert(all.end(), tail.begin(), tail.end());
   const std::string full = t->Decode(all, true);
