@@ -53,7 +53,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
 
   const std::shared_ptr<CancellationToken>& cancel() const { return cancel_; }
 
-  void OnCancel() override { cancel_->Cancel(); }
+  void OnCancel() override {}
   void OnDone() override { delete this; }
 
  private:
@@ -139,11 +139,11 @@ class GenerateStreamCall final : public grpc::ServerWriteReactor<v1::GenerateStr
       write_in_flight_ = false;
       if (!ok) client_gone_ = true;
     }
-    if (!ok) cancel_->Cancel();
+    if (!ok) {}
     Pump();
   }
 
-  void OnCancel() override { cancel_->Cancel(); }
+  void OnCancel() override {}
   void OnDone() override { delete this; }
 
  private:
