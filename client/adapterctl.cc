@@ -6,6 +6,7 @@
 // Errors print "adapterctl: CODE: message" on stderr and exit with the gRPC
 // status code number (e.g. 3 for INVALID_ARGUMENT).
 
+#include <CLI/CLI.hpp>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
@@ -13,12 +14,10 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 
 #include "client/client.h"
 
@@ -57,8 +56,7 @@ void AddGenerateFlags(CLI::App* cmd, GenerateFlags* f) {
   cmd->add_option("--adapter", f->adapter, "Adapter name[@version]; empty: the base model");
   cmd->add_option("--request-id", f->request_id, "Request id (default: made by the server)");
   f->max_tokens_opt = cmd->add_option("--max-tokens", f->max_tokens, "New tokens (default 16)");
-  f->temperature_opt =
-      cmd->add_option("--temperature", f->temperature, "0 (default) is greedy");
+  f->temperature_opt = cmd->add_option("--temperature", f->temperature, "0 (default) is greedy");
   cmd->add_option("--top-k", f->top_k, "Top-k sampling; 0 disables");
   f->top_p_opt = cmd->add_option("--top-p", f->top_p, "Nucleus sampling; 1 disables");
   f->seed_opt = cmd->add_option("--seed", f->seed, "Seed for reproducible sampling");
@@ -155,23 +153,40 @@ void PrintJson(const json& j) {
 
 const char* CodeName(grpc::StatusCode code) {
   switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED: return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    default: return "UNKNOWN";
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
   }
 }
 
@@ -303,13 +318,13 @@ int main_impl(int argc, char** argv) {
         const auto& s = response.scores(i);
         json ids;
         json tokens = TokensJson(s, &ids);
-        scores.push_back({{"continuation", i < static_cast<int>(continuations.size())
-                                               ? continuations[i]
-                                               : std::string()},
-                          {"logprob", s.logprob()},
-                          {"is_greedy", s.is_greedy()},
-                          {"token_ids", ids},
-                          {"tokens", tokens}});
+        scores.push_back(
+            {{"continuation",
+              i < static_cast<int>(continuations.size()) ? continuations[i] : std::string()},
+             {"logprob", s.logprob()},
+             {"is_greedy", s.is_greedy()},
+             {"token_ids", ids},
+             {"tokens", tokens}});
       }
       PrintJson({{"request_id", response.request_id()},
                  {"adapter", response.adapter()},

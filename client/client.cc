@@ -1,10 +1,10 @@
 #include "client/client.h"
 
-#include <utility>
-
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
+
+#include <utility>
 
 namespace adapterd {
 
@@ -26,8 +26,7 @@ void Client::Prepare(grpc::ClientContext* context) const {
   }
 }
 
-grpc::Status Client::Generate(const v1::GenerateRequest& request,
-                              v1::GenerateResponse* response) {
+grpc::Status Client::Generate(const v1::GenerateRequest& request, v1::GenerateResponse* response) {
   grpc::ClientContext context;
   Prepare(&context);
   return inference_->Generate(&context, request, response);

@@ -4,14 +4,14 @@
 // that add the bearer token and the per-call deadline. Errors are returned as
 // the grpc::Status the server sent.
 
+#include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
+#include <grpcpp/support/status.h>
+
 #include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
-
-#include <grpcpp/channel.h>
-#include <grpcpp/client_context.h>
-#include <grpcpp/support/status.h>
 
 #include "adapterd/v1/admin.grpc.pb.h"
 #include "adapterd/v1/inference.grpc.pb.h"
@@ -20,7 +20,7 @@ namespace adapterd {
 
 struct ClientOptions {
   std::string target = "127.0.0.1:50051";
-  std::string token;  // Non-empty: sent as "authorization: Bearer <token>".
+  std::string token;                     // Non-empty: sent as "authorization: Bearer <token>".
   std::chrono::milliseconds timeout{0};  // Per call; 0 = no deadline.
   int max_message_bytes = 64 << 20;
 };

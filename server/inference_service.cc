@@ -53,7 +53,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
 
   const std::shared_ptr<CancellationToken>& cancel() const { return cancel_; }
 
-  void OnCancel() override {}
+  void OnCancel() override { cancel_->Cancel(); }
   void OnDone() override { delete this; }
 
  private:
@@ -139,11 +139,11 @@ class GenerateStreamCall final : public grpc::ServerWriteReactor<v1::GenerateStr
       write_in_flight_ = false;
       if (!ok) client_gone_ = true;
     }
-    if (!ok) {}
+    if (!ok) cancel_->Cancel();
     Pump();
   }
 
-  void OnCancel() override {}
+  void OnCancel() override { cancel_->Cancel(); }
   void OnDone() override { delete this; }
 
  private:
@@ -234,9 +234,7 @@ class StreamSink final : public GenerateSink {
   GenerateStreamCall* const call_;
 };
 
-std::string RequestIdOf(const std::string& given) {
-  return given.empty() ? NewRequestId() : given;
-}
+std::string RequestIdOf(const std::string& given) { return given.empty() ? NewRequestId() : given; }
 
 }  // namespace
 
@@ -252,9 +250,9 @@ grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext
   response->set_request_id(request_id);
   response->set_adapter(request->adapter());
   absl::StatusOr<GenerateRequest> converted =
-      accepting_.load() ? GenerateRequestFromProto(*request, engine_->limits(),
-                                                   engine_->info().vocab_size)
-                        : absl::UnavailableError(kShuttingDown);
+      accepting_.load()
+          ? GenerateRequestFromProto(*request, engine_->limits(), engine_->info().vocab_size)
+          : absl::UnavailableError(kShuttingDown);
   absl::Status status = converted.status();
   if (status.ok()) {
     converted->request_id = request_id;
@@ -278,9 +276,9 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* InferenceService::Generate
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   const std::string request_id = RequestIdOf(request->request_id());
   absl::StatusOr<GenerateRequest> converted =
-      accepting_.load() ? GenerateRequestFromProto(*request, engine_->limits(),
-                                                   engine_->info().vocab_size)
-                        : absl::UnavailableError(kShuttingDown);
+      accepting_.load()
+          ? GenerateRequestFromProto(*request, engine_->limits(), engine_->info().vocab_size)
+          : absl::UnavailableError(kShuttingDown);
   auto* call = new GenerateStreamCall(request_id, request->adapter(),
                                       converted.ok() && converted->sampling.logprobs);
   absl::Status status = converted.status();
@@ -303,9 +301,9 @@ grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* c
   const std::string request_id = RequestIdOf(request->request_id());
   response->set_request_id(request_id);
   response->set_adapter(request->adapter());
-  absl::StatusOr<ScoreRequest> converted =
-      accepting_.load() ? ScoreRequestFromProto(*request, engine_->limits())
-                        : absl::UnavailableError(kShuttingDown);
+  absl::StatusOr<ScoreRequest> converted = accepting_.load()
+                                               ? ScoreRequestFromProto(*request, engine_->limits())
+                                               : absl::UnavailableError(kShuttingDown);
   absl::Status status = converted.status();
   if (status.ok()) {
     converted->request_id = request_id;
@@ -313,16 +311,15 @@ grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* c
     converted->cancel = call->cancel();
     const absl::Time start = absl::Now();
     std::string adapter = request->adapter();
-    status = engine_->SubmitScore(
-        *std::move(converted),
-        [call, response, request_id, adapter = std::move(adapter),
-         start](absl::StatusOr<ScoreResult> result) {
-          if (result.ok()) ScoreResultToProto(*result, response);
-          LogFinish("Score", request_id, adapter, result.status(),
-                    result.ok() ? result->prompt_tokens : 0,
-                    response->usage().completion_tokens(), start);
-          call->Finish(ToGrpcStatus(result.status()));
-        });
+    status = engine_->SubmitScore(*std::move(converted),
+                                  [call, response, request_id, adapter = std::move(adapter),
+                                   start](absl::StatusOr<ScoreResult> result) {
+                                    if (result.ok()) ScoreResultToProto(*result, response);
+                                    LogFinish("Score", request_id, adapter, result.status(),
+                                              result.ok() ? result->prompt_tokens : 0,
+                                              response->usage().completion_tokens(), start);
+                                    call->Finish(ToGrpcStatus(result.status()));
+                                  });
   }
   if (!status.ok()) {
     LogFinish("Score", request_id, request->adapter(), status, 0, 0, absl::Now());

@@ -44,16 +44,15 @@ int main(int argc, char** argv) {
   } else {
     spdlog::info("loading model from {}", engine_options.model_dir);
   }
-  absl::StatusOr<std::unique_ptr<adapterd::Engine>> engine =
-      adapterd::CreateEngine(engine_options);
+  absl::StatusOr<std::unique_ptr<adapterd::Engine>> engine = adapterd::CreateEngine(engine_options);
   if (!engine.ok()) {
     spdlog::error("cannot load the model: {}", engine.status().ToString());
     return 1;
   }
   const adapterd::ModelInfo& info = (*engine)->info();
   spdlog::info("model {} ({} / {}) on {} as {}, context {}, vocab {}{}", info.name,
-               info.architecture, info.model_type, info.device, info.dtype,
-               info.context_length, info.vocab_size,
+               info.architecture, info.model_type, info.device, info.dtype, info.context_length,
+               info.vocab_size,
                info.is_default_model ? " [default demo model, not for quality]" : "");
 
   absl::StatusOr<std::unique_ptr<adapterd::Server>> server =

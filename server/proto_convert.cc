@@ -43,9 +43,8 @@ absl::StatusOr<GenerateRequest> GenerateRequestFromProto(const v1::GenerateReque
   }
   for (int32_t id : request.prompt_token_ids()) {
     if (id < 0 || id >= vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("prompt_token_ids contains ", id, ", outside the vocabulary [0, ",
-                       vocab_size, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt_token_ids contains ", id, ", outside the vocabulary [0, ", vocab_size, ")"));
     }
   }
 
@@ -92,8 +91,8 @@ absl::StatusOr<ScoreRequest> ScoreRequestFromProto(const v1::ScoreRequest& reque
     total += static_cast<int64_t>(c.size());
   }
   if (total > limits.max_prompt_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prompt and continuations are longer than ", limits.max_prompt_bytes, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat("prompt and continuations are longer than ",
+                                                   limits.max_prompt_bytes, " bytes"));
   }
   if (request.top_logprobs() < 0 || request.top_logprobs() > limits.max_top_logprobs) {
     return absl::InvalidArgumentError(
@@ -111,10 +110,14 @@ absl::StatusOr<ScoreRequest> ScoreRequestFromProto(const v1::ScoreRequest& reque
 
 v1::FinishReason FinishReasonToProto(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
-    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
-    case FinishReason::kEos: return v1::FINISH_REASON_EOS;
-    case FinishReason::kContextLength: return v1::FINISH_REASON_CONTEXT_LENGTH;
+    case FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case FinishReason::kEos:
+      return v1::FINISH_REASON_EOS;
+    case FinishReason::kContextLength:
+      return v1::FINISH_REASON_CONTEXT_LENGTH;
   }
   return v1::FINISH_REASON_UNSPECIFIED;
 }

@@ -1,14 +1,14 @@
 #include "server/server.h"
 
-#include <algorithm>
-#include <chrono>
-#include <limits>
-#include <utility>
-
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -34,8 +34,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                                                       Engine* engine) {
   std::unique_ptr<Server> server(new Server());
   server->inference_ = std::make_unique<InferenceService>(engine);
-  server->admin_ = std::make_unique<AdminService>(engine, options.max_message_bytes,
-                                                  options.auth_enabled);
+  server->admin_ =
+      std::make_unique<AdminService>(engine, options.max_message_bytes, options.auth_enabled);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -8,11 +8,11 @@
 //   engine->Shutdown(drain);      // running requests finish or fail
 //   server->Shutdown(grace);      // stop the listener, wait for the calls
 
+#include <grpcpp/server.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
-
-#include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"

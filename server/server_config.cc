@@ -4,8 +4,7 @@
 
 namespace adapterd {
 
-std::optional<ServerConfig> ParseServerConfig(int argc, const char* const* argv,
-                                              int* exit_code) {
+std::optional<ServerConfig> ParseServerConfig(int argc, const char* const* argv, int* exit_code) {
   ServerConfig c;
   CLI::App app{"adapterd: serves one base LLM and its adapters over gRPC", "adapterd"};
   app.add_option("--listen", c.listen, "Address to listen on, host:port (port 0: any free port)")
@@ -28,7 +27,8 @@ std::optional<ServerConfig> ParseServerConfig(int argc, const char* const* argv,
       ->envname("ADAPTERD_MAX_BATCH_SIZE")
       ->check(CLI::Range(1, 4096))
       ->capture_default_str();
-  app.add_option("--max-queue", c.max_queue, "Requests waiting for a slot before RESOURCE_EXHAUSTED")
+  app.add_option("--max-queue", c.max_queue,
+                 "Requests waiting for a slot before RESOURCE_EXHAUSTED")
       ->envname("ADAPTERD_MAX_QUEUE")
       ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();

@@ -31,8 +31,7 @@ struct ServerConfig {
 // Parses `argv` and the environment. Returns nullopt when the process should
 // exit instead of serving: after --help (exit code 0) or a usage error (its
 // message printed, exit code non-zero); `*exit_code` says which.
-std::optional<ServerConfig> ParseServerConfig(int argc, const char* const* argv,
-                                              int* exit_code);
+std::optional<ServerConfig> ParseServerConfig(int argc, const char* const* argv, int* exit_code);
 
 EngineOptions ToEngineOptions(const ServerConfig& config);
 ServerOptions ToServerOptions(const ServerConfig& config);

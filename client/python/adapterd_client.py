@@ -100,8 +100,8 @@ class AdapterdClient:
         self.close()
 
     def request(self, prompt, adapter="", max_tokens=None, temperature=None, top_k=0, top_p=None,
-                seed=None, stop=(), logprobs=False, top_logprobs=0, request_id="", ignore_eos=False, prompt_token_ids=None,
-                add_special_tokens=None):
+                seed=None, stop=(), logprobs=False, top_logprobs=0, request_id="", ignore_eos=False,
+                prompt_token_ids=None, add_special_tokens=None):
         """Builds a GenerateRequest; unset optional values take the server's defaults."""
         sampling = self.pb.SamplingParams(top_k=top_k, stop=list(stop), logprobs=logprobs,
                                           top_logprobs=top_logprobs, ignore_eos=ignore_eos)

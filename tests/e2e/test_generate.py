@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import Ctl, client_module, model_dir, needs_real_engine, start_server  # noqa: F401
+from conftest import model_dir, needs_real_engine, start_server
 
 PROMPT = "The quick brown fox"
 
@@ -90,7 +90,8 @@ def test_adapterctl_and_the_python_client_agree(ctl, py):
     assert [i for line in lines for i in line["token_ids"]] == ids_of(unary)
     assert "finish_reason" in lines[-1] and all("finish_reason" not in l for l in lines[:-1])
     # The prompt from standard input.
-    assert ctl.json("generate", "-", "--max-tokens", 16, "--ignore-eos", input=PROMPT)["token_ids"] == ids_of(unary)
+    from_stdin = ctl.json("generate", "-", "--max-tokens", 16, "--ignore-eos", input=PROMPT)
+    assert from_stdin["token_ids"] == ids_of(unary)
 
 
 def test_request_ids_are_echoed_or_made(py, ctl):

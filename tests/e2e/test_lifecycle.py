@@ -6,10 +6,7 @@ import signal
 import struct
 import threading
 
-import pytest
-
-from conftest import (FAKE, ServerProcess, copy_model, model_dir, needs_real_engine, start_server,
-                      wait_for)
+from conftest import FAKE, ServerProcess, copy_model, model_dir, needs_real_engine, start_server
 
 
 def health(target, service=""):

@@ -54,8 +54,8 @@ GeneratedToken FakeEngine::TokenFor(const std::string& adapter, const std::strin
   return token;
 }
 
-std::string FakeEngine::ExpectedText(const std::string& adapter, const std::string& prompt,
-                                     int n, int64_t vocab_size) {
+std::string FakeEngine::ExpectedText(const std::string& adapter, const std::string& prompt, int n,
+                                     int64_t vocab_size) {
   std::string text;
   for (int i = 0; i < n; ++i) text += TokenFor(adapter, prompt, i, vocab_size).text;
   return text;
@@ -134,9 +134,8 @@ absl::Status FakeEngine::Submit(GenerateRequest request, std::shared_ptr<Generat
   }
   const int prompt_tokens = PromptTokens(request);
   if (prompt_tokens >= options_.context_length) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt has ", prompt_tokens,
-                                                   " tokens; the context holds ",
-                                                   options_.context_length));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt has ", prompt_tokens, " tokens; the context holds ", options_.context_length));
   }
   ++submitted_;
   requests_.push_back(request);
@@ -258,8 +257,7 @@ void FakeEngine::Step(std::vector<std::function<void()>>* calls) {
       finished[i] = true;
       stats_.prompt_tokens += job.prompt_tokens;
       ++stats_.requests_finished;
-      calls->push_back(
-          [sink = job.sink, result] { sink->OnFinish(absl::OkStatus(), result); });
+      calls->push_back([sink = job.sink, result] { sink->OnFinish(absl::OkStatus(), result); });
     }
   }
   std::vector<Job> remaining;
@@ -279,9 +277,8 @@ void FakeEngine::Run() {
     absl::Duration delay;
     {
       absl::MutexLock lock(&mu_);
-      auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return !jobs_.empty() || !accepting_;
-      };
+      auto ready = [&]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !jobs_.empty() || !accepting_; };
       mu_.Await(absl::Condition(&ready));
       if (jobs_.empty() && !accepting_) return;
       Step(&calls);

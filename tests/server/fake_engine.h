@@ -22,7 +22,7 @@ struct FakeEngineOptions {
   int64_t vocab_size = 1000;
   int64_t context_length = 256;  // A prompt costs one token per byte (+1 for BOS).
   absl::Duration step_delay = absl::Milliseconds(1);
-  int eos_after = -1;  // Finish with kEos after this many tokens; -1: never.
+  int eos_after = -1;                         // Finish with kEos after this many tokens; -1: never.
   std::set<std::string> adapters = {"demo"};  // Known adapter names.
   EngineLimits limits;
 };
@@ -44,9 +44,9 @@ class FakeEngine final : public Engine {
   void FailNextSubmit(absl::Status status);
   void set_step_delay(absl::Duration delay);
 
-  int submitted() const;                // Requests accepted (generate and score).
-  int cancellations() const;            // Requests ended by their CancellationToken.
-  int deadlines_exceeded() const;       // Requests ended by their deadline.
+  int submitted() const;                          // Requests accepted (generate and score).
+  int cancellations() const;                      // Requests ended by their CancellationToken.
+  int deadlines_exceeded() const;                 // Requests ended by their deadline.
   std::vector<GenerateRequest> requests() const;  // Accepted generate requests, in order.
   bool WaitForSubmitted(int n, absl::Duration timeout) const;
   bool WaitForCancellations(int n, absl::Duration timeout) const;
@@ -77,7 +77,7 @@ class FakeEngine final : public Engine {
   const FakeEngineOptions options_;
   ModelInfo info_;
 
-  mutable absl::Mutex mu_;  // Guards everything below.
+  mutable absl::Mutex mu_;                      // Guards everything below.
   std::vector<Job> jobs_ ABSL_GUARDED_BY(mu_);  // Running first, then queued.
   std::vector<GenerateRequest> requests_ ABSL_GUARDED_BY(mu_);
   absl::Status fail_next_ ABSL_GUARDED_BY(mu_);

@@ -281,16 +281,16 @@ TEST(InferenceServiceTest, ConcurrentStreamsGetIndependentOutputs) {
   std::vector<std::thread> threads;
   for (int i = 0; i < kStreams; ++i) {
     threads.emplace_back([&, i] {
-      results[i] = Stream(*t.client, MakeRequest("prompt " + std::to_string(i), 30,
-                                                 i % 2 == 0 ? "" : "demo"));
+      results[i] = Stream(*t.client,
+                          MakeRequest("prompt " + std::to_string(i), 30, i % 2 == 0 ? "" : "demo"));
     });
   }
   for (auto& thread : threads) thread.join();
   for (int i = 0; i < kStreams; ++i) {
     ASSERT_TRUE(results[i].status.ok()) << results[i].status.error_message();
-    EXPECT_EQ(results[i].text(), FakeEngine::ExpectedText(i % 2 == 0 ? "" : "demo",
-                                                          "prompt " + std::to_string(i), 30,
-                                                          t.vocab()));
+    EXPECT_EQ(results[i].text(),
+              FakeEngine::ExpectedText(i % 2 == 0 ? "" : "demo", "prompt " + std::to_string(i), 30,
+                                       t.vocab()));
     EXPECT_EQ(results[i].chunks.back().finish_reason(), v1::FINISH_REASON_LENGTH);
   }
 }

@@ -80,7 +80,9 @@ TEST(ProtoConvertTest, TokenIdsReplaceThePromptText) {
   EXPECT_TRUE(r->prompt.empty());
 }
 
-TEST(ProtoConvertTest, EmptyPromptIsInvalid) { ExpectInvalid(v1::GenerateRequest(), "prompt is empty"); }
+TEST(ProtoConvertTest, EmptyPromptIsInvalid) {
+  ExpectInvalid(v1::GenerateRequest(), "prompt is empty");
+}
 
 TEST(ProtoConvertTest, TokenIdsOutsideTheVocabularyAreInvalid) {
   v1::GenerateRequest p;

@@ -27,11 +27,29 @@ TEST(ServerConfigTest, DefaultsMatchTheDocumentation) {
 
 TEST(ServerConfigTest, FlagsAreParsedAndReachTheEngineOptions) {
   int exit_code = -1;
-  std::optional<ServerConfig> c =
-      Parse({"--listen", "0.0.0.0:9000", "--model", "/m", "--data-dir", "/d", "--device", "cuda:1",
-             "--dtype", "bfloat16", "--max-batch-size", "8", "--max-queue", "3", "--threads", "2",
-             "--max-message-bytes", "2048", "--log-level", "debug", "--drain-timeout", "1.5"},
-            &exit_code);
+  std::optional<ServerConfig> c = Parse({"--listen",
+                                         "0.0.0.0:9000",
+                                         "--model",
+                                         "/m",
+                                         "--data-dir",
+                                         "/d",
+                                         "--device",
+                                         "cuda:1",
+                                         "--dtype",
+                                         "bfloat16",
+                                         "--max-batch-size",
+                                         "8",
+                                         "--max-queue",
+                                         "3",
+                                         "--threads",
+                                         "2",
+                                         "--max-message-bytes",
+                                         "2048",
+                                         "--log-level",
+                                         "debug",
+                                         "--drain-timeout",
+                                         "1.5"},
+                                        &exit_code);
   ASSERT_TRUE(c.has_value());
   EXPECT_EQ(c->drain_timeout_seconds, 1.5);
   const EngineOptions e = ToEngineOptions(*c);

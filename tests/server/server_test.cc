@@ -1,10 +1,10 @@
 #include "server/server.h"
 
-#include <future>
-#include <string>
-
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/support/byte_buffer.h>
+
+#include <future>
+#include <string>
 
 #include "gtest/gtest.h"
 #include "tests/server/test_server.h"
@@ -40,8 +40,8 @@ int HealthCheck(TestServer& t, const std::string& service) {
   const grpc::ByteBuffer request = ToBuffer(LengthDelimited(1, service));
   grpc::ByteBuffer response;
   std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                 &response, [&](grpc::Status s) { done.set_value(s); });
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) { done.set_value(s); });
   grpc::Status status = done.get_future().get();
   if (!status.ok()) return -static_cast<int>(status.error_code());
   const std::string bytes = FromBuffer(response);

@@ -3,9 +3,9 @@
 // A real adapterd gRPC server on a loopback port picked by the OS, in front of
 // a FakeEngine, with a client connected to it.
 
-#include <memory>
-
 #include <grpcpp/client_context.h>
+
+#include <memory>
 
 #include "client/client.h"
 #include "gtest/gtest.h"
