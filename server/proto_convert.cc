@@ -77,22 +77,38 @@ absl::StatusOr<ScoreRequest> ScoreRequestFromProto(const v1::ScoreRequest& reque
   if (request.ensemble_adapters_size() > 0) {
     return absl::UnimplementedError("ensemble_adapters is not supported yet");
   }
-  if (request.prompt().empty()) return absl::InvalidArgumentError("prompt is empty");
-  if (request.continuations().empty()) {
-    return absl::InvalidArgumentError("continuations is empty");
-  }
-  if (request.continuations_size() > limits.max_continuations) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("continuations has more than ", limits.max_continuations, " entries"));
-  }
-  int64_t total = static_cast<int64_t>(request.prompt().size());
-  for (const std::string& c : request.continuations()) {
-    if (c.empty()) return absl::InvalidArgumentError("continuations contains an empty string");
-    total += static_cast<int64_t>(c.size());
-  }
-  if (total > limits.max_prompt_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt and continuations are longer than ",
-                                                   limits.max_prompt_bytes, " bytes"));
+  const bool by_ids = request.prompt_token_ids_size() > 0;
+  if (by_ids) {
+    if (request.continuation_token_ids().empty()) {
+      return absl::InvalidArgumentError("continuation_token_ids is empty");
+    }
+    if (request.continuation_token_ids_size() > limits.max_continuations) {
+      return absl::InvalidArgumentError(absl::StrCat("continuation_token_ids has more than ",
+                                                     limits.max_continuations, " entries"));
+    }
+    for (const v1::TokenIds& c : request.continuation_token_ids()) {
+      if (c.ids().empty()) {
+        return absl::InvalidArgumentError("continuation_token_ids contains an empty list");
+      }
+    }
+  } else {
+    if (request.prompt().empty()) return absl::InvalidArgumentError("prompt is empty");
+    if (request.continuations().empty()) {
+      return absl::InvalidArgumentError("continuations is empty");
+    }
+    if (request.continuations_size() > limits.max_continuations) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("continuations has more than ", limits.max_continuations, " entries"));
+    }
+    int64_t total = static_cast<int64_t>(request.prompt().size());
+    for (const std::string& c : request.continuations()) {
+      if (c.empty()) return absl::InvalidArgumentError("continuations contains an empty string");
+      total += static_cast<int64_t>(c.size());
+    }
+    if (total > limits.max_prompt_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt and continuations are longer than ",
+                                                     limits.max_prompt_bytes, " bytes"));
+    }
   }
   if (request.top_logprobs() < 0 || request.top_logprobs() > limits.max_top_logprobs) {
     return absl::InvalidArgumentError(
@@ -104,6 +120,10 @@ absl::StatusOr<ScoreRequest> ScoreRequestFromProto(const v1::ScoreRequest& reque
   out.adapter = request.adapter();
   out.prompt = request.prompt();
   out.continuations.assign(request.continuations().begin(), request.continuations().end());
+  out.prompt_ids.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
+  for (const v1::TokenIds& c : request.continuation_token_ids()) {
+    out.continuation_ids.emplace_back(c.ids().begin(), c.ids().end());
+  }
   out.top_logprobs = request.top_logprobs();
   return out;
 }
@@ -130,6 +150,7 @@ void TokenToProto(const GeneratedToken& token, bool with_logprobs, v1::Token* ou
   for (const TokenLogprob& alt : token.top) {
     v1::TopLogprob* t = out->add_top_logprobs();
     t->set_token_id(alt.id);
+    t->set_text(alt.text);
     t->set_logprob(alt.logprob);
   }
 }

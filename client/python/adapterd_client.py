@@ -138,6 +138,13 @@ class AdapterdClient:
                                    top_logprobs=top_logprobs)
         return self.inference.Score(req, timeout=self.timeout, metadata=self.metadata)
 
+    def score_ids(self, prompt_ids, continuation_ids, adapter="", top_logprobs=0):
+        """Score by token ids (no special tokens added), for clients with their own tokenizer."""
+        req = self.pb.ScoreRequest(
+            prompt_token_ids=list(prompt_ids), adapter=adapter, top_logprobs=top_logprobs,
+            continuation_token_ids=[self.pb.TokenIds(ids=list(c)) for c in continuation_ids])
+        return self.inference.Score(req, timeout=self.timeout, metadata=self.metadata)
+
     def info(self):
         return self.admin.GetServerInfo(self.admin_pb.GetServerInfoRequest(), timeout=self.timeout,
                                         metadata=self.metadata)

@@ -73,6 +73,7 @@ struct SamplingParams {
 struct TokenLogprob {
   int32_t id = 0;
   float logprob = 0.0f;
+  std::string text;  // The token decoded alone (may hold U+FFFD for a partial character).
 };
 
 // One generated (or scored) token. `text` is the token's contribution to the

@@ -308,8 +308,18 @@ class TorchEngine final : public Engine {
     }
   }
 
+  void NameAlternatives(std::vector<TokenLogprob>& alternatives) const {
+    for (TokenLogprob& alt : alternatives) alt.text = tokenizer_->Decode({alt.id});
+  }
+
   void FinishSequence(Sequence& seq, const absl::Status& status) {
     ReleaseSlot(seq.slot());
+    {
+      // Counted before the sink hears of it, so that a client that saw its
+      // request end never reads it as still running.
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.running = std::max<int64_t>(0, stats_.running - 1);
+    }
     seq.sink()->OnFinish(status, seq.result());
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.requests_finished;
@@ -357,7 +367,9 @@ class TorchEngine final : public Engine {
     for (size_t i = 0; i < running_.size(); ++i) {
       Sequence& seq = *running_[i];
       seq.MarkCached();
-      const bool done = seq.Append(seq.sampler().Sample(data + i * vocab, vocab));
+      SampledToken token = seq.sampler().Sample(data + i * vocab, vocab);
+      NameAlternatives(token.top);
+      const bool done = seq.Append(token);
       ++generated;
       std::vector<GeneratedToken> out = seq.TakeOutput();
       if (!out.empty()) seq.sink()->OnTokens(std::move(out));
@@ -400,6 +412,7 @@ class TorchEngine final : public Engine {
         token.id = cont[j];
         token.logprob = Sampler::Logprob(row, vocab, cont[j]);
         token.top = Sampler::TopLogprobs(row, vocab, job.request.top_logprobs);
+        NameAlternatives(token.top);
         token.text = decoder.Push(cont[j]);
         if (j + 1 == cont.size()) token.text += decoder.Flush();
         score.logprob += token.logprob;

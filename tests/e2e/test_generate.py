@@ -129,9 +129,18 @@ def test_score_returns_a_log_probability_per_continuation(py, ctl):
         assert math.isclose(a["logprob"], b.logprob, rel_tol=1e-5, abs_tol=1e-5)
 
 
+@needs_real_engine
 def test_greedy_output_scores_as_greedy(py):
-    g = py.generate(PROMPT, max_tokens=6, ignore_eos=True)
-    r = py.score(PROMPT, [g.text])
-    if [t.id for t in r.scores[0].tokens] != ids_of(g):
-        pytest.skip("the text does not re-tokenise to the same ids")
+    prompt_ids = [5, 17, 42, 99, 7]
+    g = py.generate("", prompt_token_ids=prompt_ids, max_tokens=6, ignore_eos=True,
+                    logprobs=True, top_logprobs=2)
+    r = py.score_ids(prompt_ids, [ids_of(g), ids_of(g)[:-1] + [(ids_of(g)[-1] + 1) % 100]],
+                     top_logprobs=2)
+    assert [t.id for t in r.scores[0].tokens] == ids_of(g)
     assert r.scores[0].is_greedy
+    assert not r.scores[1].is_greedy
+    for scored, generated in zip(r.scores[0].tokens, g.tokens):
+        assert math.isclose(scored.logprob, generated.logprob, rel_tol=1e-4, abs_tol=1e-4)
+        assert scored.top_logprobs[0].token_id == generated.id
+        assert scored.top_logprobs[0].text == generated.top_logprobs[0].text
+    assert r.scores[1].logprob < r.scores[0].logprob

@@ -195,11 +195,12 @@ TEST_F(EngineTest, CancellationFreesTheSlotWithinAStep) {
   EXPECT_EQ(engine_->Stats().requests_cancelled, 1);
 }
 
-TEST_F(EngineTest, DeadlineStopsTheRequest) {
-  GenerateRequest req = Greedy("slow", 4000);
-  req.deadline = absl::Now() + absl::Milliseconds(50);
+TEST_F(EngineTest, APassedDeadlineEndsTheRequestBeforeItRuns) {
+  GenerateRequest req = Greedy("late", 8);
+  req.deadline = absl::Now() - absl::Milliseconds(1);
   Output out = Run(std::move(req));
   EXPECT_EQ(out.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(out.ids.empty());
   WaitIdle();
 }
 
@@ -317,6 +318,30 @@ TEST(DefaultModelTest, MaterialisesOnceAndGeneratesDeterministically) {
     EXPECT_EQ(out.ids, first_ids);
     (*engine)->Shutdown(absl::Seconds(1));
   }
+  std::filesystem::remove_all(data);
+}
+
+// The default model decodes slowly enough (thousands of tokens of context)
+// for a deadline to fall in the middle of a generation.
+TEST(EngineDeadlineTest, ADeadlineStopsARunningGenerationWithinAStep) {
+  const std::string data = ::testing::TempDir() + "/adapterd_deadline_test";
+  EngineOptions options;
+  options.data_dir = data;
+  auto engine = CreateEngine(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  GenerateRequest req = Greedy("a long story", 2000);
+  const absl::Time start = absl::Now();
+  req.deadline = start + absl::Milliseconds(100);
+  auto sink = std::make_shared<CollectingSink>();
+  ASSERT_TRUE((*engine)->Submit(std::move(req), sink).ok());
+  Output out = sink->Wait();
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(out.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_GT(out.ids.size(), 0u);
+  EXPECT_LT(out.ids.size(), 2000u);
+  // One step of this model takes about a millisecond; allow a loaded machine.
+  EXPECT_LT(took, absl::Milliseconds(600)) << took;
+  (*engine)->Shutdown(absl::Seconds(1));
   std::filesystem::remove_all(data);
 }
 
