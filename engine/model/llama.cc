@@ -3,8 +3,12 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/causal_lm.h"
@@ -27,15 +31,55 @@ at::Tensor Activation(const at::Tensor& x, const std::string& name) {
   return at::gelu(x, "tanh");  // gelu_new, gelu_pytorch_tanh.
 }
 
-// transformers' _compute_*_rope_parameters, in float32 like the reference.
-absl::StatusOr<at::Tensor> InverseFrequencies(const ModelConfig& c) {
+at::Tensor RopeExponents(int64_t dim) {
+  return at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+}
+
+// transformers' _compute_dynamic_ntk_parameters for seq_len > max_position_embeddings,
+// where transformers gets seq_len as a tensor and so computes the base in float32.
+at::Tensor DynamicInverseFrequencies(const ModelConfig& c, int64_t seq_len) {
   const int64_t dim = c.head_dim;
-  at::Tensor exponents = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
-  at::Tensor inv_freq = at::reciprocal(at::pow(c.rope_theta, exponents));
+  const double factor = c.rope_scaling.factor;
+  at::Tensor len = at::maximum(at::scalar_tensor(seq_len, at::kLong),
+                               at::scalar_tensor(c.max_position_embeddings, at::kLong));
+  at::Tensor base = at::pow(len * factor / c.max_position_embeddings - (factor - 1),
+                            static_cast<double>(dim) / static_cast<double>(dim - 2)) *
+                    c.rope_theta;
+  return at::reciprocal(at::pow(base, RopeExponents(dim)));
+}
+
+// The frequencies a rope type uses at load. "dynamic" swaps in
+// DynamicInverseFrequencies and "longrope" long_inv_freq per sequence length.
+struct RopeTables {
+  at::Tensor inv_freq;       // [D/2] float32; dynamic and longrope: at short lengths.
+  at::Tensor long_inv_freq;  // longrope: beyond original_max_position_embeddings.
+  double attention_scaling = 1.0;
+};
+
+// transformers' _compute_*_rope_parameters at init (seq_len None), in float32
+// like the reference.
+absl::StatusOr<RopeTables> ComputeRope(const ModelConfig& c) {
+  const int64_t dim = c.head_dim;
+  at::Tensor exponents = RopeExponents(dim);
+  RopeTables t;
+  t.inv_freq = at::reciprocal(at::pow(c.rope_theta, exponents));
   const RopeScaling& r = c.rope_scaling;
-  if (r.type == "default") return inv_freq;
-  if (r.type == "linear") return inv_freq / r.factor;
+  if (r.type == "default") return t;
+  if (r.type == "linear") {
+    t.inv_freq = t.inv_freq / r.factor;
+    return t;
+  }
+  if (r.type == "dynamic") {
+    // seq_len None: python floats, so the base is computed in double.
+    const double max_pos = static_cast<double>(c.max_position_embeddings);
+    const double base =
+        c.rope_theta * std::pow(r.factor * max_pos / max_pos - (r.factor - 1),
+                                static_cast<double>(dim) / static_cast<double>(dim - 2));
+    t.inv_freq = at::reciprocal(at::pow(base, exponents));
+    return t;
+  }
   if (r.type == "llama3") {
+    const at::Tensor& inv_freq = t.inv_freq;
     const double old_len = static_cast<double>(r.original_max_position_embeddings);
     const double low_wavelen = old_len / r.low_freq_factor;
     const double high_wavelen = old_len / r.high_freq_factor;
@@ -46,7 +90,55 @@ absl::StatusOr<at::Tensor> InverseFrequencies(const ModelConfig& c) {
     at::Tensor smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled;
     at::Tensor medium =
         at::logical_not(wavelen < high_wavelen) * at::logical_not(wavelen > low_wavelen);
-    return at::where(medium, smoothed, scaled);
+    t.inv_freq = at::where(medium, smoothed, scaled);
+    return t;
+  }
+  if (r.type == "yarn") {
+    auto get_mscale = [](double scale, double mscale) {
+      return scale <= 1 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
+    };
+    if (r.attention_factor.has_value()) {
+      t.attention_scaling = *r.attention_factor;
+    } else if (r.mscale.value_or(0) != 0 && r.mscale_all_dim.value_or(0) != 0) {
+      t.attention_scaling =
+          get_mscale(r.factor, *r.mscale) / get_mscale(r.factor, *r.mscale_all_dim);
+    } else {
+      t.attention_scaling = get_mscale(r.factor, 1.0);
+    }
+    const double d = static_cast<double>(dim);
+    const double orig = static_cast<double>(r.original_max_position_embeddings);
+    auto correction_dim = [&](double rotations) {
+      return (d * std::log(orig / (rotations * 2 * M_PI))) / (2 * std::log(c.rope_theta));
+    };
+    double low = correction_dim(r.beta_fast), high = correction_dim(r.beta_slow);
+    if (r.truncate) {
+      low = std::floor(low);
+      high = std::ceil(high);
+    }
+    low = std::max(low, 0.0);
+    high = std::min(high, d - 1);
+    if (low == high) high += 0.001;
+    at::Tensor ramp = at::clamp((at::arange(dim / 2, at::kFloat) - low) / (high - low), 0, 1);
+    at::Tensor extrapolation_factor = 1 - ramp;
+    at::Tensor pos_freqs = at::pow(c.rope_theta, exponents);
+    at::Tensor extrapolation = at::reciprocal(pos_freqs);
+    at::Tensor interpolation = at::reciprocal(pos_freqs * r.factor);
+    t.inv_freq = interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor;
+    return t;
+  }
+  if (r.type == "longrope") {
+    if (r.attention_factor.has_value()) {
+      t.attention_scaling = *r.attention_factor;
+    } else if (r.factor > 1.0) {
+      t.attention_scaling =
+          std::sqrt(1 + std::log(r.factor) /
+                            std::log(static_cast<double>(r.original_max_position_embeddings)));
+    }
+    at::Tensor pos_freqs = at::pow(c.rope_theta, exponents);
+    t.inv_freq = at::reciprocal(at::tensor(r.short_factor, at::kDouble).to(at::kFloat) * pos_freqs);
+    t.long_inv_freq =
+        at::reciprocal(at::tensor(r.long_factor, at::kDouble).to(at::kFloat) * pos_freqs);
+    return t;
   }
   return absl::UnimplementedError(absl::StrCat("rope type '", r.type, "' is not implemented"));
 }
@@ -98,9 +190,11 @@ class LlamaModel final : public CausalLM {
       layers_.push_back(std::move(l));
     }
     if (!get.status().ok()) return get.status();
-    absl::StatusOr<at::Tensor> inv_freq = InverseFrequencies(c);
-    if (!inv_freq.ok()) return inv_freq.status();
-    inv_freq_ = inv_freq->to(context_.device);
+    absl::StatusOr<RopeTables> rope = ComputeRope(c);
+    if (!rope.ok()) return rope.status();
+    inv_freq_ = rope->inv_freq.to(context_.device);
+    if (rope->long_inv_freq.defined()) long_inv_freq_ = rope->long_inv_freq.to(context_.device);
+    attention_scaling_ = rope->attention_scaling;
     return absl::OkStatus();
   }
 
@@ -124,10 +218,11 @@ class LlamaModel final : public CausalLM {
         batch, cache.num_slots(), cache.max_len(), c.vocab_size, c.sliding_window, context_.device);
     const int64_t t = step.num_tokens;
 
-    at::Tensor freqs = at::outer(step.token_positions.to(at::kFloat), inv_freq_);
+    at::Tensor freqs =
+        step.token_positions.to(at::kFloat).unsqueeze(1) * TokenInverseFrequencies(step);
     at::Tensor emb = at::cat({freqs, freqs}, -1);
-    at::Tensor cos = emb.cos().to(context_.dtype).unsqueeze(1);  // [T, 1, D]
-    at::Tensor sin = emb.sin().to(context_.dtype).unsqueeze(1);
+    at::Tensor cos = (emb.cos() * attention_scaling_).to(context_.dtype).unsqueeze(1);  // [T, 1, D]
+    at::Tensor sin = (emb.sin() * attention_scaling_).to(context_.dtype).unsqueeze(1);
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
 
     at::Tensor x = embed_.index_select(0, step.token_ids);  // [T, H]
@@ -153,6 +248,46 @@ class LlamaModel final : public CausalLM {
   }
 
  private:
+  // [T, D/2], or [D/2] where every token uses the same frequencies.
+  //
+  // transformers' dynamic_rope_update picks "dynamic" and "longrope"
+  // frequencies for a whole forward call from seq_len = max(position_ids) + 1,
+  // and for "dynamic" also from the calls before (it only grows the length it
+  // scales for, until a call is back within max_position_embeddings). With a
+  // KV cache that history is not the engine's to reproduce, so each sequence
+  // uses its own length after this step, past_len + new tokens: the same as
+  // transformers for a full-sequence forward and for its generate() (whose
+  // lengths only grow), with the rotary state fresh per sequence. Keys already
+  // cached keep the frequencies they were written with, as in transformers
+  // with a cache; so a prompt fed in chunks that cross the threshold differs
+  // from one full forward of it, in transformers as here.
+  at::Tensor TokenInverseFrequencies(const AttentionStep& step) {
+    const ModelConfig& c = context_.config;
+    const std::string& type = c.rope_scaling.type;
+    if (type != "dynamic" && type != "longrope") return inv_freq_;
+    std::vector<at::Tensor> rows;
+    bool all_base = true;
+    for (size_t b = 0; b < step.lens.size(); ++b) {
+      const int64_t seq_len = step.past_lens[b] + step.lens[b];
+      at::Tensor row = inv_freq_;
+      if (type == "longrope" && seq_len > c.rope_scaling.original_max_position_embeddings) {
+        row = long_inv_freq_;
+      } else if (type == "dynamic" && seq_len > c.max_position_embeddings) {
+        auto it = dynamic_inv_freq_.find(seq_len);
+        if (it == dynamic_inv_freq_.end()) {
+          it = dynamic_inv_freq_
+                   .emplace(seq_len, DynamicInverseFrequencies(c, seq_len).to(context_.device))
+                   .first;
+        }
+        row = it->second;
+      }
+      all_base = all_base && row.is_same(inv_freq_);
+      rows.push_back(row.unsqueeze(0).expand({step.lens[b], row.size(0)}));
+    }
+    if (all_base) return inv_freq_;
+    return at::cat(rows, 0);
+  }
+
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
     at::Tensor xf = x.to(at::kFloat);
     at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
@@ -160,7 +295,9 @@ class LlamaModel final : public CausalLM {
   }
 
   ModelContext context_;
-  at::Tensor embed_, norm_, lm_head_, inv_freq_;
+  at::Tensor embed_, norm_, lm_head_, inv_freq_, long_inv_freq_;
+  double attention_scaling_ = 1.0;
+  std::map<int64_t, at::Tensor> dynamic_inv_freq_;  // "dynamic": by sequence length.
   std::vector<LlamaLayer> layers_;
 };
 

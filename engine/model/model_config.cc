@@ -79,10 +79,29 @@ absl::Status ParseTokenIds(const json& j, ModelConfig* c) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::optional<double>> GetOptionalDouble(const json& j, const std::string& key) {
+  if (Field(j, key) == nullptr) return std::optional<double>();
+  ASSIGN_OR_RETURN(double v, GetDouble(j, key, 0.0));
+  return std::optional<double>(v);
+}
+
+absl::StatusOr<std::vector<double>> GetDoubles(const json& j, const std::string& key) {
+  const json* v = Field(j, key);
+  if (v == nullptr) return Bad(absl::StrCat("missing \"", key, "\""));
+  if (!v->is_array()) return Bad(absl::StrCat("\"", key, "\" is not a list"));
+  std::vector<double> out;
+  for (const json& e : *v) {
+    if (!e.is_number()) return Bad(absl::StrCat("\"", key, "\" has a non-number entry"));
+    out.push_back(e.get<double>());
+  }
+  return out;
+}
+
 // transformers v4 (`rope_theta` + `rope_scaling`) or v5 (`rope_parameters`).
 absl::Status ParseRope(const json& j, ModelConfig* c) {
   ASSIGN_OR_RETURN(c->rope_theta, GetDouble(j, "rope_theta", 10000.0));
   const json* scaling = Field(j, "rope_parameters");
+  const bool v5 = scaling != nullptr;
   if (scaling == nullptr) scaling = Field(j, "rope_scaling");
   if (scaling == nullptr) return absl::OkStatus();
   if (!scaling->is_object()) return Bad("\"rope_scaling\"/\"rope_parameters\" is not an object");
@@ -103,11 +122,35 @@ absl::Status ParseRope(const json& j, ModelConfig* c) {
   ASSIGN_OR_RETURN(
       r.original_max_position_embeddings,
       GetInt(*scaling, "original_max_position_embeddings", c->max_position_embeddings));
+  // transformers reads `beta_fast or 32`: 0 means the default too.
   ASSIGN_OR_RETURN(r.beta_fast, GetDouble(*scaling, "beta_fast", 32.0));
+  if (r.beta_fast == 0) r.beta_fast = 32.0;
   ASSIGN_OR_RETURN(r.beta_slow, GetDouble(*scaling, "beta_slow", 1.0));
-  if (Field(*scaling, "attention_factor") != nullptr) {
-    ASSIGN_OR_RETURN(double af, GetDouble(*scaling, "attention_factor", 1.0));
-    r.attention_factor = af;
+  if (r.beta_slow == 0) r.beta_slow = 1.0;
+  ASSIGN_OR_RETURN(r.truncate, GetBool(*scaling, "truncate", true));
+  ASSIGN_OR_RETURN(r.attention_factor, GetOptionalDouble(*scaling, "attention_factor"));
+  ASSIGN_OR_RETURN(r.mscale, GetOptionalDouble(*scaling, "mscale"));
+  ASSIGN_OR_RETURN(r.mscale_all_dim, GetOptionalDouble(*scaling, "mscale_all_dim"));
+  if (type == "longrope") {
+    ASSIGN_OR_RETURN(r.short_factor, GetDoubles(*scaling, "short_factor"));
+    ASSIGN_OR_RETURN(r.long_factor, GetDoubles(*scaling, "long_factor"));
+    // transformers 4.57 reads the top-level field only (Phi-3 keeps it there).
+    const json* top = Field(j, "original_max_position_embeddings");
+    const json* given =
+        top != nullptr ? top : (v5 ? Field(*scaling, "original_max_position_embeddings") : nullptr);
+    r.original_max_position_embeddings = c->max_position_embeddings;
+    if (given != nullptr) {
+      if (!given->is_number_integer() || given->get<int64_t>() <= 0) {
+        return Bad("\"original_max_position_embeddings\" is not a positive integer");
+      }
+      r.original_max_position_embeddings = given->get<int64_t>();
+      r.factor = static_cast<double>(c->max_position_embeddings) /
+                 static_cast<double>(r.original_max_position_embeddings);
+    }
+    const size_t half = static_cast<size_t>(c->head_dim / 2);
+    if (r.short_factor.size() != half || r.long_factor.size() != half) {
+      return Bad("longrope short_factor and long_factor need head_dim / 2 entries each");
+    }
   }
   if (type != "default" && r.factor <= 0) return Bad("rope scaling \"factor\" must be positive");
   if (type == "llama3" && (Field(*scaling, "original_max_position_embeddings") == nullptr ||
@@ -115,6 +158,9 @@ absl::Status ParseRope(const json& j, ModelConfig* c) {
     return Bad(
         "llama3 rope scaling needs original_max_position_embeddings and "
         "high_freq_factor > low_freq_factor");
+  }
+  if (r.original_max_position_embeddings <= 0) {
+    return Bad("\"original_max_position_embeddings\" must be positive");
   }
   return absl::OkStatus();
 }

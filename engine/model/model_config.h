@@ -14,16 +14,28 @@ namespace adapterd {
 
 enum class Architecture { kLlama, kGpt2 };
 
+// Rotary scaling as transformers 4.57 reads it (modeling_rope_utils.py).
 struct RopeScaling {
   std::string type = "default";  // default | linear | dynamic | llama3 | yarn | longrope
   double factor = 1.0;
   double low_freq_factor = 1.0;   // llama3
   double high_freq_factor = 4.0;  // llama3
+  // llama3 and yarn: the rope dict's value, else max_position_embeddings.
+  // longrope: the top-level config field (or, in the v5 `rope_parameters`
+  // form, the dict's), else max_position_embeddings; when given, `factor` is
+  // max_position_embeddings / it, as transformers computes it.
   int64_t original_max_position_embeddings = 0;
   // yarn
   double beta_fast = 32.0;
   double beta_slow = 1.0;
+  bool truncate = true;
+  std::optional<double> mscale;
+  std::optional<double> mscale_all_dim;
+  // yarn and longrope: multiplies cos and sin; inferred when absent.
   std::optional<double> attention_factor;
+  // longrope: one factor per rotary frequency (head_dim / 2 each).
+  std::vector<double> short_factor;
+  std::vector<double> long_factor;
 };
 
 struct ModelConfig {

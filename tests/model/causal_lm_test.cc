@@ -19,6 +19,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -81,6 +82,9 @@ std::vector<std::string> ListDir(const std::string& path) {
 struct Reference {
   std::vector<std::vector<int32_t>> prompts;
   std::vector<at::Tensor> logits;  // [n_i, V] float32 per prompt.
+  // llama_rope_* only: [n_i, V], half the prompt in one call, then one token
+  // per call with a cache.
+  std::vector<at::Tensor> stepwise;
   std::vector<std::vector<int32_t>> generations;
   int max_new_tokens = 0;
 };
@@ -95,14 +99,21 @@ Reference LoadReference(const std::string& dir) {
       SafetensorsFile::Open(dir + "/reference.safetensors");
   EXPECT_TRUE(file.ok()) << file.status();
   if (!file.ok()) return ref;
-  for (size_t i = 0; i < ref.prompts.size(); ++i) {
-    const SafetensorsTensorInfo* info = (*file)->Find("logits." + std::to_string(i));
-    EXPECT_NE(info, nullptr);
-    if (info == nullptr || info->dtype != "F32") return ref;
+  auto read = [&](const std::string& name) -> at::Tensor {
+    const SafetensorsTensorInfo* info = (*file)->Find(name);
+    if (info == nullptr || info->dtype != "F32") return at::Tensor();
     at::Tensor t = at::empty(info->shape, at::kFloat);
     std::string_view bytes = (*file)->Data(*info);
     std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
+    return t;
+  };
+  for (size_t i = 0; i < ref.prompts.size(); ++i) {
+    at::Tensor t = read("logits." + std::to_string(i));
+    EXPECT_TRUE(t.defined()) << "logits." << i;
+    if (!t.defined()) return ref;
     ref.logits.push_back(t);
+    at::Tensor stepwise = read("stepwise." + std::to_string(i));
+    if (stepwise.defined()) ref.stepwise.push_back(stepwise);
   }
   return ref;
 }
@@ -119,6 +130,14 @@ double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
   EXPECT_EQ(a.sizes(), b.sizes());
   if (a.sizes() != b.sizes()) return 1e30;
   return (a.cpu() - b.cpu()).abs().max().item<double>();
+}
+
+// The sequence length beyond which "dynamic" and "longrope" change the rotary
+// frequencies of a whole forward call; no limit for the other types.
+int64_t LengthDependentRopeThreshold(const ModelConfig& c) {
+  if (c.rope_scaling.type == "dynamic") return c.max_position_embeddings;
+  if (c.rope_scaling.type == "longrope") return c.rope_scaling.original_max_position_embeddings;
+  return std::numeric_limits<int64_t>::max();
 }
 
 class ParityTest : public ::testing::TestWithParam<std::string> {
@@ -174,10 +193,13 @@ TEST_P(ParityTest, BatchedPrefillOfDifferentLengthsMatchesHf) {
 // with sequences of different past lengths, comparing every row.
 TEST_P(ParityTest, IncrementalChunksAndDecodeMatchHf) {
   const int n = static_cast<int>(ref_.prompts.size());
-  std::unique_ptr<KvCache> cache = model_->NewCache(n, 32);
+  std::unique_ptr<KvCache> cache = model_->NewCache(n, 64);
   std::vector<int64_t> done(n, 0);
+  // Chunks crossing a length-dependent rope's threshold are not a full forward
+  // (see LengthDependentRopeTest); prompts within it are compared.
+  const int64_t threshold = LengthDependentRopeThreshold(model_->config());
   double worst = 0;
-  int decode_only_steps = 0, mixed_steps = 0;
+  int decode_only_steps = 0, mixed_steps = 0, compared_rows = 0;
   for (int step = 0;; ++step) {
     ForwardBatch batch;
     batch.all_logits = true;
@@ -203,14 +225,18 @@ TEST_P(ParityTest, IncrementalChunksAndDecodeMatchHf) {
     for (size_t b = 0; b < batch.slots.size(); ++b) {
       const int i = batch.slots[b];
       const int64_t chunk = static_cast<int64_t>(batch.tokens[b].size());
-      worst = std::max(worst, MaxAbsDiff(logits.narrow(0, row, chunk),
-                                         ref_.logits[i].narrow(0, done[i], chunk)));
+      if (static_cast<int64_t>(ref_.prompts[i].size()) <= threshold) {
+        ++compared_rows;
+        worst = std::max(worst, MaxAbsDiff(logits.narrow(0, row, chunk),
+                                           ref_.logits[i].narrow(0, done[i], chunk)));
+      }
       row += chunk;
       done[i] += chunk;
     }
   }
   EXPECT_GT(decode_only_steps, 2);
   EXPECT_GT(mixed_steps, 1);
+  EXPECT_GT(compared_rows, 0);
   EXPECT_LT(worst, kTolerance);
   std::printf("[ %s ] incremental max |diff| = %.3g\n", GetParam().c_str(), worst);
 }
@@ -244,7 +270,7 @@ TEST_P(ParityTest, Bfloat16AgreesInArgmax) {
   ASSERT_NE(bf16, nullptr);
   EXPECT_EQ(bf16->dtype(), at::kBFloat16);
   const int n = static_cast<int>(ref_.prompts.size());
-  std::unique_ptr<KvCache> cache = bf16->NewCache(n, 32);
+  std::unique_ptr<KvCache> cache = bf16->NewCache(n, 64);
   ForwardBatch batch;
   batch.all_logits = true;
   for (int i = 0; i < n; ++i) {
@@ -275,7 +301,7 @@ TEST_P(ParityTest, Bfloat16AgreesInArgmax) {
 
 // Negative control: the parity check notices positions that are off by one.
 TEST_P(ParityTest, ShiftedPositionsAreDetected) {
-  std::unique_ptr<KvCache> cache = model_->NewCache(1, 32);
+  std::unique_ptr<KvCache> cache = model_->NewCache(1, 64);
   ForwardBatch batch;
   batch.all_logits = true;
   batch.slots = {0};
@@ -285,44 +311,150 @@ TEST_P(ParityTest, ShiftedPositionsAreDetected) {
   EXPECT_GT(MaxAbsDiff(logits, ref_.logits[1]), 1e-3);
 }
 
+// The rope dict of a config.json as transformers v4 (`rope_scaling`) or v5
+// (`rope_parameters`) writes it; creates a v4 one when there is none.
+nlohmann::json& RopeDict(nlohmann::json& config) {
+  if (config.contains("rope_parameters") && config["rope_parameters"].is_object()) {
+    return config["rope_parameters"];
+  }
+  if (!config.contains("rope_scaling") || !config["rope_scaling"].is_object()) {
+    config["rope_scaling"] = nlohmann::json::object();
+  }
+  return config["rope_scaling"];
+}
+
+// Sets the rope type, whichever of `rope_type`/`type` the file used.
+void SetRopeType(nlohmann::json& config, const std::string& type) {
+  nlohmann::json& rope = RopeDict(config);
+  rope.erase("type");
+  rope["rope_type"] = type;
+}
+
 // Negative controls for the config-driven features: the fixtures only pass
-// because the sliding window and the llama3 rope scaling are applied.
-double DiffWithEditedConfig(const std::string& model, const std::string& from,
-                            const std::string& to) {
+// because the sliding window and the rope scaling are applied. Returns the
+// max |diff| against HF of prompt 1 with `edit` applied to config.json.
+double DiffWithEditedConfig(const std::string& model,
+                            const std::function<void(nlohmann::json&)>& edit) {
   const std::string dir = ::testing::TempDir() + "/edited_" + model;
   RemoveTree(dir);
   ::mkdir(dir.c_str(), 0755);
-  std::string config = ReadFile(ModelDir(model) + "/config.json");
-  const size_t pos = config.find(from);
-  EXPECT_NE(pos, std::string::npos) << config;
-  if (pos == std::string::npos) return 0;
-  config.replace(pos, from.size(), to);
-  WriteFile(dir + "/config.json", config);
+  nlohmann::json config = nlohmann::json::parse(ReadFile(ModelDir(model) + "/config.json"));
+  edit(config);
+  WriteFile(dir + "/config.json", config.dump(2));
   WriteFile(dir + "/model.safetensors", ReadFile(ModelDir(model) + "/model.safetensors"));
   absl::StatusOr<std::unique_ptr<CausalLM>> edited = CausalLM::Load(dir, {});
   EXPECT_TRUE(edited.ok()) << edited.status();
   if (!edited.ok()) return 0;
   Reference ref = LoadReference(ModelDir(model));
-  std::unique_ptr<KvCache> cache = (*edited)->NewCache(1, 32);
+  std::unique_ptr<KvCache> cache = (*edited)->NewCache(1, 64);
   at::Tensor logits = (*edited)->Forward({{0}, {0}, {ref.prompts[1]}, true}, *cache);
   RemoveTree(dir);
-  return MaxAbsDiff(logits, ref.logits[1]);
+  const double diff = MaxAbsDiff(logits, ref.logits[1]);
+  std::printf("[ %s ] edited config max |diff| = %.3g\n", model.c_str(), diff);
+  return diff;
 }
 
 TEST(CausalLMTest, WithoutTheSlidingWindowParityBreaks) {
-  EXPECT_GT(DiffWithEditedConfig("mistral_sw", "\"sliding_window\": 5", "\"sliding_window\": null"),
-            1e-3);
+  EXPECT_GT(
+      DiffWithEditedConfig("mistral_sw", [](nlohmann::json& c) { c["sliding_window"] = nullptr; }),
+      1e-3);
 }
 
 TEST(CausalLMTest, WithoutLlama3RopeScalingParityBreaks) {
-  EXPECT_GT(DiffWithEditedConfig("llama_tied_rope3", "\"rope_type\": \"llama3\"",
-                                 "\"rope_type\": \"default\""),
+  EXPECT_GT(DiffWithEditedConfig("llama_tied_rope3",
+                                 [](nlohmann::json& c) { SetRopeType(c, "default"); }),
             1e-3);
 }
 
+// The edited config itself still matches HF: the edit machinery is not what breaks parity.
+TEST(CausalLMTest, AnUnchangedConfigRoundTripKeepsParity) {
+  for (const char* model : {"llama_rope_yarn", "llama_rope_longrope", "llama_rope_dynamic"}) {
+    EXPECT_LT(DiffWithEditedConfig(model, [](nlohmann::json&) {}), kTolerance) << model;
+  }
+}
+
+TEST(CausalLMTest, WithoutYarnRopeScalingParityBreaks) {
+  EXPECT_GT(
+      DiffWithEditedConfig("llama_rope_yarn", [](nlohmann::json& c) { SetRopeType(c, "default"); }),
+      1e-3);
+  // Frequencies right but cos/sin not scaled by attention_factor (mscale).
+  EXPECT_GT(DiffWithEditedConfig("llama_rope_yarn",
+                                 [](nlohmann::json& c) { RopeDict(c)["attention_factor"] = 1.0; }),
+            1e-3);
+  // The ramp rounded to whole dimensions.
+  EXPECT_GT(DiffWithEditedConfig("llama_rope_yarn",
+                                 [](nlohmann::json& c) { RopeDict(c)["truncate"] = true; }),
+            1e-3);
+}
+
+TEST(CausalLMTest, WithoutDynamicRopeScalingParityBreaks) {
+  EXPECT_GT(DiffWithEditedConfig("llama_rope_dynamic",
+                                 [](nlohmann::json& c) { SetRopeType(c, "default"); }),
+            1e-3);
+}
+
+TEST(CausalLMTest, WithoutLongropeLongFactorsParityBreaks) {
+  EXPECT_GT(DiffWithEditedConfig("llama_rope_longrope",
+                                 [](nlohmann::json& c) {
+                                   nlohmann::json& rope = RopeDict(c);
+                                   rope["long_factor"] = rope["short_factor"];
+                                 }),
+            1e-3);
+}
+
+// "dynamic" and "longrope" choose frequencies from each sequence's length
+// after the step (llama.cc says why): a prompt fed half at once and then a
+// token at a time matches transformers fed the same way with its cache, and
+// rows of one batch use their own sequence's length.
+class LengthDependentRopeTest : public ParityTest {};
+
+TEST_P(LengthDependentRopeTest, HalfPrefillThenDecodeMatchesHfStepByStep) {
+  const int n = static_cast<int>(ref_.prompts.size());
+  ASSERT_EQ(static_cast<int>(ref_.stepwise.size()), n);
+  std::unique_ptr<KvCache> cache = model_->NewCache(n, 64);
+  std::vector<int64_t> done(n, 0);
+  double worst = 0, full_forward_gap = 0;
+  for (int step = 0;; ++step) {
+    ForwardBatch batch;
+    batch.all_logits = true;
+    for (int i = 0; i < n; ++i) {
+      const int64_t len = static_cast<int64_t>(ref_.prompts[i].size());
+      if (done[i] == len) continue;
+      const int64_t chunk = step == 0 ? std::max<int64_t>(1, len / 2) : 1;
+      batch.slots.push_back(i);
+      batch.past_lens.push_back(done[i]);
+      batch.tokens.emplace_back(ref_.prompts[i].begin() + done[i],
+                                ref_.prompts[i].begin() + done[i] + chunk);
+    }
+    if (batch.slots.empty()) break;
+    at::Tensor logits = model_->Forward(batch, *cache);
+    int64_t row = 0;
+    for (size_t b = 0; b < batch.slots.size(); ++b) {
+      const int i = batch.slots[b];
+      const int64_t chunk = static_cast<int64_t>(batch.tokens[b].size());
+      worst = std::max(worst, MaxAbsDiff(logits.narrow(0, row, chunk),
+                                         ref_.stepwise[i].narrow(0, done[i], chunk)));
+      full_forward_gap = std::max(
+          full_forward_gap,
+          MaxAbsDiff(logits.narrow(0, row, chunk), ref_.logits[i].narrow(0, done[i], chunk)));
+      row += chunk;
+      done[i] += chunk;
+    }
+  }
+  EXPECT_LT(worst, kTolerance);
+  // The fixture crosses the threshold mid-prompt, so the schedule matters.
+  EXPECT_GT(full_forward_gap, 1e-3);
+  std::printf("[ %s ] stepwise max |diff| = %.3g (vs full forward %.3g)\n", GetParam().c_str(),
+              worst, full_forward_gap);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, LengthDependentRopeTest,
+                         ::testing::Values("llama_rope_dynamic", "llama_rope_longrope"));
+
 INSTANTIATE_TEST_SUITE_P(Models, ParityTest,
                          ::testing::Values("llama", "llama_sharded", "llama_tied_rope3", "qwen2",
-                                           "mistral_sw", "gpt2"));
+                                           "mistral_sw", "gpt2", "llama_rope_dynamic",
+                                           "llama_rope_yarn", "llama_rope_longrope"));
 
 TEST(CausalLMTest, FixturesAreWhatTheyClaim) {
   EXPECT_TRUE(Exists(ModelDir("llama_sharded") + "/model.safetensors.index.json"));
@@ -338,6 +470,18 @@ TEST(CausalLMTest, FixturesAreWhatTheyClaim) {
   std::unique_ptr<CausalLM> mistral = LoadModel("mistral_sw");
   ASSERT_NE(mistral, nullptr);
   EXPECT_EQ(mistral->config().sliding_window, 5);
+  for (const char* type : {"dynamic", "yarn", "longrope"}) {
+    std::unique_ptr<CausalLM> rope = LoadModel(std::string("llama_rope_") + type);
+    ASSERT_NE(rope, nullptr);
+    EXPECT_EQ(rope->config().rope_scaling.type, type);
+    // The prompts cross the length where the scaling starts to act.
+    Reference ref = LoadReference(ModelDir(std::string("llama_rope_") + type));
+    size_t longest = 0;
+    for (const auto& p : ref.prompts) longest = std::max(longest, p.size());
+    EXPECT_GT(static_cast<int64_t>(longest), 16 + 16);
+  }
+  EXPECT_EQ(
+      LoadModel("llama_rope_longrope")->config().rope_scaling.original_max_position_embeddings, 16);
 }
 
 TEST(CausalLMTest, FingerprintIsStableAndDistinguishesModels) {
@@ -534,14 +678,15 @@ TEST_F(LoadErrorTest, BadOptionsAreRejected) {
 }
 
 TEST_F(LoadErrorTest, UnsupportedRopeTypeIsUnimplementedAtLoad) {
-  std::string config = ReadFile(dir_ + "/config.json");
-  const size_t pos = config.find("\"rope_scaling\": null");
-  ASSERT_NE(pos, std::string::npos) << config;
-  config.replace(pos, 20, R"("rope_scaling": {"rope_type": "yarn", "factor": 4.0})");
-  WriteFile(dir_ + "/config.json", config);
+  // Edits the parsed JSON, so v4 (`rope_scaling`) and v5 (`rope_parameters`)
+  // configs both work.
+  nlohmann::json config = nlohmann::json::parse(ReadFile(dir_ + "/config.json"));
+  SetRopeType(config, "made_up");
+  RopeDict(config)["factor"] = 4.0;
+  WriteFile(dir_ + "/config.json", config.dump(2));
   absl::Status s = Load();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("yarn"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("made_up"));
 }
 
 }  // namespace

@@ -68,6 +68,71 @@ TEST(ModelConfigTest, AcceptsTypeAsAliasOfRopeTypeAndExplicitHeadDim) {
   EXPECT_EQ(c->sliding_layers, (std::vector<bool>{true, true}));
 }
 
+TEST(ModelConfigTest, ParsesYarnFieldsInBothForms) {
+  const std::string head = R"({"model_type": "llama", "vocab_size": 100, "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "max_position_embeddings": 4096, )";
+  const std::string yarn =
+      R"({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024,
+    "beta_fast": 16, "beta_slow": 2, "truncate": false, "mscale": 0.7, "mscale_all_dim": 0.7})";
+  for (const std::string& key : {"rope_scaling", "rope_parameters"}) {
+    absl::StatusOr<ModelConfig> c = ModelConfig::FromJson(head + "\"" + key + "\": " + yarn + "}");
+    ASSERT_TRUE(c.ok()) << c.status();
+    const RopeScaling& r = c->rope_scaling;
+    EXPECT_EQ(r.type, "yarn");
+    EXPECT_DOUBLE_EQ(r.factor, 4.0);
+    EXPECT_EQ(r.original_max_position_embeddings, 1024);
+    EXPECT_DOUBLE_EQ(r.beta_fast, 16);
+    EXPECT_DOUBLE_EQ(r.beta_slow, 2);
+    EXPECT_FALSE(r.truncate);
+    EXPECT_EQ(r.mscale, 0.7);
+    EXPECT_EQ(r.mscale_all_dim, 0.7);
+    EXPECT_FALSE(r.attention_factor.has_value());
+  }
+  absl::StatusOr<ModelConfig> defaults =
+      ModelConfig::FromJson(head + R"("rope_scaling": {"rope_type": "yarn", "factor": 2.0}})");
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->rope_scaling.original_max_position_embeddings, 4096);
+  EXPECT_DOUBLE_EQ(defaults->rope_scaling.beta_fast, 32);
+  EXPECT_DOUBLE_EQ(defaults->rope_scaling.beta_slow, 1);
+  EXPECT_TRUE(defaults->rope_scaling.truncate);
+}
+
+TEST(ModelConfigTest, LongropeTakesTheTopLevelOriginalLengthAndDerivesFactor) {
+  const std::string head = R"({"model_type": "llama", "vocab_size": 100, "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "max_position_embeddings": 4096, )";
+  const std::string factors = R"("short_factor": [1, 1, 1, 1, 1, 1, 1, 1],
+    "long_factor": [1, 2, 3, 4, 5, 6, 7, 8.5])";
+  absl::StatusOr<ModelConfig> phi3 =
+      ModelConfig::FromJson(head + R"("original_max_position_embeddings": 1024,
+      "rope_scaling": {"type": "longrope", "factor": 2.0, )" +
+                            factors + "}}");
+  ASSERT_TRUE(phi3.ok()) << phi3.status();
+  EXPECT_EQ(phi3->rope_scaling.original_max_position_embeddings, 1024);
+  EXPECT_DOUBLE_EQ(phi3->rope_scaling.factor, 4.0);
+  EXPECT_EQ(phi3->rope_scaling.long_factor.back(), 8.5);
+  // transformers 4.57 ignores the v4 dict's original_max_position_embeddings for longrope.
+  absl::StatusOr<ModelConfig> v4 =
+      ModelConfig::FromJson(head + R"("rope_scaling": {"rope_type": "longrope", "factor": 2.0,
+      "original_max_position_embeddings": 1024, )" +
+                            factors + "}}");
+  ASSERT_TRUE(v4.ok()) << v4.status();
+  EXPECT_EQ(v4->rope_scaling.original_max_position_embeddings, 4096);
+  EXPECT_DOUBLE_EQ(v4->rope_scaling.factor, 2.0);
+  absl::StatusOr<ModelConfig> v5 = ModelConfig::FromJson(
+      head + R"("rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0,
+      "original_max_position_embeddings": 1024, )" +
+      factors + "}}");
+  ASSERT_TRUE(v5.ok()) << v5.status();
+  EXPECT_EQ(v5->rope_scaling.original_max_position_embeddings, 1024);
+  EXPECT_DOUBLE_EQ(v5->rope_scaling.factor, 4.0);
+  absl::StatusOr<ModelConfig> short_list =
+      ModelConfig::FromJson(head + R"("rope_scaling": {"rope_type": "longrope", "short_factor": [1],
+      "long_factor": [1]}})");
+  EXPECT_EQ(short_list.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ModelConfigTest, Qwen2HasQkvBiasAndNoWindowUnlessEnabled) {
   const std::string base = R"({"model_type": "qwen2", "vocab_size": 100, "hidden_size": 64,
     "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -110,7 +175,9 @@ TEST(ModelConfigTest, UnknownModelTypeIsUnimplementedAndNamed) {
 TEST(ModelConfigTest, UnknownRopeTypeIsUnimplemented) {
   std::string json = kLlamaV4;
   json.replace(json.find("\"llama3\""), 8, "\"su\"");
-  EXPECT_EQ(ModelConfig::FromJson(json).status().code(), absl::StatusCode::kUnimplemented);
+  absl::StatusOr<ModelConfig> c = ModelConfig::FromJson(json);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("'su'"));
 }
 
 TEST(ModelConfigTest, MalformedConfigsAreInvalidArgument) {
