@@ -53,7 +53,9 @@ struct EngineOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N".
   std::string dtype;           // Empty: the model's own dtype; else float32/float16/bfloat16.
   int num_threads = 0;         // Intra-op threads for the CPU; 0 = torch default.
-  int64_t max_context = 0;     // 0 = the model's max_position_embeddings (capped at 4096).
+  // Max tokens per sequence. 0 = the model's max_position_embeddings, capped
+  // at 4096; set, it may exceed that for rotary models (not for GPT-2).
+  int64_t max_context = 0;
   uint64_t default_model_seed = 1234;
   EngineLimits limits;
 };

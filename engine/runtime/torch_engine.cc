@@ -494,7 +494,10 @@ absl::StatusOr<std::unique_ptr<Engine>> CreateEngineImpl(const EngineOptions& in
   int64_t context = config.max_position_embeddings;
   if (context <= 0) context = kMaxDefaultContext;
   if (options.max_context > 0) {
-    context = std::min(context, options.max_context);
+    // Rotary models may be run past max_position_embeddings on request (that is
+    // what dynamic NTK scaling is for); learned positions (GPT-2) cannot.
+    const bool learned_positions = config.architecture == Architecture::kGpt2;
+    context = learned_positions ? std::min(context, options.max_context) : options.max_context;
   } else {
     context = std::min(context, kMaxDefaultContext);
   }
