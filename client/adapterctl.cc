@@ -123,7 +123,7 @@ json TokenJson(const adapterd::v1::Token& token) {
   if (token.top_logprobs_size() > 0) {
     json top = json::array();
     for (const auto& alt : token.top_logprobs()) {
-      top.push_back({{"id", alt.token_id()}, {"logprob", alt.logprob()}});
+      top.push_back({{"id", alt.token_id()}, {"text", alt.text()}, {"logprob", alt.logprob()}});
     }
     j["top_logprobs"] = top;
   }
