@@ -1,0 +1,546 @@
+#include "engine/kernels/lora_kernels.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/silu.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "engine/kernels/lora_launch.h"
+
+#ifdef ADAPTERD_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace adapterd {
+namespace {
+
+using lora_internal::LoraDType;
+using lora_internal::LoraLaunchArgs;
+
+bool IsSupportedDtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+int64_t FloatBits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return static_cast<int64_t>(u);
+}
+
+float BitsFloat(int64_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits);
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+int64_t Ptr(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<int64_t>(t.data_ptr()) : 0;
+}
+
+at::Tensor ApplyActivation(const at::Tensor& t, int act) {
+  switch (static_cast<LoraActivation>(act)) {
+    case LoraActivation::kNone:
+      return t;
+    case LoraActivation::kRelu:
+      return at::relu(t);
+    case LoraActivation::kGelu:
+      return at::gelu(t, "none");
+    case LoraActivation::kGeluTanh:
+      return at::gelu(t, "tanh");
+    case LoraActivation::kSilu:
+      return at::silu(t);
+  }
+  return t;
+}
+
+absl::Status CheckIndex(const LoraBatchIndex& index, int64_t num_tokens, const at::Device& device) {
+  if (index.num_tokens != num_tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lora: index has ", index.num_tokens, " tokens, input has ", num_tokens));
+  }
+  if (!index.sorted_tokens.defined() || index.sorted_tokens.device() != device) {
+    return absl::InvalidArgumentError("lora: index is not on the input's device");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckTable(const LoraWeightTable& table, const at::Device& device,
+                        at::ScalarType dtype) {
+  if (!table.meta.defined() || table.meta.device() != device) {
+    return absl::InvalidArgumentError("lora: weight table is not on the input's device");
+  }
+  if (table.dtype != dtype) {
+    return absl::InvalidArgumentError("lora: weight dtype differs from the activations'");
+  }
+  if (table.num_slices > lora_internal::kMaxLoraSlices) {
+    return absl::InvalidArgumentError("lora: too many slices");
+  }
+  return absl::OkStatus();
+}
+
+LoraDType ToLaunchDtype(at::ScalarType t) {
+  if (t == at::kHalf) return LoraDType::kFloat16;
+  if (t == at::kBFloat16) return LoraDType::kBFloat16;
+  return LoraDType::kFloat32;
+}
+
+// The tokens of one segment, as rows to gather: a narrow view when the
+// segment is one token or a run of consecutive tokens (no gather, no scatter).
+struct SegmentRows {
+  int64_t first = 0;  // Valid when `index` is undefined.
+  int64_t count = 0;
+  at::Tensor index;  // int64 [count], or undefined for a contiguous run.
+
+  at::Tensor Gather(const at::Tensor& t) const {
+    return index.defined() ? t.index_select(0, index) : t.narrow(0, first, count);
+  }
+  // t[rows] = values (values already in t's dtype).
+  void Scatter(const at::Tensor& t, const at::Tensor& values) const {
+    if (index.defined()) {
+      t.index_copy_(0, index, values);
+    } else {
+      t.narrow(0, first, count).copy_(values);
+    }
+  }
+};
+
+SegmentRows RowsOf(const LoraBatchIndex& index, int64_t seg) {
+  const int32_t b = index.host_segment_start[seg];
+  const int32_t e = index.host_segment_start[seg + 1];
+  SegmentRows rows;
+  rows.count = e - b;
+  rows.first = index.host_sorted_tokens[b];
+  bool contiguous = true;
+  for (int32_t i = b + 1; i < e && contiguous; ++i) {
+    contiguous = index.host_sorted_tokens[i] == index.host_sorted_tokens[i - 1] + 1;
+  }
+  if (!contiguous) {
+    rows.index = at::empty({rows.count}, at::kLong);
+    int64_t* p = rows.index.data_ptr<int64_t>();
+    for (int32_t i = b; i < e; ++i) p[i - b] = index.host_sorted_tokens[i];
+  }
+  return rows;
+}
+
+const int64_t* HostMeta(const LoraWeightTable& table, int64_t slice, int64_t slot) {
+  return table.meta.const_data_ptr<int64_t>() +
+         (slice * table.num_slots + slot) * lora_internal::kMetaFields;
+}
+
+at::Tensor HostWeight(int64_t ptr, at::IntArrayRef sizes, at::ScalarType dtype) {
+  const at::Tensor t =
+      at::from_blob(reinterpret_cast<void*>(ptr), sizes, at::TensorOptions().dtype(dtype));
+  return dtype == at::kFloat ? t : t.to(at::kFloat);
+}
+
+// y_rows += scale * (act(vs + a_bias) · Bᵀ + b_bias) for one segment and slice.
+void ExpandSegmentCpu(at::Tensor vs, const int64_t* m, const LoraWeightTable& table,
+                      const SegmentRows& rows, const at::Tensor& y) {
+  const int64_t rank = m[lora_internal::kMetaRank];
+  const int64_t out = m[lora_internal::kMetaOut];
+  if (m[lora_internal::kMetaABias] != 0)
+    vs = vs + HostWeight(m[lora_internal::kMetaABias], {rank}, table.dtype);
+  vs = ApplyActivation(vs, static_cast<int>(m[lora_internal::kMetaAct]));
+  at::Tensor delta = at::mm(vs, HostWeight(m[lora_internal::kMetaB], {out, rank}, table.dtype).t());
+  if (m[lora_internal::kMetaBBias] != 0) {
+    delta.add_(HostWeight(m[lora_internal::kMetaBBias], {out}, table.dtype));
+  }
+  const float scale = BitsFloat(m[lora_internal::kMetaScale]);
+  if (table.dtype == at::kFloat && !rows.index.defined()) {
+    y.narrow(0, rows.first, rows.count).add_(delta, scale);
+  } else if (table.dtype == at::kFloat) {
+    y.index_add_(0, rows.index, delta, scale);
+  } else {
+    // Round once: y + delta in fp32, then to the dtype (as the CUDA kernels do).
+    rows.Scatter(y, rows.Gather(y).to(at::kFloat).add_(delta, scale).to(table.dtype));
+  }
+}
+
+void ShrinkCpu(const at::Tensor& x, const LoraWeightTable& table, const LoraBatchIndex& index,
+               const at::Tensor& v) {
+  v.zero_();
+  for (int64_t seg = 0; seg < index.max_segments; ++seg) {
+    const int32_t slot = index.host_segment_slot[seg];
+    if (slot < 0 || index.host_segment_start[seg] == index.host_segment_start[seg + 1]) continue;
+    const SegmentRows rows = RowsOf(index, seg);
+    const at::Tensor xs = rows.Gather(x).to(at::kFloat);
+    for (int64_t s = 0; s < table.num_slices; ++s) {
+      const int64_t* m = HostMeta(table, s, slot);
+      if (m[lora_internal::kMetaA] == 0) continue;
+      const int64_t rank = m[lora_internal::kMetaRank];
+      const at::Tensor a =
+          HostWeight(m[lora_internal::kMetaA], {rank, table.in_features}, table.dtype);
+      rows.Scatter(v.select(0, s).narrow(1, 0, rank), at::mm(xs, a.t()));
+    }
+  }
+}
+
+void ExpandCpu(const at::Tensor& v, const LoraWeightTable& table, const LoraBatchIndex& index,
+               std::span<const at::Tensor> y) {
+  for (int64_t seg = 0; seg < index.max_segments; ++seg) {
+    const int32_t slot = index.host_segment_slot[seg];
+    if (slot < 0 || index.host_segment_start[seg] == index.host_segment_start[seg + 1]) continue;
+    const SegmentRows rows = RowsOf(index, seg);
+    for (int64_t s = 0; s < table.num_slices; ++s) {
+      const int64_t* m = HostMeta(table, s, slot);
+      if (m[lora_internal::kMetaA] == 0) continue;
+      const at::Tensor vs = rows.Gather(v.select(0, s)).narrow(1, 0, m[lora_internal::kMetaRank]);
+      ExpandSegmentCpu(vs, m, table, rows, y[s]);
+    }
+  }
+}
+
+// Shrink and expand per segment without materialising v.
+void ApplyCpu(const at::Tensor& x, const LoraWeightTable& table, const LoraBatchIndex& index,
+              std::span<const at::Tensor> y) {
+  for (int64_t seg = 0; seg < index.max_segments; ++seg) {
+    const int32_t slot = index.host_segment_slot[seg];
+    if (slot < 0 || index.host_segment_start[seg] == index.host_segment_start[seg + 1]) continue;
+    const SegmentRows rows = RowsOf(index, seg);
+    const at::Tensor xs = rows.Gather(x).to(at::kFloat);
+    for (int64_t s = 0; s < table.num_slices; ++s) {
+      const int64_t* m = HostMeta(table, s, slot);
+      if (m[lora_internal::kMetaA] == 0) continue;
+      const at::Tensor a = HostWeight(
+          m[lora_internal::kMetaA], {m[lora_internal::kMetaRank], table.in_features}, table.dtype);
+      ExpandSegmentCpu(at::mm(xs, a.t()), m, table, rows, y[s]);
+    }
+  }
+}
+
+#ifdef ADAPTERD_WITH_CUDA
+LoraLaunchArgs MakeLaunchArgs(const LoraWeightTable& table, const LoraBatchIndex& index) {
+  LoraLaunchArgs args;
+  args.dtype = ToLaunchDtype(table.dtype);
+  args.num_tokens = static_cast<int>(index.num_tokens);
+  args.in_features = static_cast<int>(table.in_features);
+  args.max_rank = static_cast<int>(table.max_rank);
+  args.meta = table.meta.const_data_ptr<int64_t>();
+  args.num_slots = static_cast<int>(table.num_slots);
+  args.sorted_tokens = index.sorted_tokens.const_data_ptr<int32_t>();
+  args.segment_start = index.segment_start.const_data_ptr<int32_t>();
+  args.segment_slot = index.segment_slot.const_data_ptr<int32_t>();
+  args.max_segments = static_cast<int>(index.max_segments);
+  args.max_segment_tokens = static_cast<int>(index.max_segment_tokens);
+  args.num_slices = static_cast<int>(table.num_slices);
+  for (int64_t out : table.out_features) args.max_out = std::max<int>(args.max_out, out);
+  return args;
+}
+#endif
+
+absl::Status ValidateShrink(const at::Tensor& x, const LoraWeightTable& table,
+                            const LoraBatchIndex& index, const at::Tensor& v) {
+  if (!x.defined() || x.dim() != 2 || (x.size(0) > 1 && x.stride(1) != 1) ||
+      !IsSupportedDtype(x.scalar_type())) {
+    return absl::InvalidArgumentError(
+        "lora: x must be a 2-D fp32/fp16/bf16 tensor with contiguous rows");
+  }
+  if (x.size(1) != table.in_features) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lora: x has ", x.size(1), " features, adapters expect ", table.in_features));
+  }
+  if (auto s = CheckTable(table, x.device(), x.scalar_type()); !s.ok()) return s;
+  if (auto s = CheckIndex(index, x.size(0), x.device()); !s.ok()) return s;
+  if (v.scalar_type() != at::kFloat || !v.is_contiguous() || v.dim() != 3 ||
+      v.size(0) != table.num_slices || v.size(1) != x.size(0) || v.size(2) < table.max_rank ||
+      v.device() != x.device()) {
+    return absl::InvalidArgumentError(
+        "lora: v must be float32 contiguous [num_slices, num_tokens, >= max_rank] on x's device");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ShrinkImpl(const at::Tensor& x, const LoraWeightTable& table,
+                        const LoraBatchIndex& index, const at::Tensor& v) {
+  if (auto s = ValidateShrink(x, table, index, v); !s.ok()) return s;
+  if (x.is_cpu()) {
+    ShrinkCpu(x, table, index, v);
+    return absl::OkStatus();
+  }
+#ifdef ADAPTERD_WITH_CUDA
+  if (x.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    if (index.num_tokens == 0 || index.max_segment_tokens == 0) return absl::OkStatus();
+    LoraLaunchArgs args = MakeLaunchArgs(table, index);
+    args.x = x.const_data_ptr();
+    args.ld_x = x.stride(0);
+    args.v = v.mutable_data_ptr<float>();
+    args.v_width = static_cast<int>(v.size(2));
+    const std::string err =
+        lora_internal::LaunchLoraShrinkCuda(args, c10::cuda::getCurrentCUDAStream().stream());
+    if (!err.empty()) return absl::InternalError(absl::StrCat("lora shrink: ", err));
+    return absl::OkStatus();
+  }
+#endif
+  return absl::InvalidArgumentError("lora: unsupported device " + x.device().str());
+}
+
+absl::Status ValidateExpand(const at::Tensor& v, const LoraWeightTable& table,
+                            const LoraBatchIndex& index, std::span<const at::Tensor> y) {
+  if (!v.defined()) return absl::InvalidArgumentError("lora: v is undefined");
+  if (auto s = CheckTable(table, v.device(), table.dtype); !s.ok()) return s;
+  if (v.scalar_type() != at::kFloat || !v.is_contiguous() || v.dim() != 3 ||
+      v.size(0) != table.num_slices || v.size(2) < table.max_rank) {
+    return absl::InvalidArgumentError(
+        "lora: v must be float32 contiguous [num_slices, num_tokens, >= max_rank]");
+  }
+  if (auto s = CheckIndex(index, v.size(1), v.device()); !s.ok()) return s;
+  if (static_cast<int64_t>(y.size()) != table.num_slices) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lora: ", y.size(), " outputs for ", table.num_slices, " slices"));
+  }
+  for (int64_t s = 0; s < table.num_slices; ++s) {
+    const at::Tensor& ys = y[s];
+    if (!ys.defined() || ys.dim() != 2 || ys.size(0) != v.size(1) ||
+        ys.size(1) != table.out_features[s] || (ys.size(1) > 1 && ys.stride(1) != 1) ||
+        ys.scalar_type() != table.dtype || ys.device() != v.device()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("lora: output ", s, " must be [num_tokens, ", table.out_features[s],
+                       "] with contiguous columns, in the adapters' dtype, on v's device"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExpandImpl(const at::Tensor& v, const LoraWeightTable& table,
+                        const LoraBatchIndex& index, std::span<const at::Tensor> y,
+                        bool after_shrink) {
+  if (auto s = ValidateExpand(v, table, index, y); !s.ok()) return s;
+  if (v.is_cpu()) {
+    ExpandCpu(v, table, index, y);
+    return absl::OkStatus();
+  }
+#ifdef ADAPTERD_WITH_CUDA
+  if (v.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(v.device());
+    if (index.num_tokens == 0 || index.max_segment_tokens == 0) return absl::OkStatus();
+    LoraLaunchArgs args = MakeLaunchArgs(table, index);
+    args.v = const_cast<float*>(v.const_data_ptr<float>());
+    args.v_width = static_cast<int>(v.size(2));
+    args.after_shrink = after_shrink;
+    for (int64_t s = 0; s < table.num_slices; ++s) {
+      args.y[s] = y[s].data_ptr();
+      args.ld_y[s] = y[s].stride(0);
+    }
+    const std::string err =
+        lora_internal::LaunchLoraExpandCuda(args, c10::cuda::getCurrentCUDAStream().stream());
+    if (!err.empty()) return absl::InternalError(absl::StrCat("lora expand: ", err));
+    return absl::OkStatus();
+  }
+#endif
+  return absl::InvalidArgumentError("lora: unsupported device " + v.device().str());
+}
+
+}  // namespace
+
+LoraWeightTableBuilder::LoraWeightTableBuilder(int64_t num_slices, int64_t num_slots)
+    : num_slices_(num_slices),
+      num_slots_(num_slots),
+      out_features_(std::max<int64_t>(num_slices, 0), -1),
+      meta_(std::max<int64_t>(num_slices * num_slots, 0) * lora_internal::kMetaFields, 0) {}
+
+absl::Status LoraWeightTableBuilder::Set(int64_t slice, int64_t slot, const LoraSliceWeights& w) {
+  if (slice < 0 || slice >= num_slices_ || slot < 0 || slot >= num_slots_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lora: slice ", slice, " / slot ", slot, " out of range"));
+  }
+  if (!w.a.defined() || !w.b.defined() || w.a.dim() != 2 || w.b.dim() != 2 ||
+      !w.a.is_contiguous() || !w.b.is_contiguous()) {
+    return absl::InvalidArgumentError("lora: A and B must be contiguous 2-D tensors");
+  }
+  const int64_t rank = w.a.size(0);
+  if (rank <= 0 || w.b.size(1) != rank) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lora: A has rank ", rank, ", B has rank ", w.b.size(1)));
+  }
+  if (!IsSupportedDtype(w.a.scalar_type()) || w.b.scalar_type() != w.a.scalar_type()) {
+    return absl::InvalidArgumentError("lora: A and B must share one of fp32, fp16, bf16");
+  }
+  if (w.b.device() != w.a.device())
+    return absl::InvalidArgumentError("lora: A and B on different devices");
+  for (const at::Tensor* bias : {&w.a_bias, &w.b_bias}) {
+    if (bias->defined() &&
+        (bias->dim() != 1 || !bias->is_contiguous() || bias->scalar_type() != w.a.scalar_type() ||
+         bias->device() != w.a.device())) {
+      return absl::InvalidArgumentError("lora: biases must be contiguous 1-D tensors like A");
+    }
+  }
+  if (w.a_bias.defined() && w.a_bias.size(0) != rank)
+    return absl::InvalidArgumentError("lora: a_bias size != rank");
+  if (w.b_bias.defined() && w.b_bias.size(0) != w.b.size(0)) {
+    return absl::InvalidArgumentError("lora: b_bias size != out_features");
+  }
+  if (any_) {
+    if (w.a.scalar_type() != dtype_ || w.a.device() != device_) {
+      return absl::InvalidArgumentError("lora: all adapters must share one dtype and device");
+    }
+    if (w.a.size(1) != in_features_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "lora: A has ", w.a.size(1), " input features, earlier adapters ", in_features_));
+    }
+  }
+  if (out_features_[slice] >= 0 && out_features_[slice] != w.b.size(0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lora: slice ", slice, " has ", out_features_[slice], " outputs, B has ", w.b.size(0)));
+  }
+  any_ = true;
+  dtype_ = w.a.scalar_type();
+  device_ = w.a.device();
+  in_features_ = w.a.size(1);
+  out_features_[slice] = w.b.size(0);
+  max_rank_ = std::max(max_rank_, rank);
+  int64_t* m = meta_.data() + (slice * num_slots_ + slot) * lora_internal::kMetaFields;
+  m[lora_internal::kMetaA] = Ptr(w.a);
+  m[lora_internal::kMetaB] = Ptr(w.b);
+  m[lora_internal::kMetaABias] = Ptr(w.a_bias);
+  m[lora_internal::kMetaBBias] = Ptr(w.b_bias);
+  m[lora_internal::kMetaRank] = rank;
+  m[lora_internal::kMetaOut] = w.b.size(0);
+  m[lora_internal::kMetaScale] = FloatBits(w.scale);
+  m[lora_internal::kMetaAct] = static_cast<int64_t>(w.activation);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LoraWeightTable> LoraWeightTableBuilder::Build() const {
+  if (!any_) return absl::FailedPreconditionError("lora: no adapter weights set");
+  try {
+    LoraWeightTable table;
+    table.num_slices = num_slices_;
+    table.num_slots = num_slots_;
+    table.in_features = in_features_;
+    table.max_rank = max_rank_;
+    table.dtype = dtype_;
+    table.out_features = out_features_;
+    for (int64_t& o : table.out_features) o = std::max<int64_t>(o, 0);
+    at::Tensor host = at::empty({num_slices_, num_slots_, lora_internal::kMetaFields}, at::kLong);
+    std::memcpy(host.data_ptr<int64_t>(), meta_.data(), meta_.size() * sizeof(int64_t));
+    table.meta = device_.is_cpu() ? host : host.to(device_);
+    return table;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("lora: ", e.what_without_backtrace()));
+  }
+}
+
+absl::StatusOr<LoraBatchIndex> BuildLoraBatchIndex(std::span<const int32_t> token_slot,
+                                                   int64_t num_slots, int64_t max_segments,
+                                                   at::Device device,
+                                                   int64_t max_segment_tokens_bound) {
+  if (max_segments < 1) return absl::InvalidArgumentError("lora: max_segments must be >= 1");
+  const int64_t t_count = static_cast<int64_t>(token_slot.size());
+  std::vector<int32_t> count(num_slots, 0);
+  for (const int32_t s : token_slot) {
+    if (s < -1 || s >= num_slots) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("lora: token slot ", s, " out of [-1, ", num_slots, ")"));
+    }
+    if (s >= 0) ++count[s];
+  }
+  LoraBatchIndex index;
+  index.num_tokens = t_count;
+  index.max_segments = max_segments;
+  index.host_segment_start.assign(max_segments + 1, 0);
+  index.host_segment_slot.assign(max_segments, -1);
+  std::vector<int32_t> offset(num_slots, 0);
+  int64_t segments = 0;
+  int32_t pos = 0;
+  int64_t longest = 0;
+  for (int64_t s = 0; s < num_slots; ++s) {
+    if (count[s] == 0) continue;
+    if (segments == max_segments) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("lora: more than ", max_segments, " distinct adapters in one batch"));
+    }
+    index.host_segment_slot[segments] = static_cast<int32_t>(s);
+    index.host_segment_start[segments] = pos;
+    offset[s] = pos;
+    pos += count[s];
+    longest = std::max<int64_t>(longest, count[s]);
+    ++segments;
+  }
+  for (int64_t i = segments; i <= max_segments; ++i) index.host_segment_start[i] = pos;
+  if (max_segment_tokens_bound > 0 && max_segment_tokens_bound < longest) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lora: an adapter has ", longest, " tokens, over the bound ", max_segment_tokens_bound));
+  }
+  index.max_segment_tokens = max_segment_tokens_bound > 0 ? max_segment_tokens_bound : longest;
+  index.host_sorted_tokens.assign(t_count, 0);
+  int32_t tail = pos;
+  for (int64_t t = 0; t < t_count; ++t) {
+    const int32_t s = token_slot[t];
+    index.host_sorted_tokens[s >= 0 ? offset[s]++ : tail++] = static_cast<int32_t>(t);
+  }
+  try {
+    at::Tensor packed = at::empty({t_count + 2 * max_segments + 1}, at::kInt);
+    int32_t* p = packed.data_ptr<int32_t>();
+    std::copy(index.host_sorted_tokens.begin(), index.host_sorted_tokens.end(), p);
+    std::copy(index.host_segment_start.begin(), index.host_segment_start.end(), p + t_count);
+    std::copy(index.host_segment_slot.begin(), index.host_segment_slot.end(),
+              p + t_count + max_segments + 1);
+    if (!device.is_cpu()) packed = packed.to(device);
+    index.sorted_tokens = packed.narrow(0, 0, t_count);
+    index.segment_start = packed.narrow(0, t_count, max_segments + 1);
+    index.segment_slot = packed.narrow(0, t_count + max_segments + 1, max_segments);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("lora: ", e.what_without_backtrace()));
+  }
+  return index;
+}
+
+absl::Status LoraShrink(const at::Tensor& x, const LoraWeightTable& table,
+                        const LoraBatchIndex& index, const at::Tensor& v) {
+  try {
+    return ShrinkImpl(x, table, index, v);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("lora shrink: ", e.what_without_backtrace()));
+  }
+}
+
+absl::Status LoraExpand(const at::Tensor& v, const LoraWeightTable& table,
+                        const LoraBatchIndex& index, std::span<const at::Tensor> y) {
+  try {
+    return ExpandImpl(v, table, index, y, /*after_shrink=*/false);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("lora expand: ", e.what_without_backtrace()));
+  }
+}
+
+absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
+                       const LoraBatchIndex& index, std::span<const at::Tensor> y) {
+  if (x.defined() && x.is_cpu()) {
+    // Validate through the two-step path's checks on an empty v, then fuse.
+    try {
+      const at::Tensor v0 =
+          at::empty({table.num_slices, x.dim() == 2 ? x.size(0) : 0, table.max_rank});
+      if (auto s = ValidateShrink(x, table, index, v0); !s.ok()) return s;
+      if (auto s = ValidateExpand(v0, table, index, y); !s.ok()) return s;
+      ApplyCpu(x, table, index, y);
+      return absl::OkStatus();
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("lora: ", e.what_without_backtrace()));
+    }
+  }
+  at::Tensor v;
+  try {
+    v = at::empty({table.num_slices, x.size(0), std::max<int64_t>(table.max_rank, 1)},
+                  x.options().dtype(at::kFloat));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("lora: ", e.what_without_backtrace()));
+  }
+  if (auto s = LoraShrink(x, table, index, v); !s.ok()) return s;
+  try {
+    return ExpandImpl(v, table, index, y, /*after_shrink=*/true);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("lora expand: ", e.what_without_backtrace()));
+  }
+}
+
+}  // namespace adapterd

@@ -1,0 +1,488 @@
+// CUDA kernels behind engine/kernels/lora_kernels.h. At serving ranks these
+// are latency-bound: every adapter weight is read from HBM once per token tile
+// of its segment, activations come from L2, and the work per launch is a few
+// MB. So: no memset and no atomics (each shrink CTA reduces a whole K row
+// block for a few tokens), 16-byte loads issued together without branches in
+// the loops, and the expand launched as a programmatic dependent of the
+// shrink so that its prologue and first weight loads overlap the shrink.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "engine/kernels/lora_launch.h"
+
+namespace adapterd::lora_internal {
+namespace {
+
+constexpr int kThreads = 128;  // Expand.
+constexpr int kShrinkThreads = 256;
+constexpr int kCols = 4;        // Expand: output columns per thread.
+constexpr int kShrinkRows = 4;  // Rank rows per shrink CTA.
+constexpr int kMaxSmemBytes = 48 * 1024;
+
+__device__ __forceinline__ float ToF(float x) { return x; }
+__device__ __forceinline__ float ToF(__half x) { return __half2float(x); }
+__device__ __forceinline__ float ToF(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T FromF(float x);
+template <>
+__device__ __forceinline__ float FromF<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __half FromF<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+template <typename T>
+constexpr int kVec = 16 / sizeof(T);
+
+template <typename T>
+__device__ __forceinline__ void Load16(const T* p, float (&out)[kVec<T>]) {
+  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+  const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int i = 0; i < kVec<T>; ++i) out[i] = ToF(e[i]);
+}
+
+__device__ __forceinline__ float Activate(float x, int act) {
+  switch (act) {
+    case 1:
+      return fmaxf(x, 0.0f);
+    case 2:
+      return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case 3:
+      return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+    case 4:
+      return x / (1.0f + expf(-x));
+    default:
+      return x;
+  }
+}
+
+__device__ __forceinline__ float ScaleOf(const int64_t* meta) {
+  return __int_as_float(static_cast<int>(static_cast<uint32_t>(meta[kMetaScale])));
+}
+
+template <typename T>
+struct Pair;
+template <>
+struct Pair<__half> {
+  using type = __half2;
+  static __device__ __forceinline__ float2 ToF2(__half2 v) { return __half22float2(v); }
+};
+template <>
+struct Pair<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+  static __device__ __forceinline__ float2 ToF2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
+};
+
+template <typename T>
+__device__ __forceinline__ void ToFloats(const uint4& v, float (&out)[kVec<T>]) {
+  if constexpr (std::is_same_v<T, float>) {
+    out[0] = __uint_as_float(v.x);
+    out[1] = __uint_as_float(v.y);
+    out[2] = __uint_as_float(v.z);
+    out[3] = __uint_as_float(v.w);
+  } else {
+    using P = typename Pair<T>::type;
+    const P* pv = reinterpret_cast<const P*>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = Pair<T>::ToF2(pv[i]);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
+}
+
+__device__ __forceinline__ uint4 Ld16(const void* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+
+__device__ __forceinline__ void LaunchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void WaitForPrimary() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// grid: (mtiles * rtiles, num_slices, max_segments). Each CTA reduces the whole
+// K for BM tokens and RT rank rows: no atomics, and v needs no clearing.
+template <typename T, int BM>
+__global__ void __launch_bounds__(kShrinkThreads) ShrinkKernel(const LoraLaunchArgs p, int rtiles) {
+  LaunchDependents();
+  constexpr int RT = kShrinkRows;
+  constexpr int VEC = kVec<T>;
+  constexpr int kWarps = kShrinkThreads / 32;
+  const int seg = blockIdx.z;
+  const int slice = blockIdx.y;
+  const int rt = blockIdx.x % rtiles;
+  const int mt = blockIdx.x / rtiles;
+  const int slot = p.segment_slot[seg];
+  const int s0 = p.segment_start[seg];
+  const int s1 = p.segment_start[seg + 1];
+  if (slot < 0) return;
+  const int m0 = s0 + mt * BM;
+  if (m0 >= s1) return;
+  const int mcount = min(BM, s1 - m0);
+  const int64_t* meta = p.meta + (static_cast<int64_t>(slice) * p.num_slots + slot) * kMetaFields;
+  const T* a_ptr = reinterpret_cast<const T*>(meta[kMetaA]);
+  const int rank = static_cast<int>(meta[kMetaRank]);
+  const int r0 = rt * RT;
+  if (a_ptr == nullptr || r0 >= rank) return;
+  const int rcount = min(RT, rank - r0);
+  const int K = p.in_features;
+  const T* x = static_cast<const T*>(p.x);
+
+  // Rows past the segment or the rank repeat the last valid one (valid
+  // addresses, no branches in the loop); their sums are never stored.
+  const T* xrow[BM];
+#pragma unroll
+  for (int m = 0; m < BM; ++m)
+    xrow[m] = x + static_cast<int64_t>(p.sorted_tokens[m0 + min(m, mcount - 1)]) * p.ld_x;
+  const T* arow[RT];
+#pragma unroll
+  for (int r = 0; r < RT; ++r) arow[r] = a_ptr + static_cast<int64_t>(r0 + min(r, rcount - 1)) * K;
+
+  float acc[BM][RT];
+#pragma unroll
+  for (int m = 0; m < BM; ++m)
+#pragma unroll
+    for (int r = 0; r < RT; ++r) acc[m][r] = 0.0f;
+
+  const bool vec_ok =
+      (K % VEC == 0) && (p.ld_x % VEC == 0) &&
+      ((reinterpret_cast<uintptr_t>(a_ptr) | reinterpret_cast<uintptr_t>(x)) & 15) == 0;
+  if (vec_ok) {
+#pragma unroll(BM <= 4 ? 2 : 1)
+    for (int k = threadIdx.x * VEC; k < K; k += kShrinkThreads * VEC) {
+      uint4 av[RT];
+      uint4 xv[BM];
+#pragma unroll
+      for (int r = 0; r < RT; ++r) av[r] = Ld16(arow[r] + k);
+#pragma unroll
+      for (int m = 0; m < BM; ++m) xv[m] = Ld16(xrow[m] + k);
+      float af[RT][VEC];
+#pragma unroll
+      for (int r = 0; r < RT; ++r) ToFloats<T>(av[r], af[r]);
+#pragma unroll
+      for (int m = 0; m < BM; ++m) {
+        float xf[VEC];
+        ToFloats<T>(xv[m], xf);
+#pragma unroll
+        for (int r = 0; r < RT; ++r)
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) acc[m][r] = fmaf(af[r][j], xf[j], acc[m][r]);
+      }
+    }
+  } else {
+    for (int k = threadIdx.x; k < K; k += kShrinkThreads) {
+      float a[RT];
+#pragma unroll
+      for (int r = 0; r < RT; ++r) a[r] = ToF(arow[r][k]);
+#pragma unroll
+      for (int m = 0; m < BM; ++m) {
+        const float xv = ToF(xrow[m][k]);
+#pragma unroll
+        for (int r = 0; r < RT; ++r) acc[m][r] = fmaf(a[r], xv, acc[m][r]);
+      }
+    }
+  }
+
+  __shared__ float red[kWarps][BM * RT];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int m = 0; m < BM; ++m)
+#pragma unroll
+    for (int r = 0; r < RT; ++r) {
+      float s = acc[m][r];
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+      if (lane == 0) red[warp][m * RT + r] = s;
+    }
+  __syncthreads();
+  const int i = threadIdx.x;
+  if (i < BM * RT) {
+    const int m = i / RT;
+    const int r = i % RT;
+    if (m < mcount && r < rcount) {
+      float s = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) s += red[w][i];
+      const int tok = p.sorted_tokens[m0 + m];
+      p.v[(static_cast<int64_t>(slice) * p.num_tokens + tok) * p.v_width + r0 + r] = s;
+    }
+  }
+}
+
+// grid: (mgroups * otiles, num_slices, max_segments). Each thread owns kCols
+// output columns (kThreads apart, so warps stay coalesced) for `mt_per_cta`
+// token tiles of BM; its first B vectors stay in registers across tiles.
+// Launched as a programmatic dependent of the shrink where both run back to
+// back: the weight table, the index and the first B vectors are read before
+// griddepcontrol.wait, v and y after it.
+template <typename T, int BM>
+__global__ void __launch_bounds__(kThreads)
+    ExpandKernel(const LoraLaunchArgs p, int mgroups, int mt_per_cta) {
+  constexpr int VEC = kVec<T>;
+  constexpr int C = kCols;
+  constexpr int kPre = 2;                      // B vectors per column kept in registers.
+  extern __shared__ __align__(16) float vs[];  // [mcount][rank]
+  __shared__ int stok[BM];
+  const int seg = blockIdx.z;
+  const int slice = blockIdx.y;
+  const int mg = blockIdx.x % mgroups;
+  const int ot = blockIdx.x / mgroups;
+  const int slot = p.segment_slot[seg];
+  const int s0 = p.segment_start[seg];
+  const int s1 = p.segment_start[seg + 1];
+  if (slot < 0) return;
+  const int mt_begin = mg * mt_per_cta;
+  if (s0 + mt_begin * BM >= s1) return;
+  const int mt_end = min(mt_begin + mt_per_cta, (s1 - s0 + BM - 1) / BM);
+  const int64_t* meta = p.meta + (static_cast<int64_t>(slice) * p.num_slots + slot) * kMetaFields;
+  if (meta[kMetaA] == 0) return;
+  const T* b_ptr = reinterpret_cast<const T*>(meta[kMetaB]);
+  const int rank = static_cast<int>(meta[kMetaRank]);
+  const int out = static_cast<int>(meta[kMetaOut]);
+  const int o_base = ot * kThreads * C;
+  if (o_base >= out) return;
+  const T* a_bias = reinterpret_cast<const T*>(meta[kMetaABias]);
+  const T* b_bias = reinterpret_cast<const T*>(meta[kMetaBBias]);
+  const int act = static_cast<int>(meta[kMetaAct]);
+  const float scale = ScaleOf(meta);
+  int o[C];
+  const T* brow[C];
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    o[c] = o_base + c * kThreads + threadIdx.x;
+    brow[c] = b_ptr + static_cast<int64_t>(min(o[c], out - 1)) * rank;
+  }
+  const bool vec_ok = rank % VEC == 0 && (reinterpret_cast<uintptr_t>(b_ptr) & 15) == 0;
+  const int nvec = rank / VEC;
+  uint4 bpre[C][kPre];
+  if (vec_ok) {
+#pragma unroll
+    for (int c = 0; c < C; ++c)
+#pragma unroll
+      for (int i = 0; i < kPre; ++i) bpre[c][i] = Ld16(brow[c] + min(i, nvec - 1) * VEC);
+  }
+  float bb[C];
+#pragma unroll
+  for (int c = 0; c < C; ++c) bb[c] = b_bias != nullptr ? ToF(b_bias[min(o[c], out - 1)]) : 0.0f;
+  T* y = static_cast<T*>(p.y[slice]);
+  const int64_t ld = p.ld_y[slice];
+
+  WaitForPrimary();
+  for (int mt = mt_begin; mt < mt_end; ++mt) {
+    const int m0 = s0 + mt * BM;
+    const int mcount = min(BM, s1 - m0);
+    if (mt != mt_begin) __syncthreads();  // The previous tile is done with vs and stok.
+    if (threadIdx.x < BM)
+      stok[threadIdx.x] = p.sorted_tokens[m0 + min(static_cast<int>(threadIdx.x), mcount - 1)];
+    for (int i = threadIdx.x; i < mcount * rank; i += kThreads) {
+      const int m = i / rank;
+      const int r = i - m * rank;
+      float val =
+          p.v[(static_cast<int64_t>(slice) * p.num_tokens + p.sorted_tokens[m0 + m]) * p.v_width +
+              r];
+      if (a_bias != nullptr) val += ToF(a_bias[r]);
+      vs[i] = Activate(val, act);
+    }
+    __syncthreads();
+
+    float acc[BM][C];
+#pragma unroll
+    for (int m = 0; m < BM; ++m)
+#pragma unroll
+      for (int c = 0; c < C; ++c) acc[m][c] = 0.0f;
+    if (vec_ok) {
+      for (int i = 0; i < nvec; ++i) {
+        float b[C][VEC];
+#pragma unroll
+        for (int c = 0; c < C; ++c) {
+          uint4 bv;
+          if (i < kPre) {
+            bv = i == 0 ? bpre[c][0] : bpre[c][kPre - 1];
+          } else {
+            bv = Ld16(brow[c] + i * VEC);
+          }
+          ToFloats<T>(bv, b[c]);
+        }
+#pragma unroll
+        for (int m = 0; m < BM; ++m) {
+          const float4* vrow =
+              reinterpret_cast<const float4*>(vs + min(m, mcount - 1) * rank + i * VEC);
+#pragma unroll
+          for (int q = 0; q < VEC / 4; ++q) {
+            const float4 vv = vrow[q];
+#pragma unroll
+            for (int c = 0; c < C; ++c) {
+              acc[m][c] = fmaf(vv.x, b[c][4 * q], acc[m][c]);
+              acc[m][c] = fmaf(vv.y, b[c][4 * q + 1], acc[m][c]);
+              acc[m][c] = fmaf(vv.z, b[c][4 * q + 2], acc[m][c]);
+              acc[m][c] = fmaf(vv.w, b[c][4 * q + 3], acc[m][c]);
+            }
+          }
+        }
+      }
+    } else {
+      for (int r = 0; r < rank; ++r) {
+#pragma unroll
+        for (int c = 0; c < C; ++c) {
+          const float b = ToF(brow[c][r]);
+#pragma unroll
+          for (int m = 0; m < BM; ++m)
+            acc[m][c] = fmaf(vs[min(m, mcount - 1) * rank + r], b, acc[m][c]);
+        }
+      }
+    }
+    float yv[BM][C];
+#pragma unroll
+    for (int m = 0; m < BM; ++m)
+#pragma unroll
+      for (int c = 0; c < C; ++c)
+        yv[m][c] = ToF(y[static_cast<int64_t>(stok[min(m, mcount - 1)]) * ld + min(o[c], out - 1)]);
+#pragma unroll
+    for (int m = 0; m < BM; ++m)
+#pragma unroll
+      for (int c = 0; c < C; ++c)
+        if (m < mcount && o[c] < out)
+          y[static_cast<int64_t>(stok[m]) * ld + o[c]] =
+              FromF<T>(yv[m][c] + scale * (acc[m][c] + bb[c]));
+  }
+}
+
+std::string LastError() {
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));
+}
+
+int NumSms() {
+  static int cached[64] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
+  if (cached[dev] == 0) {
+    int n = 0;
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    cached[dev] = n > 0 ? n : 132;
+  }
+  return cached[dev];
+}
+
+template <typename T, int BM>
+void LaunchShrink(const LoraLaunchArgs& p, cudaStream_t stream) {
+  const int rtiles = (p.max_rank + kShrinkRows - 1) / kShrinkRows;
+  const int mtiles = (p.max_segment_tokens + BM - 1) / BM;
+  const dim3 grid(static_cast<unsigned>(static_cast<int64_t>(mtiles) * rtiles), p.num_slices,
+                  p.max_segments);
+  ShrinkKernel<T, BM><<<grid, kShrinkThreads, 0, stream>>>(p, rtiles);
+}
+
+template <typename T>
+void DispatchShrink(const LoraLaunchArgs& p, cudaStream_t stream) {
+  // Few, long segments: smaller token tiles give more CTAs to fill the chip.
+  const int64_t rtiles = (p.max_rank + kShrinkRows - 1) / kShrinkRows;
+  const int64_t ctas8 = static_cast<int64_t>(p.num_slices) * p.max_segments * rtiles *
+                        ((p.max_segment_tokens + 7) / 8);
+  if (p.max_segment_tokens <= 1) {
+    LaunchShrink<T, 1>(p, stream);
+  } else if (p.max_segment_tokens <= 4 || ctas8 < NumSms()) {
+    LaunchShrink<T, 4>(p, stream);
+  } else {
+    LaunchShrink<T, 8>(p, stream);
+  }
+}
+
+template <typename T, int BM>
+std::string LaunchExpand(const LoraLaunchArgs& p, cudaStream_t stream) {
+  const int mtiles = (p.max_segment_tokens + BM - 1) / BM;
+  const int otiles = (p.max_out + kThreads * kCols - 1) / (kThreads * kCols);
+  // Long segments: several token tiles per CTA, keeping about 8 CTAs per SM.
+  const int64_t ctas = static_cast<int64_t>(mtiles) * otiles * p.num_slices * p.max_segments;
+  const int64_t target = 8LL * NumSms();
+  const int mt_per_cta = static_cast<int>(std::clamp<int64_t>(ctas / target, 1, mtiles));
+  const int mgroups = (mtiles + mt_per_cta - 1) / mt_per_cta;
+  const size_t smem = static_cast<size_t>(BM) * std::max(p.max_rank, 1) * sizeof(float);
+  if (smem > kMaxSmemBytes) {
+    const cudaError_t e = cudaFuncSetAttribute(
+        ExpandKernel<T, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return cudaGetErrorString(e);
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(static_cast<int64_t>(mgroups) * otiles), p.num_slices,
+                        p.max_segments);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = p.after_shrink ? 1 : 0;
+  const cudaError_t e = cudaLaunchKernelEx(&config, ExpandKernel<T, BM>, p, mgroups, mt_per_cta);
+  if (e != cudaSuccess) return cudaGetErrorString(e);
+  return std::string();
+}
+
+template <typename T>
+std::string DispatchExpand(const LoraLaunchArgs& p, cudaStream_t stream) {
+  if (p.max_segment_tokens <= 1) return LaunchExpand<T, 1>(p, stream);
+  if (p.max_segment_tokens <= 4) return LaunchExpand<T, 4>(p, stream);
+  return LaunchExpand<T, 8>(p, stream);
+}
+
+}  // namespace
+
+std::string LaunchLoraShrinkCuda(const LoraLaunchArgs& args, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (args.dtype) {
+    case LoraDType::kFloat32:
+      DispatchShrink<float>(args, s);
+      break;
+    case LoraDType::kFloat16:
+      DispatchShrink<__half>(args, s);
+      break;
+    case LoraDType::kBFloat16:
+      DispatchShrink<__nv_bfloat16>(args, s);
+      break;
+  }
+  return LastError();
+}
+
+std::string LaunchLoraExpandCuda(const LoraLaunchArgs& args, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  std::string err;
+  switch (args.dtype) {
+    case LoraDType::kFloat32:
+      err = DispatchExpand<float>(args, s);
+      break;
+    case LoraDType::kFloat16:
+      err = DispatchExpand<__half>(args, s);
+      break;
+    case LoraDType::kBFloat16:
+      err = DispatchExpand<__nv_bfloat16>(args, s);
+      break;
+  }
+  if (!err.empty()) return err;
+  return LastError();
+}
+
+}  // namespace adapterd::lora_internal

@@ -1,0 +1,133 @@
+#pragma once
+
+// Batched heterogeneous LoRA (and bottleneck-adapter) kernels: one base
+// projection, many adapters in one batch, every token with its own adapter.
+//
+//   shrink:  v[s, t, :r]  = x[t] · A_{s,a(t)}ᵀ                  (wide → rank)
+//   expand:  y_s[t]      += scale · (act(v[s, t] + a_bias) · Bᵀ + b_bias)  (rank → wide)
+//
+// a(t) is the token's adapter slot (−1: none, the row is left untouched). Tokens
+// are grouped by a sorted index, never physically reordered. Every adapter has
+// its own rank, scaling and weight pointers (no padding to the maximum rank);
+// several output slices (q/k/v, gate/up) share one launch. On CUDA the launch
+// grid depends only on the bounds in LoraBatchIndex, so that a decode step can
+// be captured in a CUDA graph and replayed after the index tensors are
+// overwritten in place. On the CPU a grouped path (one at::mm per adapter and
+// slice) computes the same function. x, weights and y share one dtype (fp32,
+// fp16 or bf16); v and all accumulation are fp32.
+//
+// Engine-internal: holds at::Tensor. Not thread-safe per call; the functions
+// keep no state.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace adapterd {
+
+enum class LoraActivation : int { kNone = 0, kRelu = 1, kGelu = 2, kGeluTanh = 3, kSilu = 4 };
+
+// One adapter's weights for one slice (one target module).
+struct LoraSliceWeights {
+  at::Tensor a;        // [rank, in_features], contiguous.
+  at::Tensor b;        // [out_features, rank], contiguous.
+  float scale = 1.0f;  // alpha / rank (rsLoRA: alpha / sqrt(rank)).
+  at::Tensor a_bias;   // Optional [rank]: bottleneck down-projection bias.
+  at::Tensor b_bias;   // Optional [out_features]: bottleneck up-projection bias.
+  LoraActivation activation = LoraActivation::kNone;  // Bottleneck non-linearity.
+};
+
+// Weight pointers, ranks and scales per (slice, slot). Does not own the
+// weights: whoever built it keeps them alive (the adapter cache's lease) while
+// the table is used.
+struct LoraWeightTable {
+  at::Tensor meta;  // int64 [num_slices, num_slots, 8], on the compute device.
+  int64_t num_slices = 0;
+  int64_t num_slots = 0;
+  int64_t in_features = 0;
+  int64_t max_rank = 0;
+  std::vector<int64_t> out_features;  // Per slice.
+  at::ScalarType dtype = at::kFloat;
+};
+
+// Builds a LoraWeightTable. Not thread-safe.
+class LoraWeightTableBuilder {
+ public:
+  LoraWeightTableBuilder(int64_t num_slices, int64_t num_slots);
+
+  // Sets the weights of `slot` for `slice` (slots left unset have no adapter on
+  // that slice). Returns INVALID_ARGUMENT on a bad index, shape, dtype, device
+  // or layout, or when the dims disagree with earlier calls.
+  absl::Status Set(int64_t slice, int64_t slot, const LoraSliceWeights& weights);
+
+  // Returns the table with `meta` on the weights' device. FAILED_PRECONDITION
+  // if no weights were set.
+  absl::StatusOr<LoraWeightTable> Build() const;
+
+ private:
+  int64_t num_slices_;
+  int64_t num_slots_;
+  int64_t in_features_ = -1;
+  int64_t max_rank_ = 0;
+  std::vector<int64_t> out_features_;
+  std::vector<int64_t> meta_;
+  at::ScalarType dtype_ = at::kFloat;
+  bool any_ = false;
+  at::Device device_ = at::kCPU;
+};
+
+// Which tokens use which slot, grouped by slot without reordering the tokens.
+// Segment i covers sorted_tokens[segment_start[i] : segment_start[i+1]] and
+// uses slot segment_slot[i] (−1: unused segment). Tokens with no adapter come
+// after the last segment and are never read.
+struct LoraBatchIndex {
+  at::Tensor sorted_tokens;  // int32 [num_tokens], on the compute device.
+  at::Tensor segment_start;  // int32 [max_segments + 1].
+  at::Tensor segment_slot;   // int32 [max_segments].
+  int64_t num_tokens = 0;
+  int64_t max_segments = 0;        // Fixes the launch grid.
+  int64_t max_segment_tokens = 0;  // Upper bound on one segment's tokens; fixes the grid.
+  // Host copies of the above (the CPU path and validation read them).
+  std::vector<int32_t> host_sorted_tokens;
+  std::vector<int32_t> host_segment_start;
+  std::vector<int32_t> host_segment_slot;
+};
+
+// Groups tokens by slot (`token_slot[t]` in [−1, num_slots)); stable within a
+// slot. `max_segments` bounds the number of distinct slots;
+// `max_segment_tokens_bound` (0: the actual maximum) bounds one slot's tokens;
+// give both fixed values for CUDA-graph capture. INVALID_ARGUMENT if more than
+// `max_segments` distinct slots occur or a slot is out of range.
+absl::StatusOr<LoraBatchIndex> BuildLoraBatchIndex(std::span<const int32_t> token_slot,
+                                                   int64_t num_slots, int64_t max_segments,
+                                                   at::Device device,
+                                                   int64_t max_segment_tokens_bound = 0);
+
+// v = x · Aᵀ per token and slice. x: [num_tokens, in_features] (rows may be
+// strided, columns contiguous). v: float32 contiguous
+// [num_slices, num_tokens, >= max_rank]; written where a token has an adapter
+// on that slice, in its first `rank` columns; other entries are unspecified
+// (no memset on the GPU). INVALID_ARGUMENT on mismatched shapes, dtypes or
+// devices.
+absl::Status LoraShrink(const at::Tensor& x, const LoraWeightTable& table,
+                        const LoraBatchIndex& index, const at::Tensor& v);
+
+// y[s] += scale · (act(v[s] + a_bias) · Bᵀ + b_bias) for every token with an
+// adapter. y: one tensor per slice, [num_tokens, out_features[s]] with
+// contiguous columns (views into a fused q/k/v output are fine), dtype of the
+// table. Rows without an adapter are not touched.
+absl::Status LoraExpand(const at::Tensor& v, const LoraWeightTable& table,
+                        const LoraBatchIndex& index, std::span<const at::Tensor> y);
+
+// Shrink then expand with a temporary v. On CUDA the expand is a programmatic
+// dependent launch of the shrink (its prologue overlaps the shrink's tail):
+// prefer this over the two calls above.
+absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
+                       const LoraBatchIndex& index, std::span<const at::Tensor> y);
+
+}  // namespace adapterd

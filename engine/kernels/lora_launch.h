@@ -1,0 +1,59 @@
+#pragma once
+
+// Plain-C++ launch parameters shared by lora_kernels.cc and the CUDA kernels in
+// lora_kernels.cu. No torch and no CUDA header here, so that nvcc compiles the
+// kernels without ATen.
+
+#include <cstdint>
+#include <string>
+
+namespace adapterd::lora_internal {
+
+// Fields of one (slice, slot) record in LoraWeightTable::meta (int64 each).
+enum LoraMetaField : int {
+  kMetaA = 0,      // const T* A [rank, in], row-major; 0 = slice not adapted.
+  kMetaB = 1,      // const T* B [out, rank], row-major.
+  kMetaABias = 2,  // const T* bias [rank] added to v before the activation; 0 = none.
+  kMetaBBias = 3,  // const T* bias [out] added before scaling; 0 = none.
+  kMetaRank = 4,
+  kMetaOut = 5,
+  kMetaScale = 6,  // float bit pattern in the low 32 bits.
+  kMetaAct = 7,    // LoraActivation.
+  kMetaFields = 8,
+};
+
+enum class LoraDType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+inline constexpr int kMaxLoraSlices = 8;
+
+struct LoraLaunchArgs {
+  LoraDType dtype = LoraDType::kFloat32;
+  int num_tokens = 0;
+  int in_features = 0;
+  int64_t ld_x = 0;
+  const void* x = nullptr;
+  float* v = nullptr;  // [num_slices, num_tokens, v_width]
+  int v_width = 0;
+  int max_rank = 0;
+  const int64_t* meta = nullptr;  // [num_slices, num_slots, kMetaFields]
+  int num_slots = 0;
+  const int32_t* sorted_tokens = nullptr;  // [num_tokens]
+  const int32_t* segment_start = nullptr;  // [max_segments + 1]
+  const int32_t* segment_slot = nullptr;   // [max_segments]
+  int max_segments = 0;
+  int max_segment_tokens = 0;
+  int num_slices = 0;
+  void* y[kMaxLoraSlices] = {};
+  int64_t ld_y[kMaxLoraSlices] = {};
+  int max_out = 0;
+  // Expand directly follows this call's shrink on the stream: it may start
+  // early (programmatic dependent launch) and read weights and the index
+  // before the shrink finishes.
+  bool after_shrink = false;
+};
+
+// Both return an empty string on success, else the CUDA error text.
+std::string LaunchLoraShrinkCuda(const LoraLaunchArgs& args, void* stream);
+std::string LaunchLoraExpandCuda(const LoraLaunchArgs& args, void* stream);
+
+}  // namespace adapterd::lora_internal

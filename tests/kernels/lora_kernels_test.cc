@@ -1,0 +1,501 @@
+#include "engine/kernels/lora_kernels.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#ifdef ADAPTERD_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace adapterd {
+namespace {
+
+constexpr int64_t kRanks[] = {4, 8, 16, 32, 64, 128};
+
+struct CaseSpec {
+  int64_t tokens = 16;
+  int64_t in = 344;
+  std::vector<int64_t> outs = {200};
+  int64_t adapters = 4;
+  double none_fraction = 0.2;
+  bool bottleneck = false;
+  int64_t x_pad = 0;       // Extra columns in x's row stride.
+  bool use_apply = false;  // LoraApply instead of LoraShrink + LoraExpand (v is not checked).
+  bool blocked = false;    // Each adapter's tokens form one consecutive run.
+};
+
+// One adapter's weights in the kernel dtype plus their exact float64 values.
+struct SliceRef {
+  bool adapted = false;
+  LoraSliceWeights w;
+  at::Tensor a64, b64, ab64, bb64;
+};
+
+struct Errors {
+  double v = 0;  // ||v - v_ref|| / ||v_ref||
+  double y = 0;  // ||y - ref|| / ||ref - y0||
+  bool v_finite = true;
+  bool untouched_rows_exact = true;
+  bool padding_untouched = true;
+};
+
+double RelErr(const at::Tensor& got, const at::Tensor& want, const at::Tensor& scale) {
+  const double denom = scale.norm().item<double>();
+  const double num = (got - want).norm().item<double>();
+  if (std::isnan(num)) return std::numeric_limits<double>::infinity();
+  return denom == 0 ? num : num / denom;
+}
+
+double YTolerance(at::ScalarType dtype) {
+  if (dtype == at::kFloat) return 1e-5;
+  if (dtype == at::kHalf) return 2e-3;
+  return 1.2e-2;
+}
+
+at::Tensor Activation64(const at::Tensor& t, LoraActivation act) {
+  switch (act) {
+    case LoraActivation::kRelu:
+      return at::relu(t);
+    case LoraActivation::kGelu:
+      return at::gelu(t, "none");
+    case LoraActivation::kGeluTanh:
+      return at::gelu(t, "tanh");
+    case LoraActivation::kSilu:
+      return at::silu(t);
+    case LoraActivation::kNone:
+      break;
+  }
+  return t;
+}
+
+// Builds a random batch, runs shrink + expand on `device`, and measures the
+// outputs against a float64 reference computed on the same device.
+// Sabotage for negative controls: the kernels get a wrong scale, or one
+// adapted token is dropped from the index; the reference does not change.
+enum class Sabotage { kNone, kWrongScale, kDropToken };
+
+Errors RunCase(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint32_t seed,
+               Sabotage sabotage = Sabotage::kNone) {
+  std::mt19937 rng(seed);
+  at::manual_seed(seed);
+  const int64_t num_slices = static_cast<int64_t>(c.outs.size());
+  const int64_t num_slots = 2 * c.adapters + 1;  // Sparse slot ids: adapter i lives in slot 2i+1.
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
+  const auto kdt = at::TensorOptions().dtype(dtype).device(device);
+
+  std::vector<std::vector<SliceRef>> refs(c.adapters, std::vector<SliceRef>(num_slices));
+  LoraWeightTableBuilder builder(num_slices, num_slots);
+  const LoraActivation acts[] = {LoraActivation::kRelu, LoraActivation::kGelu,
+                                 LoraActivation::kGeluTanh, LoraActivation::kSilu};
+  const int64_t rank_offset = rng() % 6;
+  for (int64_t i = 0; i < c.adapters; ++i) {
+    const int64_t rank = kRanks[(i + rank_offset) % 6];
+    for (int64_t s = 0; s < num_slices; ++s) {
+      if (num_slices > 1 && s == num_slices - 1 && i % 7 == 3) continue;  // Slice not targeted.
+      SliceRef& r = refs[i][s];
+      r.adapted = true;
+      r.w.a = (at::randn({rank, c.in}, f64) / std::sqrt(static_cast<double>(c.in))).to(dtype);
+      r.w.b = (at::randn({c.outs[s], rank}, f64) / std::sqrt(static_cast<double>(rank))).to(dtype);
+      r.w.scale = 0.5f + static_cast<float>(rng() % 1000) / 666.0f;
+      if (c.bottleneck) {
+        r.w.a_bias = (at::randn({rank}, f64) * 0.5).to(dtype);
+        r.w.b_bias = (at::randn({c.outs[s]}, f64) * 0.5).to(dtype);
+        r.w.activation = acts[(i + s) % 4];
+        r.ab64 = r.w.a_bias.to(at::kDouble);
+        r.bb64 = r.w.b_bias.to(at::kDouble);
+      }
+      r.a64 = r.w.a.to(at::kDouble);
+      r.b64 = r.w.b.to(at::kDouble);
+      LoraSliceWeights run = r.w;
+      if (sabotage == Sabotage::kWrongScale) run.scale *= 1.01f;
+      EXPECT_TRUE(builder.Set(s, 2 * i + 1, run).ok());
+    }
+  }
+  absl::StatusOr<LoraWeightTable> table = builder.Build();
+  EXPECT_TRUE(table.ok()) << table.status();
+
+  std::vector<int32_t> token_slot(c.tokens);
+  std::uniform_real_distribution<double> unit(0, 1);
+  for (int64_t t = 0; t < c.tokens; ++t) {
+    token_slot[t] =
+        unit(rng) < c.none_fraction ? -1 : static_cast<int32_t>(2 * (rng() % c.adapters) + 1);
+  }
+  if (c.blocked) std::sort(token_slot.begin(), token_slot.end());
+  std::vector<int32_t> run_slot = token_slot;
+  if (sabotage == Sabotage::kDropToken) {
+    for (int32_t& s : run_slot) {
+      if (s >= 0) {
+        s = -1;
+        break;
+      }
+    }
+  }
+  absl::StatusOr<LoraBatchIndex> index =
+      BuildLoraBatchIndex(run_slot, num_slots, c.adapters, device);
+  EXPECT_TRUE(index.ok()) << index.status();
+
+  const at::Tensor x_full = at::randn({c.tokens, c.in + c.x_pad}, f64).to(dtype);
+  const at::Tensor x = x_full.narrow(1, 0, c.in);
+  const at::Tensor x64 = x.to(at::kDouble);
+
+  // Fused output with NaN padding after the slices; y0 is the base output.
+  int64_t width = 0;
+  for (int64_t o : c.outs) width += o;
+  at::Tensor fused = at::full({c.tokens, width + 8}, std::numeric_limits<double>::quiet_NaN(), kdt);
+  std::vector<at::Tensor> ys, y0s;
+  int64_t off = 0;
+  for (int64_t s = 0; s < num_slices; ++s) {
+    ys.push_back(fused.narrow(1, off, c.outs[s]));
+    y0s.push_back(at::randn({c.tokens, c.outs[s]}, f64).to(dtype));
+    ys.back().copy_(y0s.back());
+    off += c.outs[s];
+  }
+
+  at::Tensor v = at::full({num_slices, c.tokens, std::max<int64_t>(table->max_rank, 1)},
+                          std::numeric_limits<float>::quiet_NaN(), kdt.dtype(at::kFloat));
+  if (c.use_apply) {
+    const absl::Status st = LoraApply(x, *table, *index, ys);
+    EXPECT_TRUE(st.ok()) << st;
+  } else {
+    absl::Status st = LoraShrink(x, *table, *index, v);
+    EXPECT_TRUE(st.ok()) << st;
+    st = LoraExpand(v, *table, *index, ys);
+    EXPECT_TRUE(st.ok()) << st;
+  }
+
+  // Reference.
+  at::Tensor v_ref = at::zeros(v.sizes(), f64);
+  at::Tensor v_mask = at::zeros(v.sizes(), f64.dtype(at::kBool));
+  std::vector<at::Tensor> y_ref;
+  for (const at::Tensor& y0 : y0s) y_ref.push_back(y0.to(at::kDouble));
+  const at::Tensor slots = at::tensor(token_slot, at::kInt).to(device);
+  for (int64_t i = 0; i < c.adapters; ++i) {
+    const at::Tensor rows = (slots == static_cast<int32_t>(2 * i + 1)).nonzero().squeeze(1);
+    if (rows.numel() == 0) continue;
+    const at::Tensor xr = x64.index_select(0, rows);
+    for (int64_t s = 0; s < num_slices; ++s) {
+      const SliceRef& r = refs[i][s];
+      if (!r.adapted) continue;
+      at::Tensor vr = at::matmul(xr, r.a64.t());
+      v_ref.select(0, s).narrow(1, 0, vr.size(1)).index_copy_(0, rows, vr);
+      v_mask.select(0, s).narrow(1, 0, vr.size(1)).index_fill_(0, rows, true);
+      if (r.ab64.defined()) vr = vr + r.ab64;
+      vr = Activation64(vr, r.w.activation);
+      at::Tensor d = at::matmul(vr, r.b64.t());
+      if (r.bb64.defined()) d = d + r.bb64;
+      y_ref[s].index_add_(0, rows, d * static_cast<double>(r.w.scale));
+    }
+  }
+
+  Errors e;
+  if (c.use_apply) {
+    v_mask.zero_();
+    v_ref.zero_();
+  }
+  // Only entries of adapted tokens within their rank are specified.
+  const at::Tensor v_written = at::where(v_mask, v.to(at::kDouble), at::zeros_like(v_ref));
+  e.v_finite = at::isfinite(v_written).all().item<bool>();
+  e.v = RelErr(v_written, v_ref, v_ref);
+  const at::Tensor none_rows = (slots < 0).nonzero().squeeze(1);
+  double num = 0, den = 0;
+  for (int64_t s = 0; s < num_slices; ++s) {
+    const at::Tensor got = ys[s].to(at::kDouble);
+    num += (got - y_ref[s]).pow(2).sum().item<double>();
+    den += (y_ref[s] - y0s[s].to(at::kDouble)).pow(2).sum().item<double>();
+    if (none_rows.numel() > 0 &&
+        !at::equal(ys[s].index_select(0, none_rows), y0s[s].index_select(0, none_rows))) {
+      e.untouched_rows_exact = false;
+    }
+  }
+  e.y = std::isnan(num) ? std::numeric_limits<double>::infinity()
+                        : std::sqrt(num / std::max(den, 1e-300));
+  e.padding_untouched = at::isnan(fused.narrow(1, width, 8)).all().item<bool>();
+  return e;
+}
+
+std::string Name(at::ScalarType t) { return std::string(c10::toString(t)); }
+
+void ExpectGood(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint32_t seed) {
+  SCOPED_TRACE(::testing::Message() << Name(dtype) << " tokens=" << c.tokens << " in=" << c.in
+                                    << " adapters=" << c.adapters << " seed=" << seed);
+  const Errors e = RunCase(c, dtype, device, seed);
+  std::printf(
+      "  %-4s %-9s T=%-5ld in=%-5ld slices=%zu adapters=%-4ld%s%s  |v-ref|/|ref|=%.2e  "
+      "|y-ref|/|delta|=%.2e\n",
+      device.is_cpu() ? "cpu" : "cuda", Name(dtype).c_str(), c.tokens, c.in, c.outs.size(),
+      c.adapters, c.bottleneck ? " bottleneck" : "", c.use_apply ? " apply" : "", e.v, e.y);
+  EXPECT_TRUE(e.v_finite);
+  EXPECT_LT(e.v, 1e-5);
+  EXPECT_LT(e.y, YTolerance(dtype));
+  EXPECT_TRUE(e.untouched_rows_exact);
+  EXPECT_TRUE(e.padding_untouched);
+}
+
+const at::ScalarType kDtypes[] = {at::kFloat, at::kHalf, at::kBFloat16};
+
+TEST(LoraKernelsCpuTest, MixedRanksAndSlicesMatchFloat64) {
+  CaseSpec c;
+  c.tokens = 64;
+  c.in = 3424;
+  c.outs = {3424, 856, 856};
+  c.adapters = 24;
+  uint32_t seed = 1;
+  for (at::ScalarType t : kDtypes) ExpectGood(c, t, at::kCPU, seed++);
+}
+
+TEST(LoraKernelsCpuTest, LargeHiddenSizesWithFewTokens) {
+  CaseSpec down;
+  down.tokens = 5;
+  down.in = 14336;
+  down.outs = {5120};
+  down.adapters = 3;
+  CaseSpec gate_up;
+  gate_up.tokens = 6;
+  gate_up.in = 5120;
+  gate_up.outs = {14336, 14336};
+  gate_up.adapters = 6;
+  for (at::ScalarType t : kDtypes) {
+    ExpectGood(down, t, at::kCPU, 11);
+    ExpectGood(gate_up, t, at::kCPU, 12);
+  }
+}
+
+TEST(LoraKernelsCpuTest, FiveHundredTwelveAdaptersInOneBatch) {
+  CaseSpec c;
+  c.tokens = 700;
+  c.in = 344;
+  c.outs = {200, 72};
+  c.adapters = 512;
+  c.none_fraction = 0.1;
+  ExpectGood(c, at::kBFloat16, at::kCPU, 21);
+}
+
+TEST(LoraKernelsCpuTest, SingleTokenAndStridedInput) {
+  CaseSpec c;
+  c.tokens = 1;
+  c.in = 3424;
+  c.outs = {3424};
+  c.adapters = 1;
+  c.none_fraction = 0;
+  c.x_pad = 3;
+  for (at::ScalarType t : kDtypes) ExpectGood(c, t, at::kCPU, 31);
+}
+
+TEST(LoraKernelsCpuTest, BottleneckAdaptersWithBiasesAndActivations) {
+  CaseSpec c;
+  c.tokens = 40;
+  c.in = 520;
+  c.outs = {520};
+  c.adapters = 8;
+  c.bottleneck = true;
+  for (at::ScalarType t : kDtypes) ExpectGood(c, t, at::kCPU, 41);
+}
+
+TEST(LoraKernelsCpuTest, ApplyMatchesFloat64WithRunsAndScatteredTokens) {
+  CaseSpec c;
+  c.tokens = 96;
+  c.in = 3424;
+  c.outs = {3424, 856};
+  c.adapters = 12;
+  c.use_apply = true;
+  uint32_t seed = 71;
+  for (const bool blocked : {false, true}) {
+    c.blocked = blocked;
+    for (at::ScalarType t : kDtypes) ExpectGood(c, t, at::kCPU, seed++);
+  }
+  c.bottleneck = true;
+  ExpectGood(c, at::kBFloat16, at::kCPU, seed++);
+}
+
+TEST(LoraKernelsCpuTest, BatchWithoutAdaptersLeavesOutputUntouched) {
+  CaseSpec c;
+  c.tokens = 9;
+  c.none_fraction = 1.0;
+  ExpectGood(c, at::kFloat, at::kCPU, 51);
+}
+
+TEST(LoraKernelsCpuTest, NegativeControlsAreDetected) {
+  CaseSpec c;
+  c.tokens = 32;
+  c.adapters = 4;
+  c.none_fraction = 0;
+  EXPECT_LT(RunCase(c, at::kFloat, at::kCPU, 61).y, YTolerance(at::kFloat));
+  EXPECT_GT(RunCase(c, at::kFloat, at::kCPU, 61, Sabotage::kWrongScale).y,
+            10 * YTolerance(at::kFloat));
+  const Errors dropped = RunCase(c, at::kFloat, at::kCPU, 61, Sabotage::kDropToken);
+  EXPECT_GT(dropped.y, 10 * YTolerance(at::kFloat));
+  EXPECT_GT(dropped.v, 1e-3);
+}
+
+TEST(LoraKernelsCpuTest, RejectsBadArguments) {
+  LoraWeightTableBuilder builder(2, 3);
+  LoraSliceWeights w;
+  w.a = at::randn({8, 64});
+  w.b = at::randn({32, 4});
+  EXPECT_EQ(builder.Set(0, 0, w).code(), absl::StatusCode::kInvalidArgument);  // Rank mismatch.
+  w.b = at::randn({32, 8});
+  EXPECT_EQ(builder.Set(2, 0, w).code(),
+            absl::StatusCode::kInvalidArgument);  // Slice out of range.
+  EXPECT_EQ(builder.Build().status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(builder.Set(0, 0, w).ok());
+  LoraSliceWeights other = w;
+  other.a = at::randn({8, 65});
+  EXPECT_EQ(builder.Set(1, 1, other).code(),
+            absl::StatusCode::kInvalidArgument);  // in_features differ.
+  absl::StatusOr<LoraWeightTable> table = builder.Build();
+  ASSERT_TRUE(table.ok());
+
+  const std::vector<int32_t> slots = {0, 1, 2, -1};
+  EXPECT_EQ(BuildLoraBatchIndex(slots, 3, 2, at::kCPU).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(BuildLoraBatchIndex(std::vector<int32_t>{3}, 3, 4, at::kCPU).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<LoraBatchIndex> index =
+      BuildLoraBatchIndex(std::vector<int32_t>{0, -1, 0}, 3, 2, at::kCPU);
+  ASSERT_TRUE(index.ok());
+  EXPECT_EQ(index->max_segment_tokens, 2);
+  EXPECT_EQ(index->host_sorted_tokens, (std::vector<int32_t>{0, 2, 1}));
+
+  const at::Tensor v = at::empty({2, 3, 8});
+  EXPECT_EQ(LoraShrink(at::randn({3, 63}), *table, *index, v).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LoraShrink(at::randn({3, 64}, at::kDouble), *table, *index, v).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LoraShrink(at::randn({4, 64}), *table, *index, v).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(LoraShrink(at::randn({3, 64}), *table, *index, v).ok());
+  std::vector<at::Tensor> ys = {at::zeros({3, 32}), at::zeros({3, 31})};
+  EXPECT_EQ(LoraExpand(v, *table, *index, ys).code(), absl::StatusCode::kInvalidArgument);
+}
+
+#ifdef ADAPTERD_WITH_CUDA
+bool HaveGpu() { return at::hasCUDA() && at::cuda::device_count() > 0; }
+
+TEST(LoraKernelsCudaTest, MatchesFloat64AcrossShapesAndDtypes) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const at::Device gpu(at::kCUDA, 0);
+  std::vector<CaseSpec> cases;
+  auto add = [&](int64_t t, int64_t in, std::vector<int64_t> outs, int64_t adapters,
+                 double none = 0.2, int64_t pad = 0) {
+    CaseSpec c;
+    c.tokens = t;
+    c.in = in;
+    c.outs = std::move(outs);
+    c.adapters = adapters;
+    c.none_fraction = none;
+    c.x_pad = pad;
+    cases.push_back(c);
+  };
+  add(1, 3424, {3424}, 1, 0.0);
+  add(7, 5120, {5120, 1024, 1024}, 5);
+  add(256, 3424, {3424, 856, 856}, 64);
+  add(4096, 5120, {5120, 1024, 1024}, 512, 0.1);
+  add(512, 14336, {5120}, 32);
+  add(300, 5120, {14336, 14336}, 17);
+  add(2048, 3424, {3424}, 1, 0.05);
+  add(4096, 4096, {4096}, 8, 0.2, 8);
+  add(96, 3424, {3424}, 12, 0.2, 1);  // Misaligned rows: the scalar path.
+  uint32_t seed = 100;
+  for (const CaseSpec& c : cases)
+    for (at::ScalarType t : kDtypes) ExpectGood(c, t, gpu, seed++);
+  // LoraApply: the expand as a programmatic dependent launch of the shrink.
+  for (CaseSpec c : cases) {
+    c.use_apply = true;
+    c.blocked = (seed % 2) == 0;
+    for (at::ScalarType t : kDtypes) ExpectGood(c, t, gpu, seed++);
+  }
+}
+
+TEST(LoraKernelsCudaTest, BottleneckAdaptersMatchFloat64) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  CaseSpec c;
+  c.tokens = 333;
+  c.in = 3424;
+  c.outs = {3424};
+  c.adapters = 20;
+  c.bottleneck = true;
+  uint32_t seed = 200;
+  for (at::ScalarType t : kDtypes) ExpectGood(c, t, at::Device(at::kCUDA, 0), seed++);
+}
+
+TEST(LoraKernelsCudaTest, GraphReplayFollowsIndexRewrittenInPlace) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const at::Device gpu(at::kCUDA, 0);
+  const c10::cuda::CUDAGuard guard(gpu);
+  constexpr int64_t kTokens = 64, kIn = 3424, kOut = 1024, kSlots = 16, kMaxSeg = 16;
+  at::manual_seed(7);
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(gpu);
+  LoraWeightTableBuilder builder(1, kSlots);
+  std::vector<LoraSliceWeights> ws(kSlots);
+  for (int64_t i = 0; i < kSlots; ++i) {
+    const int64_t r = kRanks[i % 6];
+    ws[i].a = at::randn({r, kIn}, opts) / 58.0;
+    ws[i].b = at::randn({kOut, r}, opts) / 4.0;
+    ws[i].scale = 1.0f + 0.1f * i;
+    ASSERT_TRUE(builder.Set(0, i, ws[i]).ok());
+  }
+  absl::StatusOr<LoraWeightTable> table = builder.Build();
+  ASSERT_TRUE(table.ok());
+  std::mt19937 rng(3);
+  auto make_slots = [&] {
+    std::vector<int32_t> s(kTokens);
+    for (auto& v : s) v = static_cast<int32_t>(rng() % (kSlots + 1)) - 1;
+    return s;
+  };
+  absl::StatusOr<LoraBatchIndex> index =
+      BuildLoraBatchIndex(make_slots(), kSlots, kMaxSeg, gpu, kTokens);
+  ASSERT_TRUE(index.ok());
+  const at::Tensor x = at::randn({kTokens, kIn}, opts);
+  const at::Tensor y = at::zeros({kTokens, kOut}, opts);
+  const at::Tensor v = at::empty({1, kTokens, table->max_rank}, opts.dtype(at::kFloat));
+  const std::vector<at::Tensor> ys = {y};
+
+  const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
+  at::cuda::CUDAGraph graph;
+  {
+    const c10::cuda::CUDAStreamGuard sg(stream);
+    ASSERT_TRUE(LoraShrink(x, *table, *index, v).ok());  // Warm-up outside capture.
+    stream.synchronize();
+    graph.capture_begin();
+    const absl::Status s1 = LoraShrink(x, *table, *index, v);
+    const absl::Status s2 = LoraExpand(v, *table, *index, ys);
+    graph.capture_end();
+    ASSERT_TRUE(s1.ok() && s2.ok());
+  }
+  for (int round = 0; round < 3; ++round) {
+    const std::vector<int32_t> slots = make_slots();
+    absl::StatusOr<LoraBatchIndex> fresh =
+        BuildLoraBatchIndex(slots, kSlots, kMaxSeg, gpu, kTokens);
+    ASSERT_TRUE(fresh.ok());
+    index->sorted_tokens.copy_(fresh->sorted_tokens);
+    index->segment_start.copy_(fresh->segment_start);
+    index->segment_slot.copy_(fresh->segment_slot);
+    y.zero_();
+    graph.replay();
+    at::Tensor want =
+        at::zeros({kTokens, kOut}, at::TensorOptions().dtype(at::kDouble).device(gpu));
+    for (int64_t t = 0; t < kTokens; ++t) {
+      if (slots[t] < 0) continue;
+      const LoraSliceWeights& w = ws[slots[t]];
+      want[t] = at::matmul(at::matmul(x[t].to(at::kDouble), w.a.to(at::kDouble).t()),
+                           w.b.to(at::kDouble).t()) *
+                static_cast<double>(w.scale);
+    }
+    const double err = RelErr(y.to(at::kDouble), want, want);
+    EXPECT_LT(err, YTolerance(at::kBFloat16)) << "round " << round;
+  }
+}
+#endif
+
+}  // namespace
+}  // namespace adapterd
