@@ -20,6 +20,7 @@
 namespace adapterd {
 
 class KvCache;
+struct Adapter;
 
 struct ModelLoadOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N".
@@ -33,6 +34,22 @@ struct ForwardBatch {
   std::vector<int64_t> past_lens;            // Tokens already cached in that slot.
   std::vector<std::vector<int32_t>> tokens;  // New tokens per sequence (non-empty).
   bool all_logits = false;  // true: a row per new token; false: the last token's only.
+  // Empty, or per sequence: its adapter (nullptr: the base model). Not owned;
+  // must outlive the call.
+  std::vector<const Adapter*> adapters;
+  // Empty, or per sequence: how many leading entries of tokens[i] are the
+  // adapter's prompt rows (prompt/P-tuning; their ids are ignored) at
+  // positions past_lens[i]...; their logits are not returned.
+  std::vector<int> virtual_tokens;
+};
+
+// A decoder's linear layer as stored: the weight is [out, in], or [in, out]
+// when fan_in_fan_out (GPT-2's Conv1D). Pointers into the model; bias may
+// point to an undefined tensor.
+struct LinearRef {
+  at::Tensor* weight = nullptr;
+  at::Tensor* bias = nullptr;
+  bool fan_in_fan_out = false;
 };
 
 class CausalLM {
@@ -58,7 +75,14 @@ class CausalLM {
   // Returns float32 logits on the CPU-or-model device: [sum of new tokens, V]
   // in batch order when all_logits, else [num sequences, V].
   // REQUIRES: past_lens[i] + tokens[i].size() <= the cache's max_len.
+  // Rows of virtual tokens are left out of all_logits output; the adapters
+  // of engine/peft apply per row.
   virtual at::Tensor Forward(const ForwardBatch& batch, KvCache& cache) = 0;
+
+  // Layer `layer`'s linear module `module` (engine/peft/adapter.h
+  // lora_module); weight nullptr if out of range. For adapter checks and
+  // merging; never modify while Forward runs.
+  virtual LinearRef Linear(int layer, int module) = 0;
 };
 
 }  // namespace adapterd

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/model/causal_lm.h"
 #include "engine/model/weights.h"
+#include "engine/peft/batch_adapters.h"
 #include "engine/runtime/kv_cache.h"
 
 namespace adapterd {
@@ -64,6 +65,18 @@ class Gpt2Model final : public CausalLM {
   at::Device device() const override { return context_.device; }
   const std::string& fingerprint() const override { return context_.fingerprint; }
 
+  LinearRef Linear(int layer, int module) override {
+    if (layer < 0 || layer >= static_cast<int>(layers_.size())) return {};
+    Gpt2Layer& l = layers_[layer];
+    switch (module) {
+      case lora_module::kCAttn: return {&l.attn_w, &l.attn_b, true};
+      case lora_module::kAttnCProj: return {&l.attn_proj_w, &l.attn_proj_b, true};
+      case lora_module::kCFc: return {&l.fc_w, &l.fc_b, true};
+      case lora_module::kMlpCProj: return {&l.mlp_proj_w, &l.mlp_proj_b, true};
+      default: return {};
+    }
+  }
+
   std::unique_ptr<KvCache> NewCache(int num_slots, int64_t max_len) const override {
     const ModelConfig& c = context_.config;
     return std::make_unique<KvCache>(static_cast<int>(c.num_layers), num_slots, max_len,
@@ -81,25 +94,39 @@ class Gpt2Model final : public CausalLM {
     const int64_t t = step.num_tokens, h = c.hidden_size;
     double scale = c.scale_attn_weights ? 1.0 / std::sqrt(static_cast<double>(c.head_dim)) : 1.0;
 
-    at::Tensor x =
-        wte_.index_select(0, step.token_ids) + wpe_.index_select(0, step.token_positions);
+    const BatchAdapters adapters = BatchAdapters::Build(batch, step, context_.device);
+    at::Tensor x = wte_.index_select(0, step.token_ids);
+    adapters.ApplyPromptRows(x);
+    x = x + wpe_.index_select(0, step.token_positions);
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const Gpt2Layer& l = layers_[i];
+      const int li = static_cast<int>(i);
       at::Tensor a = at::layer_norm(x, {h}, l.ln1_w, l.ln1_b, c.norm_eps);
       at::Tensor qkv = at::addmm(l.attn_b, a, l.attn_w);
+      ApplyLoraDelta(a, qkv, adapters, li, lora_module::kCAttn, l.attn_b);
       at::Tensor q = qkv.narrow(1, 0, h).view({t, c.num_heads, c.head_dim});
       at::Tensor k = qkv.narrow(1, h, h).view({t, c.num_heads, c.head_dim});
       at::Tensor v = qkv.narrow(1, 2 * h, h).view({t, c.num_heads, c.head_dim});
-      cache.Write(static_cast<int>(i), step, k, v);
+      cache.Write(li, step, k, v);
       const double layer_scale =
           c.scale_attn_by_inverse_layer_idx ? scale / static_cast<double>(i + 1) : scale;
-      at::Tensor attn = cache.Attend(static_cast<int>(i), step, q, layer_scale, false);
-      x = x + at::addmm(l.attn_proj_b, attn, l.attn_proj_w);
+      at::Tensor attn = cache.Attend(li, step, q, layer_scale, false);
+      at::Tensor proj = at::addmm(l.attn_proj_b, attn, l.attn_proj_w);
+      ApplyLoraDelta(attn, proj, adapters, li, lora_module::kAttnCProj, l.attn_proj_b);
+      x = AddSubLayerOutput(adapters, li, AdapterSite::kAttention, x, proj);
       at::Tensor m = at::layer_norm(x, {h}, l.ln2_w, l.ln2_b, c.norm_eps);
-      m = Activation(at::addmm(l.fc_b, m, l.fc_w), c.hidden_act);
-      x = x + at::addmm(l.mlp_proj_b, m, l.mlp_proj_w);
+      at::Tensor fc = at::addmm(l.fc_b, m, l.fc_w);
+      ApplyLoraDelta(m, fc, adapters, li, lora_module::kCFc, l.fc_b);
+      m = Activation(fc, c.hidden_act);
+      at::Tensor out = at::addmm(l.mlp_proj_b, m, l.mlp_proj_w);
+      ApplyLoraDelta(m, out, adapters, li, lora_module::kMlpCProj, l.mlp_proj_b);
+      x = AddSubLayerOutput(adapters, li, AdapterSite::kFfn, x, out);
     }
-    if (!batch.all_logits) x = x.index_select(0, step.last_rows);
+    if (!batch.all_logits) {
+      x = x.index_select(0, step.last_rows);
+    } else if (adapters.output_rows().defined()) {
+      x = x.index_select(0, adapters.output_rows());
+    }
     x = at::layer_norm(x, {h}, ln_f_w_, ln_f_b_, c.norm_eps);
     return at::linear(x, wte_).to(at::kFloat);
   }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/model/causal_lm.h"
 #include "engine/model/weights.h"
+#include "engine/peft/batch_adapters.h"
 #include "engine/runtime/kv_cache.h"
 
 namespace adapterd {
@@ -203,6 +204,21 @@ class LlamaModel final : public CausalLM {
   at::Device device() const override { return context_.device; }
   const std::string& fingerprint() const override { return context_.fingerprint; }
 
+  LinearRef Linear(int layer, int module) override {
+    if (layer < 0 || layer >= static_cast<int>(layers_.size())) return {};
+    LlamaLayer& l = layers_[layer];
+    switch (module) {
+      case lora_module::kQ: return {&l.q_w, &l.q_b, false};
+      case lora_module::kK: return {&l.k_w, &l.k_b, false};
+      case lora_module::kV: return {&l.v_w, &l.v_b, false};
+      case lora_module::kO: return {&l.o_w, &l.o_b, false};
+      case lora_module::kGate: return {&l.gate_w, &l.gate_b, false};
+      case lora_module::kUp: return {&l.up_w, &l.up_b, false};
+      case lora_module::kDown: return {&l.down_w, &l.down_b, false};
+      default: return {};
+    }
+  }
+
   std::unique_ptr<KvCache> NewCache(int num_slots, int64_t max_len) const override {
     const ModelConfig& c = context_.config;
     return std::make_unique<KvCache>(static_cast<int>(c.num_layers), num_slots, max_len,
@@ -225,24 +241,39 @@ class LlamaModel final : public CausalLM {
     at::Tensor sin = (emb.sin() * attention_scaling_).to(context_.dtype).unsqueeze(1);
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
 
+    const BatchAdapters adapters = BatchAdapters::Build(batch, step, context_.device);
     at::Tensor x = embed_.index_select(0, step.token_ids);  // [T, H]
+    adapters.ApplyPromptRows(x);
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const LlamaLayer& l = layers_[i];
+      const int li = static_cast<int>(i);
       at::Tensor h = RmsNorm(x, l.input_norm);
-      at::Tensor q = at::linear(h, l.q_w, l.q_b).view({t, c.num_heads, c.head_dim});
-      at::Tensor k = at::linear(h, l.k_w, l.k_b).view({t, c.num_kv_heads, c.head_dim});
-      at::Tensor v = at::linear(h, l.v_w, l.v_b).view({t, c.num_kv_heads, c.head_dim});
+      at::Tensor q = LinearWithLora(h, l.q_w, l.q_b, adapters, li, lora_module::kQ)
+                         .view({t, c.num_heads, c.head_dim});
+      at::Tensor k = LinearWithLora(h, l.k_w, l.k_b, adapters, li, lora_module::kK)
+                         .view({t, c.num_kv_heads, c.head_dim});
+      at::Tensor v = LinearWithLora(h, l.v_w, l.v_b, adapters, li, lora_module::kV)
+                         .view({t, c.num_kv_heads, c.head_dim});
       q = q * cos + RotateHalf(q) * sin;
       k = k * cos + RotateHalf(k) * sin;
-      cache.Write(static_cast<int>(i), step, k, v);
-      at::Tensor attn = cache.Attend(static_cast<int>(i), step, q, scale, c.sliding_layers[i]);
-      x = x + at::linear(attn, l.o_w, l.o_b);
+      cache.Write(li, step, k, v);
+      at::Tensor attn = cache.Attend(li, step, q, scale, c.sliding_layers[i]);
+      x = AddSubLayerOutput(adapters, li, AdapterSite::kAttention, x,
+                            LinearWithLora(attn, l.o_w, l.o_b, adapters, li, lora_module::kO));
       h = RmsNorm(x, l.post_norm);
-      at::Tensor mlp = Activation(at::linear(h, l.gate_w, l.gate_b), c.hidden_act) *
-                       at::linear(h, l.up_w, l.up_b);
-      x = x + at::linear(mlp, l.down_w, l.down_b);
+      at::Tensor mlp =
+          Activation(LinearWithLora(h, l.gate_w, l.gate_b, adapters, li, lora_module::kGate),
+                     c.hidden_act) *
+          LinearWithLora(h, l.up_w, l.up_b, adapters, li, lora_module::kUp);
+      x = AddSubLayerOutput(adapters, li, AdapterSite::kFfn, x,
+                            LinearWithLora(mlp, l.down_w, l.down_b, adapters, li,
+                                           lora_module::kDown));
     }
-    if (!batch.all_logits) x = x.index_select(0, step.last_rows);
+    if (!batch.all_logits) {
+      x = x.index_select(0, step.last_rows);
+    } else if (adapters.output_rows().defined()) {
+      x = x.index_select(0, adapters.output_rows());
+    }
     x = RmsNorm(x, norm_);
     return at::linear(x, lm_head_).to(at::kFloat);
   }

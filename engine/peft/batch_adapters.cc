@@ -1,0 +1,213 @@
+#include "engine/peft/batch_adapters.h"
+
+#include <ATen/ATen.h>
+
+#include <cstring>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "engine/model/causal_lm.h"
+#include "engine/runtime/kv_cache.h"
+
+namespace adapterd {
+namespace {
+
+at::Tensor LongTensor(const std::vector<int64_t>& values, at::Device device) {
+  at::Tensor t = at::empty({static_cast<int64_t>(values.size())}, at::kLong);
+  if (!values.empty()) {
+    std::memcpy(t.data_ptr<int64_t>(), values.data(), values.size() * sizeof(int64_t));
+  }
+  return t.to(device);
+}
+
+at::Tensor Activate(const at::Tensor& x, const std::string& name) {
+  if (name == "relu") return at::relu(x);
+  if (name == "swish" || name == "silu") return at::silu(x);
+  if (name == "gelu") return at::gelu(x);
+  if (name == "gelu_new") return at::gelu(x, "tanh");
+  if (name == "tanh") return at::tanh(x);
+  return at::leaky_relu(x, 0.01);  // leakyrelu.
+}
+
+// up(act(down(h))) * scaling, in fp32.
+at::Tensor Bottleneck(const at::Tensor& h, const BottleneckWeights& w) {
+  at::Tensor down = Activate(at::linear(h, w.down_w, w.down_b), w.activation);
+  return at::linear(down, w.up_w, w.up_b) * w.scaling;
+}
+
+}  // namespace
+
+BatchAdapters BatchAdapters::Build(const ForwardBatch& batch, const AttentionStep& step,
+                                   at::Device device) {
+  BatchAdapters out;
+  const size_t n = step.lens.size();
+  TORCH_CHECK(batch.adapters.empty() || batch.adapters.size() == n,
+              "ForwardBatch: adapters and sequences differ in length");
+  TORCH_CHECK(batch.virtual_tokens.empty() || batch.virtual_tokens.size() == n,
+              "ForwardBatch: virtual_tokens and sequences differ in length");
+  std::map<const Adapter*, size_t> index;
+  std::vector<int64_t> virtual_rows, output_rows;
+  std::vector<at::Tensor> virtual_values;
+  for (size_t i = 0; i < n; ++i) {
+    const Adapter* a = batch.adapters.empty() ? nullptr : batch.adapters[i];
+    const int v = batch.virtual_tokens.empty() ? 0 : batch.virtual_tokens[i];
+    if (v > 0) {
+      TORCH_CHECK(a != nullptr && a->prompt.defined(), "sequence ", i,
+                  " has virtual tokens but no prompt adapter");
+      TORCH_CHECK(v <= step.lens[i] && step.past_lens[i] + v <= a->prompt.size(0), "sequence ", i,
+                  ": ", v, " virtual tokens do not fit its prompt adapter");
+      for (int64_t j = 0; j < v; ++j) virtual_rows.push_back(step.offsets[i] + j);
+      virtual_values.push_back(a->prompt.narrow(0, step.past_lens[i], v));
+    }
+    for (int64_t j = v; j < step.lens[i]; ++j) output_rows.push_back(step.offsets[i] + j);
+    if (a == nullptr || (a->lora.empty() && a->attn_site.empty() && a->fusion.empty())) continue;
+    auto [it, inserted] = index.emplace(a, out.groups_.size());
+    if (inserted) out.groups_.push_back(Group{a, at::Tensor(), {}});
+    std::vector<int64_t>& rows = out.groups_[it->second].host_rows;
+    for (int64_t j = 0; j < step.lens[i]; ++j) rows.push_back(step.offsets[i] + j);
+  }
+  for (Group& g : out.groups_) g.rows = LongTensor(g.host_rows, device);
+  if (!virtual_rows.empty()) {
+    out.has_virtual_ = true;
+    out.virtual_rows_ = LongTensor(virtual_rows, device);
+    out.virtual_values_ = at::cat(virtual_values, 0);
+    out.output_rows_ = LongTensor(output_rows, device);
+  }
+  return out;
+}
+
+void BatchAdapters::ApplyPromptRows(at::Tensor& x) const {
+  if (!has_virtual_) return;
+  x.index_copy_(0, virtual_rows_, virtual_values_.to(x.scalar_type()));
+}
+
+void ApplyLoraDelta(const at::Tensor& x, at::Tensor& y, const BatchAdapters& adapters, int layer,
+                    int module, const at::Tensor& base_bias) {
+  for (const BatchAdapters::Group& g : adapters.groups()) {
+    const Adapter& a = *g.adapter;
+    if (a.lora.empty()) continue;
+    const std::optional<LoraWeights>& w = a.lora[layer][module];
+    if (!w.has_value()) continue;
+    // As PEFT: the adapter branch in fp32 on the fp32 input, added in fp32,
+    // then rounded to the model dtype.
+    at::Tensor xr = x.index_select(0, g.rows).to(at::kFloat);
+    at::Tensor lora = at::linear(at::linear(xr, w->a), w->b, w->b_bias);
+    if (!w->dora_scale.defined() && y.scalar_type() == at::kFloat) {
+      y.index_add_(0, g.rows, lora.mul_(w->scaling));  // The same single fp32 add per element.
+      continue;
+    }
+    at::Tensor yr = y.index_select(0, g.rows).to(at::kFloat);
+    at::Tensor out;
+    if (w->dora_scale.defined()) {
+      at::Tensor base = base_bias.defined() ? yr - base_bias.to(at::kFloat) : yr;
+      out = yr + ((w->dora_scale - 1) * base + w->dora_scale * lora * w->scaling);
+    } else {
+      out = yr + lora * w->scaling;
+    }
+    y.index_copy_(0, g.rows, out.to(y.scalar_type()));
+  }
+}
+
+at::Tensor LinearWithLora(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                          const BatchAdapters& adapters, int layer, int module) {
+  at::Tensor y = at::linear(x, weight, bias);
+  ApplyLoraDelta(x, y, adapters, layer, module, bias);
+  return y;
+}
+
+at::Tensor AddSubLayerOutput(const BatchAdapters& adapters, int layer, AdapterSite site,
+                             const at::Tensor& x, const at::Tensor& f) {
+  at::Tensor out = x + f;
+  for (const BatchAdapters::Group& g : adapters.groups()) {
+    const Adapter& a = *g.adapter;
+    if (a.method == AdapterMethod::kBottleneck) {
+      const auto& sites = site == AdapterSite::kAttention ? a.attn_site : a.ffn_site;
+      if (!sites[layer].has_value()) continue;
+      at::Tensor xr = x.index_select(0, g.rows);
+      at::Tensor fr = f.index_select(0, g.rows);
+      at::Tensor h = a.input_includes_residual ? xr + fr : fr;
+      // AdapterHub: (up + f) then + x.
+      at::Tensor res =
+          (Bottleneck(h.to(at::kFloat), *sites[layer]) + fr.to(at::kFloat)) + xr.to(at::kFloat);
+      out.index_copy_(0, g.rows, res.to(out.scalar_type()));
+    } else if (a.method == AdapterMethod::kFusion && site == AdapterSite::kFfn) {
+      if (a.fusion.empty() || !a.fusion[layer].has_value()) continue;
+      const FusionLayer& fl = *a.fusion[layer];
+      at::Tensor xr = x.index_select(0, g.rows).to(at::kFloat);
+      at::Tensor fr = f.index_select(0, g.rows).to(at::kFloat);
+      at::Tensor h = xr + fr;  // Pfeiffer children: input and query are x + f.
+      std::vector<at::Tensor> ups;
+      for (const auto& child : a.children) ups.push_back(Bottleneck(h, *child->ffn_site[layer]));
+      at::Tensor up = at::stack(ups, 1);                                               // [n, N, d]
+      at::Tensor q = at::linear(h, fl.query_w, fl.query_b);                            // [n, d]
+      at::Tensor k = at::linear(up, fl.key_w, fl.key_b);                               // [n, N, d]
+      at::Tensor v = at::linear(up, fl.value_w);                                       // [n, N, d]
+      at::Tensor scores = at::matmul(q.unsqueeze(1), k.transpose(-2, -1)).squeeze(1);  // [n, N]
+      at::Tensor probs = at::softmax(scores, -1);
+      at::Tensor context = at::matmul(probs.unsqueeze(1), v).squeeze(1);  // [n, d]
+      at::Tensor res = (context + fr) + xr;
+      out.index_copy_(0, g.rows, res.to(out.scalar_type()));
+    }
+  }
+  return out;
+}
+
+void PrefillPrefix(KvCache& cache, int slot, const Adapter& adapter) {
+  TORCH_CHECK(!adapter.prefix_keys.empty(), "adapter ", adapter.name, " is not a prefix adapter");
+  TORCH_CHECK(static_cast<int>(adapter.prefix_keys.size()) == cache.num_layers(),
+              "prefix layers do not match the cache");
+  const int64_t p = adapter.prefix_keys[0].size(1);
+  TORCH_CHECK(p <= cache.max_len(), "prefix longer than the cache");
+  for (int l = 0; l < cache.num_layers(); ++l) {
+    cache.keys(l)[slot].narrow(1, 0, p).copy_(adapter.prefix_keys[l]);
+    cache.values(l)[slot].narrow(1, 0, p).copy_(adapter.prefix_values[l]);
+  }
+}
+
+absl::StatusOr<LoraMerge> LoraMerge::Merge(CausalLM& model, const Adapter& adapter) {
+  if (adapter.lora.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("adapter \"", adapter.name, "\" is a ", AdapterMethodName(adapter.method),
+                     " adapter; only LoRA adapters can be merged"));
+  }
+  LoraMerge merge;
+  for (size_t l = 0; l < adapter.lora.size(); ++l) {
+    for (size_t m = 0; m < adapter.lora[l].size(); ++m) {
+      const std::optional<LoraWeights>& w = adapter.lora[l][m];
+      if (!w.has_value()) continue;
+      LinearRef ref = model.Linear(static_cast<int>(l), static_cast<int>(m));
+      Kept kept{ref.weight, ref.weight->clone(), ref.bias,
+                ref.bias->defined() ? ref.bias->clone() : at::Tensor()};
+      at::Tensor weight = ref.weight->to(at::kFloat);
+      if (ref.fan_in_fan_out) weight = weight.t();
+      at::Tensor merged = weight + at::matmul(w->b, w->a) * w->scaling;
+      if (w->dora_scale.defined()) merged = w->dora_scale.unsqueeze(1) * merged;
+      if (ref.fan_in_fan_out) merged = merged.t();
+      ref.weight->copy_(merged.to(ref.weight->scalar_type()));
+      if (w->b_bias.defined()) {
+        at::Tensor add = w->b_bias * w->scaling;
+        if (ref.bias->defined()) {
+          ref.bias->copy_((ref.bias->to(at::kFloat) + add).to(ref.bias->scalar_type()));
+        } else {
+          *ref.bias = add.to(ref.weight->scalar_type());
+        }
+      }
+      merge.kept_.push_back(std::move(kept));
+    }
+  }
+  return merge;
+}
+
+void LoraMerge::Unmerge() {
+  for (Kept& k : kept_) {
+    k.weight->copy_(k.original_weight);
+    if (k.original_bias.defined()) {
+      k.bias->copy_(k.original_bias);
+    } else {
+      *k.bias = at::Tensor();
+    }
+  }
+  kept_.clear();
+}
+
+}  // namespace adapterd
