@@ -33,16 +33,19 @@ const std::string& AdapterForLog(const std::string& adapter) {
   return adapter.empty() ? kBase : adapter;
 }
 
-void LogFinish(const char* method, const std::string& request_id, const std::string& adapter,
-               const absl::Status& status, int prompt_tokens, int completion_tokens,
-               absl::Time start) {
+void LogFinish(const char* method, const std::string& request_id, const std::string& tenant,
+               const std::string& adapter, const absl::Status& status, int prompt_tokens,
+               int completion_tokens, absl::Time start) {
   const double ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+  const std::string& who = tenant.empty() ? std::string("<unauthenticated>") : tenant;
   if (status.ok()) {
-    spdlog::info("{} request_id={} adapter={} ok prompt_tokens={} completion_tokens={} ms={:.1f}",
-                 method, request_id, AdapterForLog(adapter), prompt_tokens, completion_tokens, ms);
+    spdlog::info(
+        "{} request_id={} tenant={} adapter={} ok prompt_tokens={} completion_tokens={} ms={:.1f}",
+        method, request_id, who, AdapterForLog(adapter), prompt_tokens, completion_tokens, ms);
   } else {
-    spdlog::info("{} request_id={} adapter={} failed: {} ms={:.1f}", method, request_id,
-                 AdapterForLog(adapter), status.ToString(), ms);
+    spdlog::info("{} request_id={} tenant={} adapter={} failed: {} ms={:.1f}", method, request_id,
+                 who, AdapterForLog(adapter),
+                 absl::Status(status.code(), status.message()).ToString(), ms);
   }
 }
 
@@ -65,10 +68,16 @@ class UnaryCall : public grpc::ServerUnaryReactor {
 class UnaryGenerateSink final : public GenerateSink {
  public:
   UnaryGenerateSink(UnaryCall* call, v1::GenerateResponse* response, bool logprobs,
-                    std::string adapter)
-      : call_(call), response_(response), logprobs_(logprobs), adapter_(std::move(adapter)) {}
+                    std::string tenant, std::string adapter, std::unique_ptr<RequestLease> lease)
+      : call_(call),
+        response_(response),
+        logprobs_(logprobs),
+        tenant_(std::move(tenant)),
+        adapter_(std::move(adapter)),
+        lease_(std::move(lease)) {}
 
   void OnTokens(std::vector<GeneratedToken> tokens) override {
+    lease_->ChargeTokens(static_cast<int64_t>(tokens.size()));
     for (const GeneratedToken& token : tokens) {
       response_->mutable_text()->append(token.text);
       TokenToProto(token, logprobs_, response_->add_tokens());
@@ -81,8 +90,10 @@ class UnaryGenerateSink final : public GenerateSink {
       response_->mutable_usage()->set_prompt_tokens(result.prompt_tokens);
       response_->mutable_usage()->set_completion_tokens(result.completion_tokens);
     }
-    LogFinish("Generate", response_->request_id(), adapter_, status, result.prompt_tokens,
+    LogFinish("Generate", response_->request_id(), tenant_, adapter_, status, result.prompt_tokens,
               result.completion_tokens, start_);
+    lease_->ChargeTokens(result.prompt_tokens);
+    lease_.reset();                       // The tenant's slot frees before the client hears back.
     call_->Finish(ToGrpcStatus(status));  // The call may be gone after this.
   }
 
@@ -90,16 +101,19 @@ class UnaryGenerateSink final : public GenerateSink {
   UnaryCall* const call_;
   v1::GenerateResponse* const response_;
   const bool logprobs_;
+  const std::string tenant_;
   const std::string adapter_;
+  std::unique_ptr<RequestLease> lease_;
   const absl::Time start_ = absl::Now();
 };
 
 // A GenerateStream call: a write reactor fed by the engine thread.
 class GenerateStreamCall final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse> {
  public:
-  GenerateStreamCall(std::string request_id, std::string adapter, bool logprobs)
+  GenerateStreamCall(std::string request_id, std::string tenant, std::string adapter, bool logprobs)
       : cancel_(std::make_shared<CancellationToken>()),
         request_id_(std::move(request_id)),
+        tenant_(std::move(tenant)),
         adapter_(std::move(adapter)),
         logprobs_(logprobs) {}
 
@@ -116,7 +130,7 @@ class GenerateStreamCall final : public grpc::ServerWriteReactor<v1::GenerateStr
 
   // Engine thread; the last call the engine makes.
   void EngineFinished(absl::Status status, const GenerateResult& result) {
-    LogFinish("GenerateStream", request_id_, adapter_, status, result.prompt_tokens,
+    LogFinish("GenerateStream", request_id_, tenant_, adapter_, status, result.prompt_tokens,
               result.completion_tokens, start_);
     {
       absl::MutexLock lock(&mu_);
@@ -129,7 +143,7 @@ class GenerateStreamCall final : public grpc::ServerWriteReactor<v1::GenerateStr
 
   // The request never reached the engine.
   void Reject(const absl::Status& status) {
-    LogFinish("GenerateStream", request_id_, adapter_, status, 0, 0, start_);
+    LogFinish("GenerateStream", request_id_, tenant_, adapter_, status, 0, 0, start_);
     Finish(ToGrpcStatus(status));
   }
 
@@ -202,6 +216,7 @@ class GenerateStreamCall final : public grpc::ServerWriteReactor<v1::GenerateStr
 
   const std::shared_ptr<CancellationToken> cancel_;
   const std::string request_id_;
+  const std::string tenant_;
   const std::string adapter_;
   const bool logprobs_;
   const absl::Time start_ = absl::Now();
@@ -222,25 +237,40 @@ class GenerateStreamCall final : public grpc::ServerWriteReactor<v1::GenerateStr
 // call finishes only after EngineFinished.
 class StreamSink final : public GenerateSink {
  public:
-  explicit StreamSink(GenerateStreamCall* call) : call_(call) {}
+  StreamSink(GenerateStreamCall* call, std::unique_ptr<RequestLease> lease)
+      : call_(call), lease_(std::move(lease)) {}
   void OnTokens(std::vector<GeneratedToken> tokens) override {
+    lease_->ChargeTokens(static_cast<int64_t>(tokens.size()));
     call_->AddTokens(std::move(tokens));
   }
   void OnFinish(absl::Status status, const GenerateResult& result) override {
+    lease_->ChargeTokens(result.prompt_tokens);
+    lease_.reset();
     call_->EngineFinished(std::move(status), result);
   }
 
  private:
   GenerateStreamCall* const call_;
+  std::unique_ptr<RequestLease> lease_;
 };
 
 std::string RequestIdOf(const std::string& given) { return given.empty() ? NewRequestId() : given; }
 
 }  // namespace
 
-InferenceService::InferenceService(Engine* engine) : engine_(engine) {}
+InferenceService::InferenceService(Engine* engine, const Authenticator* auth, QuotaManager* quotas)
+    : engine_(engine), auth_(auth), quotas_(quotas) {}
 
 void InferenceService::StopAccepting() { accepting_.store(false); }
+
+absl::StatusOr<std::unique_ptr<RequestLease>> InferenceService::Admit(
+    const grpc::CallbackServerContext& context, const char* method, Principal* who) {
+  absl::StatusOr<Principal> caller = auth_->Authorize(context, method, /*admin_only=*/false);
+  if (!caller.ok()) return caller.status();
+  *who = *std::move(caller);
+  if (!accepting_.load()) return absl::UnavailableError(kShuttingDown);
+  return quotas_->Admit(*who);
+}
 
 grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext* context,
                                                      const v1::GenerateRequest* request,
@@ -249,24 +279,34 @@ grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext
   const std::string request_id = RequestIdOf(request->request_id());
   response->set_request_id(request_id);
   response->set_adapter(request->adapter());
+  Principal who;
+  absl::StatusOr<std::unique_ptr<RequestLease>> lease = Admit(*context, "Generate", &who);
   absl::StatusOr<GenerateRequest> converted =
-      accepting_.load()
-          ? GenerateRequestFromProto(*request, engine_->limits(), engine_->info().vocab_size)
-          : absl::UnavailableError(kShuttingDown);
+      lease.ok() ? GenerateRequestFromProto(*request, engine_->limits(), engine_->info().vocab_size)
+                 : absl::StatusOr<GenerateRequest>(lease.status());
   absl::Status status = converted.status();
   if (status.ok()) {
     converted->request_id = request_id;
+    converted->tenant = who.tenant;
     converted->deadline = DeadlineOf(context);
     converted->cancel = call->cancel();
+    if (resolver_ != nullptr) status = resolver_->Resolve(who.tenant, *converted);
+    // The version that serves it ("name@version"), as the proto promises.
+    if (status.ok() && converted->adapter_handle) {
+      response->set_adapter(converted->adapter_handle->name);
+    }
+  }
+  if (status.ok()) {
     const bool logprobs = converted->sampling.logprobs;
-    spdlog::debug("Generate request_id={} adapter={} submitted", request_id,
+    spdlog::debug("Generate request_id={} tenant={} adapter={} submitted", request_id, who.tenant,
                   AdapterForLog(request->adapter()));
-    status = engine_->Submit(
-        *std::move(converted),
-        std::make_shared<UnaryGenerateSink>(call, response, logprobs, request->adapter()));
+    status = engine_->Submit(*std::move(converted), std::make_shared<UnaryGenerateSink>(
+                                                        call, response, logprobs, who.tenant,
+                                                        request->adapter(), *std::move(lease)));
   }
   if (!status.ok()) {
-    LogFinish("Generate", request_id, request->adapter(), status, 0, 0, absl::Now());
+    LogFinish("Generate", request_id, who.tenant, request->adapter(), status, 0, 0, absl::Now());
+    AddRetryHint(context, status);
     call->Finish(ToGrpcStatus(status));
   }
   return call;
@@ -275,22 +315,31 @@ grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext
 grpc::ServerWriteReactor<v1::GenerateStreamResponse>* InferenceService::GenerateStream(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   const std::string request_id = RequestIdOf(request->request_id());
+  Principal who;
+  absl::StatusOr<std::unique_ptr<RequestLease>> lease = Admit(*context, "GenerateStream", &who);
   absl::StatusOr<GenerateRequest> converted =
-      accepting_.load()
-          ? GenerateRequestFromProto(*request, engine_->limits(), engine_->info().vocab_size)
-          : absl::UnavailableError(kShuttingDown);
-  auto* call = new GenerateStreamCall(request_id, request->adapter(),
+      lease.ok() ? GenerateRequestFromProto(*request, engine_->limits(), engine_->info().vocab_size)
+                 : absl::StatusOr<GenerateRequest>(lease.status());
+  auto* call = new GenerateStreamCall(request_id, who.tenant, request->adapter(),
                                       converted.ok() && converted->sampling.logprobs);
   absl::Status status = converted.status();
   if (status.ok()) {
     converted->request_id = request_id;
+    converted->tenant = who.tenant;
     converted->deadline = DeadlineOf(context);
     converted->cancel = call->cancel();
-    spdlog::debug("GenerateStream request_id={} adapter={} submitted", request_id,
-                  AdapterForLog(request->adapter()));
-    status = engine_->Submit(*std::move(converted), std::make_shared<StreamSink>(call));
+    if (resolver_ != nullptr) status = resolver_->Resolve(who.tenant, *converted);
   }
-  if (!status.ok()) call->Reject(status);
+  if (status.ok()) {
+    spdlog::debug("GenerateStream request_id={} tenant={} adapter={} submitted", request_id,
+                  who.tenant, AdapterForLog(request->adapter()));
+    status = engine_->Submit(*std::move(converted),
+                             std::make_shared<StreamSink>(call, *std::move(lease)));
+  }
+  if (!status.ok()) {
+    AddRetryHint(context, status);
+    call->Reject(status);
+  }
   return call;
 }
 
@@ -301,28 +350,42 @@ grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* c
   const std::string request_id = RequestIdOf(request->request_id());
   response->set_request_id(request_id);
   response->set_adapter(request->adapter());
-  absl::StatusOr<ScoreRequest> converted = accepting_.load()
+  Principal who;
+  absl::StatusOr<std::unique_ptr<RequestLease>> lease = Admit(*context, "Score", &who);
+  absl::StatusOr<ScoreRequest> converted = lease.ok()
                                                ? ScoreRequestFromProto(*request, engine_->limits())
-                                               : absl::UnavailableError(kShuttingDown);
+                                               : absl::StatusOr<ScoreRequest>(lease.status());
   absl::Status status = converted.status();
   if (status.ok()) {
     converted->request_id = request_id;
+    converted->tenant = who.tenant;
     converted->deadline = DeadlineOf(context);
     converted->cancel = call->cancel();
+    if (resolver_ != nullptr) status = resolver_->Resolve(who.tenant, *converted);
+    if (status.ok() && converted->adapter_handle) {
+      response->set_adapter(converted->adapter_handle->name);
+    }
+  }
+  if (status.ok()) {
     const absl::Time start = absl::Now();
     std::string adapter = request->adapter();
-    status = engine_->SubmitScore(*std::move(converted),
-                                  [call, response, request_id, adapter = std::move(adapter),
-                                   start](absl::StatusOr<ScoreResult> result) {
-                                    if (result.ok()) ScoreResultToProto(*result, response);
-                                    LogFinish("Score", request_id, adapter, result.status(),
-                                              result.ok() ? result->prompt_tokens : 0,
-                                              response->usage().completion_tokens(), start);
-                                    call->Finish(ToGrpcStatus(result.status()));
-                                  });
+    std::shared_ptr<RequestLease> held(*std::move(lease));
+    status = engine_->SubmitScore(
+        *std::move(converted),
+        [call, response, request_id, tenant = who.tenant, adapter = std::move(adapter), start,
+         held](absl::StatusOr<ScoreResult> result) mutable {
+          if (result.ok()) ScoreResultToProto(*result, response);
+          const int prompt_tokens = result.ok() ? result->prompt_tokens : 0;
+          LogFinish("Score", request_id, tenant, adapter, result.status(), prompt_tokens,
+                    response->usage().completion_tokens(), start);
+          held->ChargeTokens(prompt_tokens + response->usage().completion_tokens());
+          held.reset();
+          call->Finish(ToGrpcStatus(result.status()));
+        });
   }
   if (!status.ok()) {
-    LogFinish("Score", request_id, request->adapter(), status, 0, 0, absl::Now());
+    LogFinish("Score", request_id, who.tenant, request->adapter(), status, 0, 0, absl::Now());
+    AddRetryHint(context, status);
     call->Finish(ToGrpcStatus(status));
   }
   return call;

@@ -13,18 +13,31 @@
 
 #include "adapterd/v1/inference.grpc.pb.h"
 #include "engine/api/engine.h"
+#include "server/adapter_resolver.h"
+#include "server/auth.h"
+#include "server/quota.h"
 
 namespace adapterd {
 
-// Thread-safe. Does not own `engine`, which must outlive the service and
-// every call it started (shut the engine down before destroying it).
+// Every call is authenticated (any role), admitted against its tenant's
+// request quotas (server/quota.h) and submitted with the tenant set; tokens
+// are charged to the tenant as the engine produces them.
+//
+// Thread-safe. Does not own `engine`, `auth` or `quotas`, which must outlive
+// the service and every call it started (shut the engine down before
+// destroying it).
 class InferenceService final : public v1::Inference::CallbackService {
  public:
-  explicit InferenceService(Engine* engine);
+  InferenceService(Engine* engine, const Authenticator* auth, QuotaManager* quotas);
 
   // From now on new calls fail with UNAVAILABLE "server is shutting down";
   // calls already submitted run on. Idempotent.
   void StopAccepting();
+
+  // Resolves adapters through the store (tenant namespace) before submitting.
+  // Null (the default): the engine resolves adapters by name. Set before the
+  // server starts; not owned.
+  void set_adapter_resolver(const AdapterResolver* resolver) { resolver_ = resolver; }
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
                                      const v1::GenerateRequest* request,
@@ -36,7 +49,14 @@ class InferenceService final : public v1::Inference::CallbackService {
                                   v1::ScoreResponse* response) override;
 
  private:
+  // Authentication, the shutdown check and quota admission, in that order.
+  absl::StatusOr<std::unique_ptr<RequestLease>> Admit(const grpc::CallbackServerContext& context,
+                                                      const char* method, Principal* who);
+
   Engine* const engine_;
+  const Authenticator* const auth_;
+  QuotaManager* const quotas_;
+  const AdapterResolver* resolver_ = nullptr;
   std::atomic<bool> accepting_{true};
 };
 

@@ -11,6 +11,7 @@
 
 #include "absl/time/time.h"
 #include "engine/api/engine.h"
+#include "server/adapter_resolver.h"
 #include "server/server.h"
 #include "server/server_config.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -46,7 +47,10 @@ int main(int argc, char** argv) {
   }
   absl::StatusOr<std::unique_ptr<adapterd::Engine>> engine = adapterd::CreateEngine(engine_options);
   if (!engine.ok()) {
-    spdlog::error("cannot load the model: {}", engine.status().ToString());
+    const bool adapter_error = engine.status().message().rfind("adapter \"", 0) == 0 ||
+                               engine.status().message().rfind("--merge-adapter", 0) == 0;
+    spdlog::error("{}: {}", adapter_error ? "cannot load an adapter" : "cannot load the model",
+                  engine.status().ToString());
     return 1;
   }
   const adapterd::ModelInfo& info = (*engine)->info();
@@ -55,8 +59,22 @@ int main(int argc, char** argv) {
                info.vocab_size,
                info.is_default_model ? " [default demo model, not for quality]" : "");
 
+  for (const adapterd::AdapterInfo& a : info.adapters) {
+    spdlog::info("adapter {}@{} ({}, {} bytes) from {}", a.name, a.version, a.method, a.bytes,
+                 a.path);
+  }
+  if (!info.merged_adapter.empty()) {
+    spdlog::info("adapter {} is merged into the weights: a dedicated deployment",
+                 info.merged_adapter);
+  }
+  adapterd::ServerOptions server_options = adapterd::ToServerOptions(*config);
+  // The store validates adapters with the engine's real check (shapes against
+  // this base model), so a request never meets an adapter that does not fit.
+  server_options.adapter_store.validator = adapterd::EngineAdapterValidator(engine->get());
+  spdlog::info("adapter cache: device tier {} bytes, host tier {} bytes",
+               engine_options.adapter_cache_bytes, engine_options.adapter_host_cache_bytes);
   absl::StatusOr<std::unique_ptr<adapterd::Server>> server =
-      adapterd::Server::Start(adapterd::ToServerOptions(*config), engine->get());
+      adapterd::Server::Start(server_options, engine->get());
   if (!server.ok()) {
     spdlog::error("cannot start the server: {}", server.status().ToString());
     (*engine)->Shutdown(absl::ZeroDuration());

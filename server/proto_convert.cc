@@ -25,15 +25,35 @@ absl::Status CheckCommon(const std::string& request_id, const std::string& adapt
   return absl::OkStatus();
 }
 
+// Prompt ensembling: further adapters run as parallel rows beside `adapter`.
+absl::Status CheckEnsemble(const std::string& adapter,
+                           const google::protobuf::RepeatedPtrField<std::string>& ensemble,
+                           const EngineLimits& limits) {
+  if (ensemble.empty()) return absl::OkStatus();
+  if (adapter.empty()) {
+    return absl::InvalidArgumentError("ensemble_adapters needs adapter (the first prompt) set");
+  }
+  if (ensemble.size() + 1 > limits.max_batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat("ensemble_adapters has more than ",
+                                                   limits.max_batch_size - 1, " entries"));
+  }
+  for (const std::string& a : ensemble) {
+    if (a.empty()) return absl::InvalidArgumentError("ensemble_adapters contains an empty name");
+    if (a.size() > kMaxAdapterRefBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ensemble_adapters entry is longer than ", kMaxAdapterRefBytes, " bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<GenerateRequest> GenerateRequestFromProto(const v1::GenerateRequest& request,
                                                          const EngineLimits& limits,
                                                          int64_t vocab_size) {
   RETURN_IF_ERROR(CheckCommon(request.request_id(), request.adapter(), request.prompt(), limits));
-  if (request.ensemble_adapters_size() > 0) {
-    return absl::UnimplementedError("ensemble_adapters is not supported yet");
-  }
+  RETURN_IF_ERROR(CheckEnsemble(request.adapter(), request.ensemble_adapters(), limits));
   if (request.prompt().empty() && request.prompt_token_ids().empty()) {
     return absl::InvalidArgumentError("prompt is empty");
   }
@@ -51,6 +71,8 @@ absl::StatusOr<GenerateRequest> GenerateRequestFromProto(const v1::GenerateReque
   GenerateRequest out;
   out.request_id = request.request_id();
   out.adapter = request.adapter();
+  out.ensemble_adapters.assign(request.ensemble_adapters().begin(),
+                               request.ensemble_adapters().end());
   out.prompt_ids.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
   if (out.prompt_ids.empty()) out.prompt = request.prompt();
   out.add_special_tokens = request.has_add_special_tokens() ? request.add_special_tokens() : true;
@@ -74,9 +96,7 @@ absl::StatusOr<GenerateRequest> GenerateRequestFromProto(const v1::GenerateReque
 absl::StatusOr<ScoreRequest> ScoreRequestFromProto(const v1::ScoreRequest& request,
                                                    const EngineLimits& limits) {
   RETURN_IF_ERROR(CheckCommon(request.request_id(), request.adapter(), request.prompt(), limits));
-  if (request.ensemble_adapters_size() > 0) {
-    return absl::UnimplementedError("ensemble_adapters is not supported yet");
-  }
+  RETURN_IF_ERROR(CheckEnsemble(request.adapter(), request.ensemble_adapters(), limits));
   const bool by_ids = request.prompt_token_ids_size() > 0;
   if (by_ids) {
     if (request.continuation_token_ids().empty()) {
@@ -118,6 +138,8 @@ absl::StatusOr<ScoreRequest> ScoreRequestFromProto(const v1::ScoreRequest& reque
   ScoreRequest out;
   out.request_id = request.request_id();
   out.adapter = request.adapter();
+  out.ensemble_adapters.assign(request.ensemble_adapters().begin(),
+                               request.ensemble_adapters().end());
   out.prompt = request.prompt();
   out.continuations.assign(request.continuations().begin(), request.continuations().end());
   out.prompt_ids.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
@@ -205,6 +227,28 @@ void StatsToProto(const EngineStats& stats, double uptime_seconds, v1::ServerSta
   out->set_requests_finished(stats.requests_finished);
   out->set_requests_cancelled(stats.requests_cancelled);
   out->set_uptime_seconds(uptime_seconds);
+  const AdapterCacheStats& c = stats.adapter_cache;
+  v1::AdapterCacheStats* o = out->mutable_adapter_cache();
+  o->set_device_budget_bytes(c.device_budget_bytes);
+  o->set_host_budget_bytes(c.host_budget_bytes);
+  o->set_device_bytes(c.device_bytes);
+  o->set_host_bytes(c.host_bytes);
+  o->set_device_adapters(c.device_adapters);
+  o->set_host_adapters(c.host_adapters);
+  o->set_pinned_adapters(c.pinned_adapters);
+  o->set_leased_adapters(c.leased_adapters);
+  o->set_device_hits(c.device_hits);
+  o->set_host_hits(c.host_hits);
+  o->set_misses(c.misses);
+  o->set_loads(c.loads);
+  o->set_load_failures(c.load_failures);
+  o->set_evictions(c.evictions);
+  o->set_waiting_requests(c.waiting_requests);
+  o->set_load_ms_p50(c.load_ms_p50);
+  o->set_load_ms_p99(c.load_ms_p99);
+  o->set_load_ms_max(c.load_ms_max);
+  o->set_static_adapters(c.static_adapters);
+  o->set_static_bytes(c.static_bytes);
 }
 
 }  // namespace adapterd

@@ -20,7 +20,8 @@ inline constexpr size_t kMaxAdapterRefBytes = 256;
 // prompt, prompt over max_prompt_bytes, a prompt token id outside the
 // vocabulary, sampling values or stop sequences out of range (through
 // ValidateSampling, with its messages), an over-long request_id or adapter.
-// Returns UNIMPLEMENTED for ensemble_adapters. `request_id` must already be
+// ensemble_adapters need `adapter` set, at most max_batch_size - 1 entries,
+// none empty or over-long. `request_id` must already be
 // filled in by the caller (the proto's or a generated one).
 absl::StatusOr<GenerateRequest> GenerateRequestFromProto(const v1::GenerateRequest& request,
                                                          const EngineLimits& limits,

@@ -1,6 +1,6 @@
 #pragma once
 
-// Builds and runs the gRPC server: the Inference and Admin services, the
+// Builds and runs the gRPC server: the Inference, Admin and Adapters services, the
 // standard health service (grpc.health.v1) and server reflection, with message
 // size limits and keepalive settings. Shutdown is two-phase so that the caller
 // can drain the engine in between:
@@ -10,6 +10,7 @@
 
 #include <grpcpp/server.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -17,10 +18,16 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "adapters_store/adapter_store.h"
+#include "adapters_store/tenant_registry.h"
 #include "engine/api/engine.h"
+#include "server/adapter_resolver.h"
+#include "server/auth.h"
+#include "server/quota.h"
 
 namespace adapterd {
 
+class AdaptersService;
 class AdminService;
 class InferenceService;
 
@@ -33,15 +40,36 @@ struct ServerOptions {
   absl::Duration keepalive_timeout = absl::Seconds(20);
   // Clients may ping at most this often without being told "too_many_pings".
   absl::Duration min_client_ping_interval = absl::Seconds(10);
+  // Authentication (server/auth.h): false is the explicit insecure mode in
+  // which every caller is the tenant "default" with the admin role. True
+  // needs the adapter store (its registry holds tenants and keys).
   bool auth_enabled = false;
+  // A bootstrap admin key (from --admin-key-file or ADAPTERD_ADMIN_KEY): made
+  // a key of the tenant "admin" if not stored yet. Empty: when no admin key
+  // exists (a fresh data dir), Start makes one and logs it once.
+  std::string admin_key;
+  // TLS: both set → TLS; with client_ca_file too → mutual TLS (clients must
+  // present a certificate signed by that CA). PEM files.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
+  // The adapter store the server opens when Start is given none: its root
+  // (the data dir), allowed roots and size limits. An empty root leaves the
+  // Adapters service without a store (its calls fail with
+  // FAILED_PRECONDITION). Without a validator, the torch-free format check
+  // (adapters_store/format_check.h) validates adapters.
+  StoreOptions adapter_store;
 };
 
 // Thread-safe. Does not own the engine, which must outlive the server.
 class Server {
  public:
-  // Starts serving on `options.listen`. UNAVAILABLE if the address cannot be bound.
-  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options,
-                                                       Engine* engine);
+  // Starts serving on `options.listen`. UNAVAILABLE if the address cannot be
+  // bound. `store` (not owned; must outlive the server) serves the Adapters
+  // service; when null, the server opens and owns one from
+  // options.adapter_store, and fails with that open's error.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options, Engine* engine,
+                                                       AdapterStore* store = nullptr);
   ~Server();
 
   // The bound address, with the real port when 0 was asked for.
@@ -57,13 +85,32 @@ class Server {
   void Shutdown(absl::Duration grace);
 
   // Health service names this server reports (besides "").
-  static const char* const kServiceNames[2];
+  static const char* const kServiceNames[3];
+
+  // The store the Adapters service uses (null if none).
+  AdapterStore* adapter_store() const { return store_; }
+  // Tenants and keys (null in insecure mode).
+  TenantRegistry* tenant_registry() const { return tenants_.get(); }
+  QuotaManager* quotas() const { return quotas_.get(); }
 
  private:
   Server() = default;
 
+  // Sets up tenants_ and auth_ (see ServerOptions::auth_enabled).
+  absl::Status StartAuth(const ServerOptions& options);
+
+  std::unique_ptr<AdapterStore> owned_store_;  // When Start opened it.
+  AdapterStore* store_ = nullptr;
+  std::unique_ptr<TenantRegistry> tenants_;
+  std::unique_ptr<Authenticator> auth_;
+  std::unique_ptr<QuotaManager> quotas_;
+  std::unique_ptr<AdapterResolver> resolver_;  // Store → AdapterHandle for the engine.
+  // The engine the store's delete listener evicts from; cleared when the
+  // server goes, as the store (when not owned) may outlive it.
+  std::shared_ptr<std::atomic<Engine*>> evict_target_;
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<AdminService> admin_;
+  std::unique_ptr<AdaptersService> adapters_;
   std::unique_ptr<grpc::Server> server_;  // Declared last: destroyed first.
   std::string address_;
   int port_ = 0;

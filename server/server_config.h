@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "engine/api/engine.h"
 #include "server/server.h"
@@ -26,6 +27,25 @@ struct ServerConfig {
   int64_t max_message_bytes = 4 << 20;
   std::string log_level = "info";
   double drain_timeout_seconds = 30.0;
+  // The adapter store (under data_dir): RegisterAdapter reads only below these
+  // roots; the size limit applies to all files of one adapter version.
+  std::vector<std::string> allowed_adapter_roots;
+  int64_t max_adapter_bytes = int64_t{2} << 30;
+  // The engine's loaded-adapter cache: device-tier and host-tier budgets.
+  int64_t adapter_cache_bytes = int64_t{1} << 30;
+  int64_t adapter_host_cache_bytes = int64_t{2} << 30;
+  // Adapters loaded at start-up (--adapter NAME=DIR, repeatable) and the one
+  // merged into the weights for a dedicated deployment (--merge-adapter).
+  std::vector<AdapterSpec> adapters;
+  std::string merge_adapter;
+  // Security: authentication is on unless --insecure-no-auth; the bootstrap
+  // admin key comes from --admin-key-file (its first line) or
+  // ADAPTERD_ADMIN_KEY; TLS from --tls-cert/--tls-key (+ --tls-client-ca: mTLS).
+  bool insecure_no_auth = false;
+  std::string admin_key;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
 };
 
 // Parses `argv` and the environment. Returns nullopt when the process should

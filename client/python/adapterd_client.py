@@ -13,6 +13,10 @@ As a library::
     for chunk in client.stream("Once upon a time", max_tokens=20):
         print(chunk.text, end="", flush=True)
     print(client.score("The cat", [" sat", " flew"]).scores[0].logprob)
+    info = client.upload_adapter("summarize", "path/to/peft_adapter_dir")
+    print(info.name, info.version, info.sha256)
+    for a in client.list_adapters():
+        print(a.name, a.version, a.method)
 
 From the shell::
 
@@ -20,6 +24,8 @@ From the shell::
     python3 client/python/adapterd_client.py stream "Hello" --max-tokens 20
     python3 client/python/adapterd_client.py score "The cat" " sat" " flew"
     python3 client/python/adapterd_client.py info
+    python3 client/python/adapterd_client.py upload summarize path/to/adapter_dir
+    python3 client/python/adapterd_client.py list
 """
 
 import argparse
@@ -33,7 +39,9 @@ import tempfile
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_PROTO_DIR = os.path.normpath(os.path.join(_HERE, "..", "..", "proto"))
-_PROTOS = ("adapterd/v1/inference.proto", "adapterd/v1/admin.proto")
+_PROTOS = ("adapterd/v1/inference.proto", "adapterd/v1/admin.proto", "adapterd/v1/adapters.proto")
+# The files an adapter upload may carry (the server refuses anything else).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter.safetensors")
 
 
 def ensure_stubs(proto_dir=None, out_dir=None):
@@ -72,6 +80,19 @@ def load_modules(proto_dir=None, out_dir=None):
                  ("inference_pb2", "inference_pb2_grpc", "admin_pb2", "admin_pb2_grpc"))
 
 
+def load_adapter_modules(proto_dir=None, out_dir=None):
+    """Returns (adapters_pb2, adapters_pb2_grpc)."""
+    ensure_stubs(proto_dir, out_dir)
+    return tuple(importlib.import_module(f"adapterd.v1.{name}") for name in
+                 ("adapters_pb2", "adapters_pb2_grpc"))
+
+
+def adapter_files_in(directory):
+    """[(file name, path)] of the adapter files in a local directory."""
+    return [(name, os.path.join(directory, name)) for name in ADAPTER_FILES
+            if os.path.isfile(os.path.join(directory, name))]
+
+
 class AdapterdClient:
     """Blocking client for the Inference and Admin services.
 
@@ -79,14 +100,29 @@ class AdapterdClient:
     ``e.details()`` the server's message.
     """
 
-    def __init__(self, target="127.0.0.1:50051", token=None, timeout=None, proto_dir=None):
+    def __init__(self, target="127.0.0.1:50051", token=None, timeout=None, proto_dir=None,
+                 tls_ca=None, tls_cert=None, tls_key=None):
+        """tls_ca (a PEM CA file) turns TLS on; tls_cert and tls_key add a client
+        certificate for mutual TLS."""
         import grpc  # Imported here so that --help works without grpcio.
 
         self.grpc = grpc
         self.pb, pb_grpc, self.admin_pb, admin_grpc = load_modules(proto_dir)
-        self.channel = grpc.insecure_channel(target)
+        if tls_ca or tls_cert:
+            def read(path):
+                with open(path, "rb") as f:
+                    return f.read()
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=read(tls_ca) if tls_ca else None,
+                private_key=read(tls_key) if tls_key else None,
+                certificate_chain=read(tls_cert) if tls_cert else None)
+            self.channel = grpc.secure_channel(target, credentials)
+        else:
+            self.channel = grpc.insecure_channel(target)
         self.inference = pb_grpc.InferenceStub(self.channel)
         self.admin = admin_grpc.AdminStub(self.channel)
+        self.adapters_pb, adapters_grpc = load_adapter_modules(proto_dir)
+        self.adapters = adapters_grpc.AdaptersStub(self.channel)
         self.metadata = [("authorization", f"Bearer {token}")] if token else None
         self.timeout = timeout
 
@@ -153,6 +189,78 @@ class AdapterdClient:
         return self.admin.GetStats(self.admin_pb.GetStatsRequest(), timeout=self.timeout,
                                    metadata=self.metadata)
 
+    def upload_messages(self, name, files, version=0, method="", chunk_bytes=1 << 20, sha256="",
+                        progress=None):
+        """Yields the UploadAdapterRequest messages for [(file name, bytes)]."""
+        pb = self.adapters_pb
+        header = pb.UploadHeader(name=name, version=version, method=method, sha256=sha256,
+                                 total_size=sum(len(data) for _, data in files))
+        for file_name, data in files:
+            header.files.add(name=file_name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        yield pb.UploadAdapterRequest(header=header)
+        sent, total = 0, header.total_size
+        for file_name, data in files:
+            for offset in range(0, len(data), chunk_bytes):
+                piece = data[offset:offset + chunk_bytes]
+                yield pb.UploadAdapterRequest(chunk=pb.FileChunk(file=file_name, offset=offset, data=piece))
+                sent += len(piece)
+                if progress:
+                    progress(sent, total)
+
+    def upload_adapter(self, name, source, version=0, method="", chunk_bytes=1 << 20, progress=None):
+        """Uploads an adapter; `source` is a local directory or [(file name, bytes)].
+
+        Returns the AdapterInfo of the new version. `progress(sent, total)` is
+        called after each chunk.
+        """
+        if isinstance(source, (str, os.PathLike)):
+            files = []
+            for file_name, path in adapter_files_in(source):
+                with open(path, "rb") as f:
+                    files.append((file_name, f.read()))
+        else:
+            files = list(source)
+        return self.adapters.UploadAdapter(
+            self.upload_messages(name, files, version, method, chunk_bytes, progress=progress),
+            timeout=self.timeout, metadata=self.metadata)
+
+    def register_adapter(self, name, path, version=0, method=""):
+        """Registers the adapter in a directory on the server (under --allowed-adapter-root)."""
+        req = self.adapters_pb.RegisterAdapterRequest(name=name, path=path, version=version, method=method)
+        return self.adapters.RegisterAdapter(req, timeout=self.timeout, metadata=self.metadata)
+
+    def get_adapter(self, adapter):
+        """AdapterInfo of "name" (latest) or "name@N"."""
+        return self.adapters.GetAdapter(self.adapters_pb.GetAdapterRequest(adapter=adapter),
+                                        timeout=self.timeout, metadata=self.metadata)
+
+    def list_adapters(self, method="", name="", latest_only=False, page_size=100):
+        """Yields every AdapterInfo, following the pages."""
+        token = ""
+        while True:
+            req = self.adapters_pb.ListAdaptersRequest(page_size=page_size, page_token=token, method=method,
+                                                       name=name, latest_only=latest_only)
+            resp = self.adapters.ListAdapters(req, timeout=self.timeout, metadata=self.metadata)
+            yield from resp.adapters
+            token = resp.next_page_token
+            if not token:
+                return
+
+    def delete_adapter(self, adapter, all_versions=False):
+        """Deletes "name@N", or every version of "name" with all_versions=True."""
+        req = self.adapters_pb.DeleteAdapterRequest(adapter=adapter, all_versions=all_versions)
+        return self.adapters.DeleteAdapter(req, timeout=self.timeout, metadata=self.metadata)
+
+    def load_adapter(self, adapter, pin=False):
+        """Prefetches "name[@N]" into the engine's device tier; pin=True keeps it there."""
+        req = self.adapters_pb.LoadAdapterRequest(adapter=adapter, pin=pin)
+        return self.adapters.LoadAdapter(req, timeout=self.timeout, metadata=self.metadata)
+
+    def unload_adapter(self, adapter):
+        """Releases a pin made by load_adapter(pin=True)."""
+        req = self.adapters_pb.UnloadAdapterRequest(adapter=adapter)
+        return self.adapters.UnloadAdapter(req, timeout=self.timeout, metadata=self.metadata)
+
     def finish_reason_name(self, value):
         """"length", "stop", "eos" or "context_length"."""
         return self.pb.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower()
@@ -167,6 +275,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default=os.environ.get("ADAPTERD_TARGET", "127.0.0.1:50051"))
     parser.add_argument("--token", default=os.environ.get("ADAPTERD_TOKEN"))
+    parser.add_argument("--tls-ca", default=os.environ.get("ADAPTERD_TLS_CA"),
+                        help="PEM CA bundle: connect with TLS")
+    parser.add_argument("--tls-cert", default=os.environ.get("ADAPTERD_TLS_CLIENT_CERT"),
+                        help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", default=os.environ.get("ADAPTERD_TLS_CLIENT_KEY"),
+                        help="PEM client key (mutual TLS)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per call")
     parser.add_argument("--proto-dir", default=None, help=f"default: {DEFAULT_PROTO_DIR}")
     parser.add_argument("--json", action="store_true", help="print messages as JSON")
@@ -187,10 +301,18 @@ def main(argv=None):
     p.add_argument("--adapter", default="")
     sub.add_parser("info")
     sub.add_parser("stats")
+    p = sub.add_parser("upload")
+    p.add_argument("name")
+    p.add_argument("directory")
+    p.add_argument("--version", type=int, default=0)
+    p.add_argument("--method", default="")
+    p = sub.add_parser("list")
+    p.add_argument("--method", default="")
     args = parser.parse_args(argv)
 
     import grpc
-    client = AdapterdClient(args.target, token=args.token, timeout=args.timeout, proto_dir=args.proto_dir)
+    client = AdapterdClient(args.target, token=args.token, timeout=args.timeout, proto_dir=args.proto_dir,
+                            tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
     try:
         if args.command in ("generate", "stream"):
             kwargs = dict(adapter=args.adapter, max_tokens=args.max_tokens, temperature=args.temperature,
@@ -217,6 +339,17 @@ def main(argv=None):
             print(json.dumps(_to_dict(client.info()), indent=None if args.json else 2))
         elif args.command == "stats":
             print(json.dumps(_to_dict(client.stats()), indent=None if args.json else 2))
+        elif args.command == "upload":
+            def progress(sent, total):
+                print(f"\rupload {args.name}: {sent}/{total} bytes", end="", file=sys.stderr, flush=True)
+            info = client.upload_adapter(args.name, args.directory, version=args.version, method=args.method,
+                                         progress=progress)
+            print(file=sys.stderr)
+            print(json.dumps(_to_dict(info)) if args.json else f"{info.name}@{info.version}\t{info.sha256}")
+        elif args.command == "list":
+            for info in client.list_adapters(method=args.method):
+                print(json.dumps(_to_dict(info)) if args.json else
+                      f"{info.name}@{info.version}\t{info.method}\t{info.size_bytes}\t{info.sha256}")
     except grpc.RpcError as e:
         print(f"adapterd_client: {e.code().name}: {e.details()}", file=sys.stderr)
         return e.code().value[0] or 1

@@ -17,6 +17,15 @@
 
 namespace adapterd {
 
+// A loaded adapter, reported by Admin.GetServerInfo.
+struct AdapterInfo {
+  std::string name;
+  int version = 1;
+  std::string method;  // lora, prefix_tuning, p_tuning, prompt_tuning, bottleneck, fusion.
+  std::string path;
+  int64_t bytes = 0;  // Weight bytes held.
+};
+
 // What the engine serves, reported by Admin.GetServerInfo.
 struct ModelInfo {
   std::string name;          // Directory base name, or "adapterd-default-tiny".
@@ -33,6 +42,8 @@ struct ModelInfo {
   int64_t num_heads = 0;
   int64_t num_kv_heads = 0;
   bool is_default_model = false;  // The embedded seeded demo model.
+  std::vector<AdapterInfo> adapters;  // Loaded at start, in name order.
+  std::string merged_adapter;          // Set in a --merge-adapter deployment.
 };
 
 // Limits the engine enforces; the server reports them and validates against them.
@@ -47,6 +58,12 @@ struct EngineLimits {
   int64_t max_prompt_bytes = 1 << 20;
 };
 
+// An adapter loaded at start-up (until the adapter store serves them).
+struct AdapterSpec {
+  std::string name;  // Requests select it as "name" or "name@1".
+  std::string dir;   // HF PEFT or AdapterHub adapter directory (safetensors only).
+};
+
 struct EngineOptions {
   std::string model_dir;  // Empty: materialise the default model under data_dir.
   std::string data_dir = "./data";
@@ -58,6 +75,20 @@ struct EngineOptions {
   int64_t max_context = 0;
   uint64_t default_model_seed = 1234;
   EngineLimits limits;
+  // Adapters loaded and validated at start; a bad one fails CreateEngine
+  // with a message naming it. Names must be unique.
+  std::vector<AdapterSpec> adapters;
+  // Non-empty: merge this LoRA adapter (one of `adapters`) into the weights
+  // for a dedicated single-adapter deployment. Every request must then name
+  // it; other adapters and the base model are refused (FAILED_PRECONDITION).
+  std::string merge_adapter;
+  int64_t max_adapter_bytes = int64_t{1} << 30;  // Per adapter weights file.
+  // The loaded-adapter cache for store adapters: the device tier's budget
+  // (on the CPU, the CPU tensors) and the host tier's (pinned host memory on
+  // CUDA). Adapters of `adapters` above are outside both (a static tier).
+  int64_t adapter_cache_bytes = int64_t{1} << 30;
+  int64_t adapter_host_cache_bytes = int64_t{2} << 30;
+  int adapter_load_workers = 1;
 };
 
 struct SamplingParams {
@@ -123,10 +154,54 @@ class GenerateSink {
   virtual void OnFinish(absl::Status status, const GenerateResult& result) = 0;
 };
 
+// An adapter version the server resolved through the adapter store, handed
+// to the engine with a request. The engine's cache keys on (adapter_id,
+// version), never the name; `pin` keeps the version's files on disk while the
+// engine may still read them (a version deleted meanwhile is removed when the
+// last pin goes). A handle with an empty adapter_id names a start-up adapter
+// (--adapter NAME=DIR) by `name` ("name" or "name@1").
+struct AdapterHandle {
+  std::string name;        // For messages and logs.
+  std::string adapter_id;  // Stable across versions of a name.
+  int64_t version = 0;
+  std::string dir;     // The version's files under their own names.
+  std::string sha256;  // The store's manifest digest.
+  std::string method;
+  int64_t size_bytes = 0;  // Bytes of the files.
+  std::shared_ptr<const void> pin;
+};
+
+// What Engine::ValidateAdapter found.
+struct AdapterValidation {
+  std::string method;
+  std::string base_fingerprint;  // ModelInfo::fingerprint of the engine's base model.
+  int64_t weight_bytes = 0;      // Bytes the adapter's tensors take once loaded.
+};
+
+// Where an adapter version is in the engine's cache tiers.
+enum class AdapterResidency { kDisk = 0, kHost = 1, kDevice = 2 };
+
+struct AdapterCacheState {
+  AdapterResidency residency = AdapterResidency::kDisk;
+  bool pinned = false;  // Pinned by LoadAdapter(pin=true).
+  int64_t leases = 0;   // Requests (queued or running) holding it.
+  int64_t bytes = 0;    // Weight bytes, once loaded.
+};
+
 struct GenerateRequest {
   std::string request_id;
   std::string tenant;
   std::string adapter;  // "name[@version]"; empty = the base model.
+  // Set by the server when `adapter` was resolved through the store: then
+  // the engine uses the handle and `adapter` only names it in messages.
+  std::optional<AdapterHandle> adapter_handle;
+  // Non-empty: the resolved ensemble_adapters, one handle each, in order.
+  std::vector<AdapterHandle> ensemble_handles;
+  // Prompt ensembling: further prompt adapters of the same task, run as
+  // parallel rows beside `adapter`; each step samples from the mean of the
+  // rows' next-token probability distributions and feeds the chosen token
+  // to every row (logprobs are of that mean distribution).
+  std::vector<std::string> ensemble_adapters;
   std::string prompt;   // Used when prompt_ids is empty.
   std::vector<int32_t> prompt_ids;
   bool add_special_tokens = true;   // BOS etc. per the tokenizer's post-processor.
@@ -140,6 +215,11 @@ struct ScoreRequest {
   std::string request_id;
   std::string tenant;
   std::string adapter;
+  std::optional<AdapterHandle> adapter_handle;  // As GenerateRequest.
+  std::vector<AdapterHandle> ensemble_handles;
+  // Prompt ensembling: further adapters run as parallel rows beside
+  // `adapter`; each token's probability is the mean over the rows.
+  std::vector<std::string> ensemble_adapters;
   std::string prompt;  // Tokenised with add_special_tokens.
   std::vector<std::string> continuations;  // Each tokenised without special tokens.
   // Token ids instead of text (for clients with their own tokenizer): used
@@ -164,7 +244,37 @@ struct ScoreResult {
 
 using ScoreCallback = std::function<void(absl::StatusOr<ScoreResult>)>;
 
+// The loaded-adapter cache (engine/peft/adapter_cache.h). Hits and misses
+// count Acquire calls: a device hit finds the adapter resident; a host hit
+// finds it in the host tier (copied up without reading the disk); a miss
+// reads it from disk.
+struct AdapterCacheStats {
+  int64_t device_budget_bytes = 0;
+  int64_t host_budget_bytes = 0;
+  int64_t device_bytes = 0;  // Resident in the device tier (incl. reserved for loads).
+  int64_t host_bytes = 0;
+  int64_t device_adapters = 0;
+  int64_t host_adapters = 0;
+  int64_t pinned_adapters = 0;   // Explicit pins (LoadAdapter pin=true).
+  int64_t leased_adapters = 0;   // Held by queued or running requests.
+  int64_t device_hits = 0;
+  int64_t host_hits = 0;
+  int64_t misses = 0;
+  int64_t loads = 0;  // Disk loads finished.
+  int64_t load_failures = 0;
+  int64_t evictions = 0;  // Device-tier evictions.
+  int64_t waiting_requests = 0;  // Queued requests whose adapters are not resident yet.
+  // Load time (disk read and checks, + the host → device copy on a GPU),
+  // without time queued for a worker or for room; over the last 1024 loads.
+  double load_ms_p50 = 0;
+  double load_ms_p99 = 0;
+  double load_ms_max = 0;
+  int64_t static_adapters = 0;  // --adapter NAME=DIR, resident outside the budget.
+  int64_t static_bytes = 0;
+};
+
 struct EngineStats {
+  AdapterCacheStats adapter_cache;
   int64_t running = 0;  // Sequences holding a slot.
   int64_t queued = 0;
   int64_t free_slots = 0;
@@ -197,6 +307,35 @@ class Engine {
   virtual absl::Status SubmitScore(ScoreRequest request, ScoreCallback done) = 0;
 
   virtual EngineStats Stats() const = 0;
+
+  // Checks the adapter directory `dir` against the served base model (all
+  // the checks of request-time loading: format, options, shapes, dtypes,
+  // finite values, sizes). INVALID_ARGUMENT for bad files,
+  // FAILED_PRECONDITION for an adapter that does not fit the model. Thread-safe
+  // and slow (reads the files): call it from a worker.
+  virtual absl::StatusOr<AdapterValidation> ValidateAdapter(const std::string& /*dir*/) const {
+    return absl::UnimplementedError("this engine cannot validate adapters");
+  }
+
+  // Makes the version resident in the device tier (asynchronously; returns
+  // once the load is queued) and, with `pin`, keeps it there until
+  // UnloadAdapter. RESOURCE_EXHAUSTED if pinned adapters would exceed the
+  // budget.
+  virtual absl::Status LoadAdapter(const AdapterHandle& /*adapter*/, bool /*pin*/) {
+    return absl::FailedPreconditionError("the engine has no adapter cache");
+  }
+  // Drops the explicit pin (the adapter stays cached until evicted). OK if
+  // it was not pinned.
+  virtual absl::Status UnloadAdapter(const std::string& /*adapter_id*/, int64_t /*version*/) {
+    return absl::FailedPreconditionError("the engine has no adapter cache");
+  }
+  // The version was deleted: drop it from every tier; memory held by running
+  // requests returns when the last of them releases it. version 0: all versions.
+  virtual void EvictAdapter(const std::string& /*adapter_id*/, int64_t /*version*/) {}
+  virtual AdapterCacheState CachedAdapterState(const std::string& /*adapter_id*/,
+                                         int64_t /*version*/) const {
+    return {};
+  }
 
   // Stops accepting work, lets running requests finish for up to `drain`, then
   // fails the rest with UNAVAILABLE and joins the engine thread. Idempotent.

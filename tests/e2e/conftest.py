@@ -47,10 +47,11 @@ def model_dir(name="llama"):
 class ServerProcess:
     """adapterd as a child process; stderr is collected in `log`."""
 
-    def __init__(self, args, env=None, wait=True):
+    def __init__(self, args, env=None, wait=True, auth=False):
         if not ADAPTERD_BIN or not os.path.exists(ADAPTERD_BIN):
             pytest.skip("ADAPTERD_BIN not built")
-        self.args = [ADAPTERD_BIN] + list(args)
+        # Tests run without authentication unless they test it (auth=True).
+        self.args = [ADAPTERD_BIN] + list(args) + ([] if auth else ["--insecure-no-auth"])
         self.lines = []
         self.target = None
         self._ready = threading.Event()
@@ -99,13 +100,13 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def start_server(extra_args=(), model="llama", tmp_path=None, env=None):
+def start_server(extra_args=(), model="llama", tmp_path=None, env=None, auth=False):
     args = ["--listen", "127.0.0.1:0", "--log-level", "info"]
     if model is not None and not FAKE:
         args += ["--model", model_dir(model)]
     if tmp_path is not None:
         args += ["--data-dir", str(tmp_path)]
-    return ServerProcess(args + list(extra_args), env=env)
+    return ServerProcess(args + list(extra_args), env=env, auth=auth)
 
 
 @pytest.fixture(scope="module")

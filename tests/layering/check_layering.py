@@ -6,7 +6,8 @@ Rules:
   - engine/api/ headers are torch-free;
   - <torch/torch.h> nowhere (17 s per translation unit);
   - generated protobuf headers (*.pb.h) only under server/, client/ and their tests;
-  - server/ and client/ reach the engine only through engine/api/.
+  - server/ and client/ reach the engine only through engine/api/;
+  - adapters_store/ depends on neither the engine nor server/ nor client/.
 Before checking the real tree, the script proves each rule fires on a synthetic violation.
 """
 import os
@@ -17,7 +18,7 @@ import tempfile
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
 TORCH = re.compile(r"^(torch|ATen|c10)/")
 SOURCE_EXT = (".h", ".hpp", ".cc", ".cpp", ".cu", ".cuh")
-TORCH_OK = ("engine/", "tests/model/", "tests/runtime/", "bench/")
+TORCH_OK = ("engine/", "tests/model/", "tests/runtime/", "tests/peft/", "tests/kernels/", "bench/")
 PROTO_OK = ("server/", "client/", "tests/server/", "tests/e2e/")
 
 
@@ -42,6 +43,8 @@ def violations(root):
                         found.append(f"{rel}: engine/api must be torch-free ({inc})")
                 if inc.endswith(".pb.h") and not rel.startswith(PROTO_OK):
                     found.append(f"{rel}: generated protobuf header {inc} below server/ and client/")
+                if rel.startswith("adapters_store/") and inc.startswith(("engine/", "server/", "client/")):
+                    found.append(f"{rel}: adapters_store must not depend on {inc}")
                 if (rel.startswith(("server/", "client/")) and inc.startswith("engine/")
                         and not inc.startswith("engine/api/")):
                     found.append(f"{rel}: reaches engine internals ({inc}); use engine/api/")
@@ -55,6 +58,7 @@ def self_test():
         "engine/c.cc": "#include <torch/torch.h>\n",
         "adapters_store/d.cc": '#include "adapterd/v1/inference.pb.h"\n',
         "client/e.cc": '#include "engine/model/causal_lm.h"\n',
+        "adapters_store/f.cc": '#include "engine/model/safetensors.h"\n',
     }
     with tempfile.TemporaryDirectory() as tmp:
         for rel, text in cases.items():

@@ -150,10 +150,16 @@ TEST(ProtoConvertTest, SizeLimitsAreEnforced) {
   ExpectInvalid(p, "adapter is longer than 256 bytes");
 }
 
-TEST(ProtoConvertTest, EnsemblesAreNotImplementedYet) {
+TEST(ProtoConvertTest, EnsemblesAreCarriedAndValidated) {
   v1::GenerateRequest p = Valid();
   p.add_ensemble_adapters("other");
-  EXPECT_EQ(Convert(p).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(Convert(p).code(), absl::StatusCode::kInvalidArgument);  // No `adapter`.
+  p.set_adapter("first");
+  absl::StatusOr<GenerateRequest> r = GenerateRequestFromProto(p, EngineLimits(), 1000);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->ensemble_adapters, std::vector<std::string>{"other"});
+  p.add_ensemble_adapters("");
+  EXPECT_EQ(Convert(p).message(), "ensemble_adapters contains an empty name");
 }
 
 TEST(ProtoConvertTest, ScoreRequestsAreValidated) {
