@@ -4,6 +4,10 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#ifdef ADAPTERD_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <condition_variable>
 #include <deque>
@@ -164,6 +168,22 @@ class TorchEngine final : public Engine {
       const at::Device device = model_->device();
       cache.to_device = [device](const Adapter& a) -> absl::StatusOr<std::shared_ptr<const Adapter>> {
         try {
+#ifdef ADAPTERD_WITH_CUDA
+          if (device.is_cuda()) {
+            // Copies on a side stream from the pinned host copy, so that they
+            // overlap the engine's compute on the default stream; the adapter
+            // is resident only once its bytes have arrived. Its memory is freed
+            // only after the last lease is gone, i.e. after the engine's step
+            // (which ends in a host sync) that used it.
+            c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, device.index());
+            c10::cuda::CUDAStreamGuard guard(stream);
+            auto copy = MapTensors(a, [device](const at::Tensor& t) {
+              return t.to(device, /*non_blocking=*/true);
+            });
+            stream.synchronize();
+            return copy;
+          }
+#endif
           return MapTensors(a, [device](const at::Tensor& t) { return t.to(device); });
         } catch (const std::exception& e) {
           return absl::InternalError(absl::StrCat("copying adapter \"", a.name,
