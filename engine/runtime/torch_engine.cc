@@ -613,53 +613,96 @@ class TorchEngine final : public Engine {
   // Moves prepared queued work into free slots, FIFO among the prepared;
   // work still waiting for its adapters stays queued without holding the
   // others back. Engine thread only.
+  static const std::string& TenantOf(const Pending& p) {
+    if (const auto* gen = std::get_if<PendingGenerate>(&p)) {
+      return gen->sequence != nullptr ? gen->sequence->request().tenant : gen->request.tenant;
+    }
+    return std::get<std::shared_ptr<ScoreJob>>(p)->request.tenant;
+  }
+
+  // Moves queued work into free slots. Fair across tenants: each free slot
+  // goes to the oldest ready request of the tenant holding the fewest slots,
+  // so a tenant that floods the queue cannot starve another. Engine thread only.
   void Admit() {
     PrepareQueued();
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = queue_.begin(); it != queue_.end() && !free_slots_.empty();) {
-      Pending& front = *it;
-      if (auto* gen = std::get_if<PendingGenerate>(&front)) {
-        if (gen->sequence == nullptr) {
-          ++it;
-          continue;
-        }
-        // An ensemble's rows start together.
-        if (free_slots_.size() < gen->adapters.size()) break;
-        const int slot = TakeSlot();
-        slot_adapter_[slot] = gen->adapters[0];
-        gen->sequence->set_slot(slot);
-        std::vector<int> extra;
-        for (size_t k = 1; k < gen->adapters.size(); ++k) {
-          extra.push_back(TakeSlot());
-          slot_adapter_[extra.back()] = gen->adapters[k];
-        }
-        if (!extra.empty()) ensemble_slots_[gen->sequence.get()] = std::move(extra);
-        running_leases_[gen->sequence.get()] = std::move(gen->leases);
-        running_.push_back(std::move(gen->sequence));
-        it = queue_.erase(it);
-        continue;
-      }
-      auto& job = std::get<std::shared_ptr<ScoreJob>>(front);
-      if (!job->prepared) {
-        ++it;
-        continue;
-      }
-      const size_t k = job->adapters.size();
-      const size_t total = job->continuation_ids.size() * k;
-      while (job->next < total && !free_slots_.empty()) {
-        const int slot = TakeSlot();
-        slot_adapter_[slot] = job->adapters[job->next % k];
-        scoring_.push_back({job, job->next / k, slot});
-        ++job->next;
-      }
-      if (job->next == total) {
-        it = queue_.erase(it);
-      } else {
-        break;
-      }
+    std::map<std::string, int64_t> held;
+    for (const auto& seq : running_) {
+      const auto extra = ensemble_slots_.find(seq.get());
+      held[seq->request().tenant] +=
+          1 + (extra == ensemble_slots_.end() ? 0 : static_cast<int64_t>(extra->second.size()));
     }
+    for (const ScoreRow& row : scoring_) ++held[row.job->request.tenant];
+    // Per tenant, the queue positions of its requests, oldest first.
+    std::map<std::string, std::deque<size_t>> candidates;
+    for (size_t i = 0; i < queue_.size(); ++i) candidates[TenantOf(queue_[i])].push_back(i);
+    std::vector<char> admitted(queue_.size(), 0);
+    while (!free_slots_.empty() && !candidates.empty()) {
+      auto pick = candidates.begin();
+      for (auto it = candidates.begin(); it != candidates.end(); ++it) {
+        const int64_t h = held[it->first], best = held[pick->first];
+        if (h < best || (h == best && it->second.front() < pick->second.front())) pick = it;
+      }
+      const size_t index = pick->second.front();
+      const std::string tenant = pick->first;
+      bool blocked = false;
+      bool done = false;
+      const int64_t used = AdmitOne(queue_[index], &done, &blocked);
+      if (blocked) break;  // Not enough slots for it: keep the order, wait for slots.
+      held[tenant] += used;
+      admitted[index] = done;
+      if (done || used == 0) pick->second.pop_front();
+      if (pick->second.empty()) candidates.erase(pick);
+    }
+    std::deque<Pending> rest;
+    for (size_t i = 0; i < queue_.size(); ++i) {
+      if (!admitted[i]) rest.push_back(std::move(queue_[i]));
+    }
+    queue_.swap(rest);
     stats_.running = static_cast<int64_t>(running_.size() + scoring_.size());
     stats_.free_slots = static_cast<int64_t>(free_slots_.size());
+  }
+
+  // Gives `p` the slots it can take now; returns how many. Sets *done when
+  // `p` has nothing left to admit, *blocked when it needs more slots than
+  // are free. A request not ready yet (adapter loading) takes none.
+  int64_t AdmitOne(Pending& p, bool* done, bool* blocked) {
+    if (auto* gen = std::get_if<PendingGenerate>(&p)) {
+      if (gen->sequence == nullptr) return 0;
+      // An ensemble's rows start together.
+      if (free_slots_.size() < gen->adapters.size()) {
+        *blocked = true;
+        return 0;
+      }
+      const int slot = TakeSlot();
+      slot_adapter_[slot] = gen->adapters[0];
+      gen->sequence->set_slot(slot);
+      std::vector<int> extra;
+      for (size_t k = 1; k < gen->adapters.size(); ++k) {
+        extra.push_back(TakeSlot());
+        slot_adapter_[extra.back()] = gen->adapters[k];
+      }
+      if (!extra.empty()) ensemble_slots_[gen->sequence.get()] = std::move(extra);
+      running_leases_[gen->sequence.get()] = std::move(gen->leases);
+      running_.push_back(std::move(gen->sequence));
+      *done = true;
+      return static_cast<int64_t>(gen->adapters.size());
+    }
+    auto& job = std::get<std::shared_ptr<ScoreJob>>(p);
+    if (!job->prepared) return 0;
+    const size_t k = job->adapters.size();
+    const size_t total = job->continuation_ids.size() * k;
+    int64_t used = 0;
+    // One row per turn, so that a large Score request shares slots too.
+    if (job->next < total && !free_slots_.empty()) {
+      const int slot = TakeSlot();
+      slot_adapter_[slot] = job->adapters[job->next % k];
+      scoring_.push_back({job, job->next / k, slot});
+      ++job->next;
+      ++used;
+    }
+    *done = job->next == total;
+    return used;
   }
 
   int TakeSlot() {

@@ -2,6 +2,7 @@
 
 #include "engine/api/engine.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -23,6 +24,7 @@ std::string FixturesDir() {
 }
 
 struct Output {
+  int64_t first_token_order = -1;  // Global order in which first tokens arrived.
   absl::Status status;
   GenerateResult result;
   std::vector<int32_t> ids;
@@ -31,10 +33,13 @@ struct Output {
 };
 
 // Collects a generation; Wait() blocks until OnFinish.
+std::atomic<int64_t> first_token_counter{0};
+
 class CollectingSink : public GenerateSink {
  public:
   void OnTokens(std::vector<GeneratedToken> tokens) override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (out_.first_token_order < 0) out_.first_token_order = first_token_counter++;
     for (auto& t : tokens) {
       out_.ids.push_back(t.id);
       out_.logprobs.push_back(t.logprob);
@@ -178,6 +183,32 @@ TEST_F(EngineTest, MoreRequestsThanSlotsQueueAndAllFinish) {
     EXPECT_EQ(out.ids.size(), 6u);
     EXPECT_EQ(out.result.finish_reason, FinishReason::kLength);
   }
+  WaitIdle();
+}
+
+// Four slots, held by tenant A's four running requests, with A's fifth
+// queued before B's only one: the first slot that frees goes to B, the tenant
+// holding fewer slots, not to A's older request.
+TEST_F(EngineTest, AFreedSlotGoesToTheTenantHoldingFewestSlots) {
+  std::vector<std::shared_ptr<CollectingSink>> a;
+  for (int i = 0; i < 4; ++i) {
+    GenerateRequest req = Greedy("tenant a " + std::to_string(i), 8 + 12 * i);
+    req.tenant = "a";
+    a.push_back(Start(std::move(req)));
+  }
+  a[3]->WaitTokens(1);  // All four run.
+  GenerateRequest fifth = Greedy("tenant a 4", 4);
+  fifth.tenant = "a";
+  auto a5 = Start(std::move(fifth));
+  GenerateRequest only = Greedy("tenant b", 4);
+  only.tenant = "b";
+  auto b = Start(std::move(only));
+  const Output b_out = b->Wait();
+  const Output a5_out = a5->Wait();
+  ASSERT_TRUE(b_out.status.ok()) << b_out.status;
+  ASSERT_TRUE(a5_out.status.ok()) << a5_out.status;
+  EXPECT_LT(b_out.first_token_order, a5_out.first_token_order);
+  for (auto& s : a) EXPECT_TRUE(s->Wait().status.ok());
   WaitIdle();
 }
 
