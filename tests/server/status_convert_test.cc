@@ -33,9 +33,9 @@ TEST(StatusConvertTest, TheCodesOfTheContractKeepTheirMeaning) {
 }
 
 TEST(StatusConvertTest, CodeNamesAreTheCanonicalOnes) {
-  EXPECT_STREQ(GrpcCodeName(grpc::StatusCode::INVALID_ARGUMENT), "INVALID_ARGUMENT");
-  EXPECT_STREQ(GrpcCodeName(grpc::StatusCode::UNAUTHENTICATED), "UNAUTHENTICATED");
-  EXPECT_STREQ(GrpcCodeName(grpc::StatusCode::OK), "OK");
+  EXPECT_EQ(GrpcCodeName(grpc::StatusCode::INVALID_ARGUMENT), "INVALID_ARGUMENT");
+  EXPECT_EQ(GrpcCodeName(grpc::StatusCode::UNAUTHENTICATED), "UNAUTHENTICATED");
+  EXPECT_EQ(GrpcCodeName(grpc::StatusCode::OK), "OK");
 }
 
 }  // namespace
