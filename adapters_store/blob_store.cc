@@ -10,7 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "adapters_store/file_util.h"
-#include "adapters_store/sha256.h"
+#include "common/sha256.h"
 
 namespace adapterd {
 

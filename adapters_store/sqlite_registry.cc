@@ -9,7 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "adapters_store/sha256.h"
+#include "common/sha256.h"
 #include "adapters_store/sqlite_stmt.h"
 #include "common/status_macros.h"
 

@@ -10,7 +10,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "adapters_store/sha256.h"
+#include "common/sha256.h"
 #include "adapters_store/sqlite_registry.h"
 #include "adapters_store/sqlite_stmt.h"
 #include "common/status_macros.h"

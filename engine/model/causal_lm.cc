@@ -10,6 +10,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 #include "engine/model/weights.h"
 
@@ -70,8 +71,11 @@ absl::StatusOr<std::unique_ptr<CausalLM>> LoadOrThrow(const std::string& dir,
   ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> weights, ModelWeights::Open(dir));
 
   Sha256 sha;
-  sha.Update(config_json);
-  for (const auto& file : weights->files()) sha.Update(file->header_json());
+  sha.Update(absl::string_view(config_json.data(), config_json.size()));
+  for (const auto& file : weights->files()) {
+    const std::string_view header = file->header_json();
+    sha.Update(absl::string_view(header.data(), header.size()));
+  }
   context.fingerprint = sha.HexDigest();
 
   switch (context.config.architecture) {

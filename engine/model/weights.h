@@ -20,21 +20,6 @@
 
 namespace adapterd {
 
-// Incremental SHA-256 (FIPS 180-4).
-class Sha256 {
- public:
-  Sha256();
-  void Update(std::string_view data);
-  std::string HexDigest();  // Finishes; call once.
-
- private:
-  void Block(const uint8_t* p);
-  uint32_t h_[8];
-  uint8_t buffer_[64];
-  size_t buffered_ = 0;
-  uint64_t total_ = 0;
-};
-
 // Memory-mapped weight files of one model directory, looked up by canonical
 // name: the stored name without a leading "model." or "transformer.".
 // Immutable after Open; thread-safe.

@@ -1,4 +1,4 @@
-#include "adapters_store/sha256.h"
+#include "common/sha256.h"
 
 #include <string>
 

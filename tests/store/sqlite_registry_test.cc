@@ -2,7 +2,7 @@
 
 #include <sqlite3.h>
 
-#include "adapters_store/sha256.h"
+#include "common/sha256.h"
 #include "gtest/gtest.h"
 #include "tests/store/store_test_util.h"
 

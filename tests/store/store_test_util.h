@@ -19,7 +19,7 @@
 
 #include "adapters_store/adapter_store.h"
 #include "adapters_store/format_check.h"
-#include "adapters_store/sha256.h"
+#include "common/sha256.h"
 #include "gtest/gtest.h"
 
 namespace adapterd::testing {

@@ -1,7 +1,7 @@
 #pragma once
 
-// SHA-256 (FIPS 180-4), torch-free and dependency-free, for content-addressed
-// blobs and upload checksums. Not thread-safe; one object per stream.
+// SHA-256 (FIPS 180-4), torch-free and dependency-free: content-addressed
+// blobs, upload checksums and model fingerprints. Not thread-safe; one object per stream.
 
 #include <cstdint>
 #include <string>
