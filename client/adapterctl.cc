@@ -269,6 +269,15 @@ void PrintAdapterLine(const adapterd::v1::AdapterInfo& a) {
               static_cast<long long>(a.size_bytes()), StateText(a.state()), a.sha256().c_str());
 }
 
+// An adapter as JSON (--json) or as one line.
+void PrintAdapter(const adapterd::v1::AdapterInfo& a, bool as_json) {
+  if (as_json) {
+    PrintJson(AdapterJson(a));
+  } else {
+    PrintAdapterLine(a);
+  }
+}
+
 struct AdapterFlags {
   std::string name;
   std::string path;
@@ -341,11 +350,7 @@ int RunAdapters(adapterd::Client& client, CLI::App* cmd, const AdapterFlags& f, 
         });
     if (!f.quiet) progress.Done();
     if (!status.ok()) return Fail(status);
-    if (as_json) {
-      PrintJson(AdapterJson(info));
-    } else {
-      PrintAdapterLine(info);
-    }
+    PrintAdapter(info, as_json);
     return 0;
   }
   if (sub == "register") {
@@ -359,11 +364,7 @@ int RunAdapters(adapterd::Client& client, CLI::App* cmd, const AdapterFlags& f, 
     adapterd::v1::AdapterInfo info;
     grpc::Status status = client.RegisterAdapter(request, &info);
     if (!status.ok()) return Fail(status);
-    if (as_json) {
-      PrintJson(AdapterJson(info));
-    } else {
-      PrintAdapterLine(info);
-    }
+    PrintAdapter(info, as_json);
     return 0;
   }
   if (sub == "list") {
@@ -440,11 +441,7 @@ int RunAdapters(adapterd::Client& client, CLI::App* cmd, const AdapterFlags& f, 
       info = response.adapter();
     }
     if (!status.ok()) return Fail(status);
-    if (as_json) {
-      PrintJson(AdapterJson(info));
-    } else {
-      PrintAdapterLine(info);
-    }
+    PrintAdapter(info, as_json);
     return 0;
   }
   return 2;
