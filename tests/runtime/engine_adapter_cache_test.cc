@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/api/engine.h"
+#include "tests/runtime/collecting_sink.h"
 #include "gtest/gtest.h"
 
 namespace adapterd {
@@ -26,44 +27,8 @@ std::string AdapterDir(const std::string& name) {
   return FixturesDir() + "/adapters/llama/" + name;
 }
 
-struct Output {
-  absl::Status status;
-  std::vector<int32_t> ids;
-};
-
-class Sink : public GenerateSink {
- public:
-  void OnTokens(std::vector<GeneratedToken> tokens) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& t : tokens) out_.ids.push_back(t.id);
-    cv_.notify_all();
-  }
-  void OnFinish(absl::Status status, const GenerateResult&) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    out_.status = status;
-    done_ = true;
-    cv_.notify_all();
-  }
-  Output Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return done_; });
-    return out_;
-  }
-  void WaitTokens(size_t n) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return done_ || out_.ids.size() >= n; });
-  }
-  size_t tokens() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return out_.ids.size();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  Output out_;
-  bool done_ = false;
-};
+using Sink = testing::CollectingSink;
+using testing::Output;
 
 AdapterHandle Handle(const std::string& fixture, const std::string& id, int64_t version = 1) {
   AdapterHandle h;
@@ -98,7 +63,11 @@ std::unique_ptr<Engine> MakeEngine(int64_t cache_bytes, std::vector<AdapterSpec>
 Output RunAlone(Engine& engine, GenerateRequest req) {
   auto sink = std::make_shared<Sink>();
   absl::Status s = engine.Submit(std::move(req), sink);
-  if (!s.ok()) return {s, {}};
+  if (!s.ok()) {
+    Output failed;
+    failed.status = s;
+    return failed;
+  }
   return sink->Wait();
 }
 
