@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "engine/api/training.h"
 
 namespace adapterd {
 
@@ -335,6 +336,31 @@ class Engine {
   virtual AdapterCacheState CachedAdapterState(const std::string& /*adapter_id*/,
                                          int64_t /*version*/) const {
     return {};
+  }
+
+  // Checks a training spec against the served model and reads its dataset
+  // (engine/api/training.h: method options, targets, sizes, memory budget,
+  // the dataset policy). INVALID_ARGUMENT for bad options or data,
+  // FAILED_PRECONDITION for a spec the model cannot train (e.g. a merged
+  // deployment, unknown target modules), NOT_FOUND for a missing dataset or
+  // fusion child. Thread-safe and slow (tokenises the dataset).
+  virtual absl::StatusOr<DatasetReport> ValidateTraining(const TrainingSpec& /*spec*/) const {
+    return absl::UnimplementedError("this engine cannot train adapters");
+  }
+
+  // Runs the job on the calling thread until it finishes, fails or `cancel`
+  // fires (then CANCELLED; the last checkpoint stays in work_dir). Resumes
+  // from work_dir/checkpoint when one is there. Shares the served weights
+  // and yields to serving (a lower priority than the engine thread);
+  // `progress` is called on the calling thread after every step and phase
+  // change. Errors as ValidateTraining, RESOURCE_EXHAUSTED when the job does
+  // not fit its memory budget, INTERNAL for a failure mid-job (the message
+  // says which step), UNAVAILABLE after Shutdown. Thread-safe: several jobs
+  // may run at once, each on its own thread.
+  virtual absl::StatusOr<TrainingResult> Train(const TrainingSpec& /*spec*/,
+                                               const TrainingProgressCallback& /*progress*/,
+                                               const CancellationToken& /*cancel*/) {
+    return absl::UnimplementedError("this engine cannot train adapters");
   }
 
   // Stops accepting work, lets running requests finish for up to `drain`, then
