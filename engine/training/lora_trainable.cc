@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/match.h"
@@ -94,15 +95,21 @@ class LoraTrainable final : public TrainableAdapter {
 };
 
 // The adapter_config.json PEFT writes for a fresh LoraConfig (the fields
-// PEFT 0.21 reads; the rest take its defaults).
-Json FreshConfig(const TrainContext& ctx) {
+// PEFT 0.21 reads; the rest take its defaults). Like PEFT, "all-linear" is
+// saved expanded to the module names it matched.
+Json FreshConfig(const TrainContext& ctx, const std::vector<bool>& targeted) {
   const LoraTrainConfig& c = ctx.spec->lora;
   const bool gpt2 = ctx.model->config().architecture == Architecture::kGpt2;
+  const std::vector<std::string>& names = LinearModuleNames(*ctx.model);
   Json targets = Json::array();
   bool all_linear = false;
   for (const std::string& t : c.target_modules) all_linear |= t == "all-linear";
   if (all_linear) {
-    targets = "all-linear";
+    std::set<std::string> leaves;
+    for (size_t m = 0; m < names.size(); ++m) {
+      if (targeted[m]) leaves.insert(names[m].substr(names[m].rfind('.') + 1));
+    }
+    for (const std::string& leaf : leaves) targets.push_back(leaf);
   } else {
     for (const std::string& t : c.target_modules) targets.push_back(t);
   }
@@ -222,7 +229,7 @@ absl::StatusOr<std::unique_ptr<TrainableAdapter>> MakeLoraTrainable(const TrainC
       modules.push_back(std::move(mod));
     }
   }
-  return std::unique_ptr<TrainableAdapter>(new LoraTrainable(ctx, std::move(modules), FreshConfig(ctx)));
+  return std::unique_ptr<TrainableAdapter>(new LoraTrainable(ctx, std::move(modules), FreshConfig(ctx, targeted)));
 }
 
 }  // namespace adapterd

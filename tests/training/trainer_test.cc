@@ -8,11 +8,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/api/engine.h"
@@ -26,6 +28,7 @@
 #include "engine/training/trainer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/runtime/collecting_sink.h"
 
 namespace adapterd {
 namespace {
@@ -384,6 +387,46 @@ TEST(TrainerTest, BadSpecsAreRefusedWithTheRightCodes) {
   EXPECT_EQ(dedicated->Train(good, nullptr, cancel).status().code(),
             absl::StatusCode::kFailedPrecondition);
   dedicated->Shutdown(absl::Seconds(1));
+}
+
+std::vector<std::vector<int32_t>> GreedyOutputs(Engine& engine, int n) {
+  std::vector<std::shared_ptr<testing::CollectingSink>> sinks;
+  for (int i = 0; i < n; ++i) {
+    GenerateRequest r;
+    r.prompt = "the cat sat " + std::to_string(i);
+    r.sampling.max_tokens = 12;
+    r.sampling.ignore_eos = true;
+    sinks.push_back(std::make_shared<testing::CollectingSink>());
+    EXPECT_TRUE(engine.Submit(std::move(r), sinks.back()).ok());
+  }
+  std::vector<std::vector<int32_t>> out;
+  for (auto& s : sinks) out.push_back(s->Wait().ids);
+  return out;
+}
+
+TEST(TrainerTest, ServingGoesOnUnchangedWhileAJobTrains) {
+  TempDir data, work;
+  std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
+  ASSERT_NE(engine, nullptr);
+  const auto expected = GreedyOutputs(*engine, 6);
+  TrainingSpec spec = ResumeSpec(work.path());
+  spec.hyper.max_steps = 40;
+  std::atomic<int64_t> steps{0};
+  CancellationToken cancel;
+  absl::StatusOr<TrainingResult> result = absl::UnknownError("not run");
+  std::thread job([&] {
+    result = engine->Train(spec, [&](const TrainingProgress& p) { steps = p.step; }, cancel);
+  });
+  int rounds = 0;
+  while (steps.load() < 40 && rounds < 200) {
+    EXPECT_EQ(GreedyOutputs(*engine, 6), expected) << "round " << rounds;
+    ++rounds;
+  }
+  job.join();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_GT(rounds, 1);
+  EXPECT_EQ(engine->Stats().requests_finished, 6 * (rounds + 1));
+  engine->Shutdown(absl::Seconds(1));
 }
 
 // Sum over every linear weight and the logits of a fixed prompt.
