@@ -310,6 +310,53 @@ TEST(TrainerTest, ResumingFromACheckpointGivesTheSameWeightsAsTrainingStraight) 
   engine->Shutdown(absl::Seconds(1));
 }
 
+TEST(TrainerTest, EvalLossIsReportedEveryEvalEveryStepsAndAtTheEnd) {
+  TempDir data, work;
+  std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
+  ASSERT_NE(engine, nullptr);
+  TrainingSpec spec = ResumeSpec(work.path());
+  spec.hyper.eval_fraction = 0.25;
+  spec.hyper.eval_every = 2;
+  spec.hyper.max_steps = 4;
+  spec.hyper.warmup_steps = 0;
+  std::vector<int64_t> eval_steps;
+  std::vector<TrainingProgress> events;
+  CancellationToken cancel;
+  auto result = engine->Train(spec, [&](const TrainingProgress& p) {
+    if (p.phase == TrainingPhase::kEvaluating) eval_steps.push_back(p.step);
+    events.push_back(p);
+  }, cancel);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->dataset.eval_rows, 3);
+  EXPECT_EQ(result->dataset.train_rows, 9);
+  EXPECT_EQ(eval_steps, (std::vector<int64_t>{2, 4}));
+  EXPECT_TRUE(std::isfinite(result->eval_loss));
+  EXPECT_GT(result->eval_loss, 0);
+  EXPECT_EQ(events.back().phase, TrainingPhase::kSaving);
+  for (const TrainingProgress& p : events) {
+    if (p.phase != TrainingPhase::kTraining) continue;
+    EXPECT_EQ(p.total_steps, 4);
+    EXPECT_GT(p.tokens_per_second, 0);
+    EXPECT_GT(p.learning_rate, 0);
+  }
+  engine->Shutdown(absl::Seconds(1));
+}
+
+TEST(TrainerTest, LoraDropoutActsOnTheTrainingForwardOnly) {
+  TempDir data, work;
+  std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
+  ASSERT_NE(engine, nullptr);
+  TrainingSpec spec = CaseSpec("llama_lora", work.path());
+  spec.lora.dropout = 0.5;
+  spec.hyper.eval_fraction = 0.0;
+  CancellationToken cancel;
+  auto result = engine->Train(spec, nullptr, cancel);
+  ASSERT_TRUE(result.ok()) << result.status();
+  const double reference = ReadJson(CaseDir("llama_lora") + "/hyper.json")["losses"][0];
+  EXPECT_GT(std::abs(result->final_loss - reference), 1e-4);  // Without dropout they agree to 1e-5.
+  engine->Shutdown(absl::Seconds(1));
+}
+
 TEST(TrainerTest, CancellationMidEpochReturnsCancelledAndWritesNoOutput) {
   TempDir data, work;
   std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
