@@ -6,7 +6,7 @@
 //
 //   train_bench [--model DIR] [--data FILE] [--data-dir DIR] [--batch 8]
 //               [--steps 30] [--warmup 3] [--rank 8] [--targets all-linear]
-//               [--max-seq 128] [--threads N]
+//               [--max-seq 128] [--threads N] [--device cpu|cuda]
 //
 // Without --model it uses the embedded default model. Prints one JSON line:
 // {"tokens_per_second": ..., "step_ms": ..., "steps": ..., "tokens": ...},
@@ -32,7 +32,7 @@ namespace adapterd {
 namespace {
 
 struct Flags {
-  std::string model, data, data_dir = "/tmp/adapterd-bench", targets = "all-linear";
+  std::string model, data, data_dir = "/tmp/adapterd-bench", targets = "all-linear", device = "cpu";
   int batch = 8, steps = 30, warmup = 3, rank = 8, max_seq = 128, threads = 0;
 };
 
@@ -44,6 +44,7 @@ Flags Parse(int argc, char** argv) {
     else if (k == "--data") f.data = v;
     else if (k == "--data-dir") f.data_dir = v;
     else if (k == "--targets") f.targets = v;
+    else if (k == "--device") f.device = v;
     else if (k == "--batch") f.batch = std::atoi(v.c_str());
     else if (k == "--steps") f.steps = std::atoi(v.c_str());
     else if (k == "--warmup") f.warmup = std::atoi(v.c_str());
@@ -70,7 +71,9 @@ int Main(int argc, char** argv) {
     }
     dir = *d;
   }
-  auto model = CausalLM::Load(dir, ModelLoadOptions());
+  ModelLoadOptions load;
+  load.device = f.device;
+  auto model = CausalLM::Load(dir, load);
   auto tokenizer = Tokenizer::FromFile(dir + "/tokenizer.json");
   if (!model.ok() || !tokenizer.ok()) {
     std::fprintf(stderr, "cannot load %s\n", dir.c_str());

@@ -78,6 +78,7 @@ TEST(LearningTest, LoraLearnsEvenOrOddOfHeldOutNumbers) {
   EngineOptions options;
   options.model_dir = FixturesDir() + "/models/llama";
   options.data_dir = data;
+  if (const char* device = std::getenv("ADAPTERD_TEST_DEVICE")) options.device = device;
   auto engine = CreateEngine(options);
   ASSERT_TRUE(engine.ok()) << engine.status();
   auto tokenizer = Tokenizer::FromFile(options.model_dir + "/tokenizer.json");

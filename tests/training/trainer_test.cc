@@ -63,9 +63,16 @@ class TempDir {
   std::string path_;
 };
 
+// ADAPTERD_TEST_DEVICE=cuda runs the tests on the GPU (scripts/gpu/training.sh).
+std::string TestDevice() {
+  const char* d = std::getenv("ADAPTERD_TEST_DEVICE");
+  return d != nullptr ? d : "cpu";
+}
+
 std::unique_ptr<Engine> MakeEngine(const std::string& base, const std::string& data_dir,
                                    EngineOptions options = {}) {
   options.model_dir = FixturesDir() + "/models/" + base;
+  options.device = TestDevice();
   options.data_dir = data_dir;
   absl::StatusOr<std::unique_ptr<Engine>> engine = CreateEngine(options);
   EXPECT_TRUE(engine.ok()) << engine.status();
@@ -342,7 +349,7 @@ TEST(TrainerTest, EvalLossIsReportedEveryEvalEveryStepsAndAtTheEnd) {
   engine->Shutdown(absl::Seconds(1));
 }
 
-TEST(TrainerTest, LoraDropoutActsOnTheTrainingForwardOnly) {
+TEST(TrainerTest, LoraDropoutChangesTheTrainingLoss) {
   TempDir data, work;
   std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
   ASSERT_NE(engine, nullptr);
@@ -498,6 +505,7 @@ double BaseChecksum(CausalLM& model) {
 TEST(TrainerTest, TrainingNeverChangesTheBaseWeights) {
   TempDir work;
   ModelLoadOptions load;
+  load.device = TestDevice();
   auto model = CausalLM::Load(FixturesDir() + "/models/llama", load);
   ASSERT_TRUE(model.ok()) << model.status();
   auto tokenizer = Tokenizer::FromFile(FixturesDir() + "/models/llama/tokenizer.json");
