@@ -229,6 +229,13 @@ bool HasCheckpoint(const std::string& work_dir) {
          IsDirectory(work_dir + kCheckpointDir + std::string(".old"));
 }
 
+absl::Status RemoveCheckpoint(const std::string& work_dir) {
+  const std::string dir = work_dir + kCheckpointDir;
+  RETURN_IF_ERROR(RemoveTree(dir + ".tmp"));
+  RETURN_IF_ERROR(RemoveTree(dir + ".old"));
+  return RemoveTree(dir);
+}
+
 absl::StatusOr<CheckpointState> LoadCheckpoint(const std::string& work_dir, AdamW& optimizer) {
   std::string dir = work_dir + kCheckpointDir;
   if (!IsDirectory(dir)) dir += ".old";

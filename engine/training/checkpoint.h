@@ -45,6 +45,9 @@ absl::Status SaveCheckpoint(const std::string& work_dir, AdamW& optimizer,
 // Whether `work_dir` holds a checkpoint to resume from.
 bool HasCheckpoint(const std::string& work_dir);
 
+// Removes `work_dir`'s checkpoint (a finished job's output replaces it).
+absl::Status RemoveCheckpoint(const std::string& work_dir);
+
 // Restores the parameters (in place) and the optimizer's moments and step
 // count, and returns the state. FAILED_PRECONDITION if the checkpoint belongs
 // to another method, seed or parameter set; INVALID_ARGUMENT if it is corrupt.

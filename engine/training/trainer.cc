@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <random>
 #include <thread>
@@ -386,6 +387,7 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
     return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", output));
   }
   RETURN_IF_ERROR(SyncDir(spec.work_dir));
+  RETURN_IF_ERROR(RemoveCheckpoint(spec.work_dir));
 
   TrainingResult result;
   result.output_dir = output;

@@ -314,6 +314,7 @@ TEST(TrainerTest, ResumingFromACheckpointGivesTheSameWeightsAsTrainingStraight) 
   const std::string a = ReadBytes(full->output_dir + "/adapter_model.safetensors");
   ASSERT_FALSE(a.empty());
   EXPECT_EQ(a, ReadBytes(second->output_dir + "/adapter_model.safetensors"));
+  EXPECT_FALSE(HasCheckpoint(resumed.path()));  // The output replaces it.
   engine->Shutdown(absl::Seconds(1));
 }
 
