@@ -42,7 +42,7 @@ constexpr char kAdapterWeightsFile[] = "adapter_model.safetensors";
 
 // How a fresh parameter is drawn, as torch.nn initialises the module that
 // owns it in PEFT.
-enum class Init {
+enum class InitKind {
   kNormal,   // nn.Embedding: N(0, 1).
   kUniform,  // nn.Linear (kaiming_uniform a=√5 and its bias), nn.LSTM: U(-bound, bound).
 };
@@ -50,21 +50,21 @@ enum class Init {
 struct ParamSpec {
   std::string name;  // PEFT's, below prompt_encoder.<adapter>.
   std::vector<int64_t> shape;
-  Init init = Init::kNormal;
+  InitKind init = InitKind::kNormal;
   double bound = 0.0;  // kUniform.
   bool weight_decay = true;
 };
 
 ParamSpec Embedding(std::string name, int64_t rows, int64_t dim) {
-  return {std::move(name), {rows, dim}, Init::kNormal, 0.0, false};
+  return {std::move(name), {rows, dim}, InitKind::kNormal, 0.0, false};
 }
 
 // nn.Linear(in, out) as "<prefix>.weight" and "<prefix>.bias": both
 // U(±1/√in).
 void AddLinear(std::vector<ParamSpec>& specs, const std::string& prefix, int64_t in, int64_t out) {
   const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-  specs.push_back({prefix + ".weight", {out, in}, Init::kUniform, bound, true});
-  specs.push_back({prefix + ".bias", {out}, Init::kUniform, bound, false});
+  specs.push_back({prefix + ".weight", {out, in}, InitKind::kUniform, bound, true});
+  specs.push_back({prefix + ".bias", {out}, InitKind::kUniform, bound, false});
 }
 
 at::Tensor Linear(const at::Tensor& x, const std::map<std::string, at::Tensor>& p,
@@ -225,7 +225,7 @@ class PromptLearningTrainable : public TrainableAdapter {
   // Creates the parameters: fresh from the seed, or from spec.init_adapter_dir
   // (the encoder checkpoint when `has_encoder`, else its prompt_embeddings as
   // the one parameter).
-  absl::Status Init(std::vector<ParamSpec> specs, bool has_encoder) {
+  absl::Status InitParameters(std::vector<ParamSpec> specs, bool has_encoder) {
     has_encoder_ = has_encoder;
     std::map<std::string, at::Tensor> given;
     const std::string& dir = spec().init_adapter_dir;
@@ -277,7 +277,7 @@ class PromptLearningTrainable : public TrainableAdapter {
         t = it->second;
       } else {
         t = at::empty(s.shape, at::kFloat);
-        if (s.init == Init::kNormal) {
+        if (s.init == InitKind::kNormal) {
           t.normal_(0.0, 1.0, gen);
         } else {
           t.uniform_(-s.bound, s.bound, gen);
@@ -336,7 +336,7 @@ class PrefixTrainable final : public PromptLearningTrainable {
     } else {
       specs.push_back(Embedding("embedding.weight", p, l * 2 * t->token_dim_));
     }
-    RETURN_IF_ERROR(t->Init(std::move(specs), /*has_encoder=*/cfg.prefix_projection));
+    RETURN_IF_ERROR(t->InitParameters(std::move(specs), /*has_encoder=*/cfg.prefix_projection));
     return std::unique_ptr<TrainableAdapter>(std::move(t));
   }
 
@@ -402,10 +402,10 @@ class PTuningTrainable final : public PromptLearningTrainable {
         for (const char* dir : {"", "_reverse"}) {
           const std::string sfx = absl::StrCat("_l", l, dir);
           const int64_t in = l == 0 ? d : 2 * h;
-          specs.push_back({"lstm_head.weight_ih" + sfx, {4 * h, in}, Init::kUniform, bound, true});
-          specs.push_back({"lstm_head.weight_hh" + sfx, {4 * h, h}, Init::kUniform, bound, true});
-          specs.push_back({"lstm_head.bias_ih" + sfx, {4 * h}, Init::kUniform, bound, false});
-          specs.push_back({"lstm_head.bias_hh" + sfx, {4 * h}, Init::kUniform, bound, false});
+          specs.push_back({"lstm_head.weight_ih" + sfx, {4 * h, in}, InitKind::kUniform, bound, true});
+          specs.push_back({"lstm_head.weight_hh" + sfx, {4 * h, h}, InitKind::kUniform, bound, true});
+          specs.push_back({"lstm_head.bias_ih" + sfx, {4 * h}, InitKind::kUniform, bound, false});
+          specs.push_back({"lstm_head.bias_hh" + sfx, {4 * h}, InitKind::kUniform, bound, false});
         }
       }
       AddLinear(specs, "mlp_head.0", 2 * h, 2 * h);
@@ -415,7 +415,7 @@ class PTuningTrainable final : public PromptLearningTrainable {
       AddLinear(specs, "mlp_head.2", h, h);
       AddLinear(specs, "mlp_head.4", h, d);
     }
-    RETURN_IF_ERROR(t->Init(std::move(specs), /*has_encoder=*/true));
+    RETURN_IF_ERROR(t->InitParameters(std::move(specs), /*has_encoder=*/true));
     for (const NamedParameter& p : t->params_) {
       if (p.name.rfind("lstm_head.", 0) == 0) t->lstm_params_.push_back(p.tensor);
     }
@@ -476,7 +476,7 @@ class PromptTuningTrainable final : public PromptLearningTrainable {
     auto t = std::unique_ptr<PromptTuningTrainable>(new PromptTuningTrainable(ctx));
     const ParamSpec emb =
         Embedding("embedding.weight", cfg.num_virtual_tokens, ctx.model->config().hidden_size);
-    RETURN_IF_ERROR(t->Init({emb}, /*has_encoder=*/false));
+    RETURN_IF_ERROR(t->InitParameters({emb}, /*has_encoder=*/false));
     if (ctx.spec->init_adapter_dir.empty() && cfg.init != "RANDOM") {
       const int64_t p = cfg.num_virtual_tokens;
       const at::Tensor& words = ctx.model->input_embeddings();
