@@ -5,9 +5,9 @@
 // same names, the same forward, and the files PEFT writes. See
 // docs/training-prompt-methods.md.
 
+#include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
-#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -93,9 +93,9 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadFloatTensors(const std::st
                                   " (F32, F16, BF16 or F64 expected)"));
     }
     std::string_view bytes = file->Data(info);
-    at::Tensor t = at::from_blob(const_cast<char*>(bytes.data()), info.shape,
-                                 at::TensorOptions().dtype(type))
-                       .to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+    at::Tensor t =
+        at::from_blob(const_cast<char*>(bytes.data()), info.shape, at::TensorOptions().dtype(type))
+            .to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
     if (!at::isfinite(t).all().item<bool>()) {
       return Invalid(absl::StrCat(path, ": tensor '", info.name, "' has non-finite values"));
     }
@@ -110,7 +110,8 @@ absl::StatusOr<json> ReadJsonFile(const std::string& path) {
   std::ostringstream buf;
   buf << in.rdbuf();
   json j = json::parse(buf.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return Invalid(absl::StrCat(path, " is not a JSON object"));
+  if (j.is_discarded() || !j.is_object())
+    return Invalid(absl::StrCat(path, " is not a JSON object"));
   return j;
 }
 
@@ -144,8 +145,8 @@ class PromptLearningTrainable : public TrainableAdapter {
     if (method_ == AdapterMethod::kPrefixTuning) {
       // peft_model.get_prompt's view(B, P, L*2, H_kv, D).permute(2, 0, 3, 1, 4)
       // for B = 1: per layer [H_kv, P, D], keys at 2l and values at 2l+1.
-      const at::Tensor pkv =
-          e.view({num_virtual_tokens_, c.num_layers * 2, kv_heads_, c.head_dim}).permute({1, 2, 0, 3});
+      const at::Tensor pkv = e.view({num_virtual_tokens_, c.num_layers * 2, kv_heads_, c.head_dim})
+                                 .permute({1, 2, 0, 3});
       for (int64_t l = 0; l < c.num_layers; ++l) {
         adapter->prefix_keys.push_back(pkv[2 * l].to(dtype));
         adapter->prefix_values.push_back(pkv[2 * l + 1].to(dtype));
@@ -162,7 +163,8 @@ class PromptLearningTrainable : public TrainableAdapter {
       at::NoGradGuard no_grad;
       const at::Tensor e = Encode(/*training=*/false);
       RETURN_IF_ERROR(WriteSafetensors(absl::StrCat(dir, "/", kAdapterWeightsFile),
-                                       {ToSafetensors("prompt_embeddings", e)}, {{"format", "pt"}}));
+                                       {ToSafetensors("prompt_embeddings", e)},
+                                       {{"format", "pt"}}));
       if (has_encoder_) {
         std::vector<SafetensorsTensor> tensors;
         for (const NamedParameter& p : params_) tensors.push_back(ToSafetensors(p.name, p.tensor));
@@ -170,7 +172,8 @@ class PromptLearningTrainable : public TrainableAdapter {
                                          {{"format", "pt"}, {"peft_type", peft_type_}}));
       }
     } catch (const c10::Error& e) {
-      return absl::InternalError(absl::StrCat("exporting the adapter: ", e.what_without_backtrace()));
+      return absl::InternalError(
+          absl::StrCat("exporting the adapter: ", e.what_without_backtrace()));
     }
     const std::string path = absl::StrCat(dir, "/", kAdapterConfigFile);
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -232,9 +235,10 @@ class PromptLearningTrainable : public TrainableAdapter {
     if (!dir.empty()) {
       ASSIGN_OR_RETURN(json cfg, ReadJsonFile(absl::StrCat(dir, "/", kAdapterConfigFile)));
       if (cfg.value("peft_type", std::string()) != peft_type_) {
-        return Invalid(absl::StrCat("init_adapter_dir ", dir, " holds a ",
-                                    cfg.contains("peft_type") ? cfg["peft_type"].dump() : "non-PEFT",
-                                    " adapter, not ", peft_type_));
+        return Invalid(
+            absl::StrCat("init_adapter_dir ", dir, " holds a ",
+                         cfg.contains("peft_type") ? cfg["peft_type"].dump() : "non-PEFT",
+                         " adapter, not ", peft_type_));
       }
       if (has_encoder) {
         const std::string path = absl::StrCat(dir, "/", kPTuningEncoderFile);
@@ -246,7 +250,8 @@ class PromptLearningTrainable : public TrainableAdapter {
         }
         ASSIGN_OR_RETURN(given, ReadFloatTensors(path));
       } else {
-        ASSIGN_OR_RETURN(auto weights, ReadFloatTensors(absl::StrCat(dir, "/", kAdapterWeightsFile)));
+        ASSIGN_OR_RETURN(auto weights,
+                         ReadFloatTensors(absl::StrCat(dir, "/", kAdapterWeightsFile)));
         auto it = weights.find("prompt_embeddings");
         if (it == weights.end()) {
           return Invalid(absl::StrCat("init_adapter_dir ", dir, " has no prompt_embeddings"));
@@ -323,8 +328,8 @@ class PrefixTrainable final : public PromptLearningTrainable {
   static absl::StatusOr<std::unique_ptr<TrainableAdapter>> Make(const TrainContext& ctx) {
     const PrefixTrainConfig& cfg = ctx.spec->prefix;
     if (cfg.encoder_hidden_size < 0) {
-      return Invalid(absl::StrCat("prefix encoder_hidden_size ", cfg.encoder_hidden_size,
-                                  " is negative"));
+      return Invalid(
+          absl::StrCat("prefix encoder_hidden_size ", cfg.encoder_hidden_size, " is negative"));
     }
     auto t = std::unique_ptr<PrefixTrainable>(new PrefixTrainable(ctx));
     const int64_t p = cfg.num_virtual_tokens, l = ctx.model->config().num_layers;
@@ -376,20 +381,20 @@ class PTuningTrainable final : public PromptLearningTrainable {
   static absl::StatusOr<std::unique_ptr<TrainableAdapter>> Make(const TrainContext& ctx) {
     const PTuningTrainConfig& cfg = ctx.spec->p_tuning;
     if (cfg.encoder_type != "MLP" && cfg.encoder_type != "LSTM") {
-      return Invalid(absl::StrCat("p_tuning encoder_type \"", cfg.encoder_type,
-                                  "\" is not MLP or LSTM"));
+      return Invalid(
+          absl::StrCat("p_tuning encoder_type \"", cfg.encoder_type, "\" is not MLP or LSTM"));
     }
     if (cfg.encoder_hidden_size < 0) {
-      return Invalid(absl::StrCat("p_tuning encoder_hidden_size ", cfg.encoder_hidden_size,
-                                  " is negative"));
+      return Invalid(
+          absl::StrCat("p_tuning encoder_hidden_size ", cfg.encoder_hidden_size, " is negative"));
     }
     if (cfg.encoder_type == "LSTM" && cfg.encoder_num_layers < 1) {
       return Invalid(absl::StrCat("p_tuning encoder_num_layers ", cfg.encoder_num_layers,
                                   " must be at least 1"));
     }
     if (!(cfg.encoder_dropout >= 0.0 && cfg.encoder_dropout < 1.0)) {
-      return Invalid(absl::StrCat("p_tuning encoder_dropout ", cfg.encoder_dropout,
-                                  " is outside [0, 1)"));
+      return Invalid(
+          absl::StrCat("p_tuning encoder_dropout ", cfg.encoder_dropout, " is outside [0, 1)"));
     }
     auto t = std::unique_ptr<PTuningTrainable>(new PTuningTrainable(ctx));
     const int64_t d = ctx.model->config().hidden_size, h = t->hidden_;
@@ -402,8 +407,10 @@ class PTuningTrainable final : public PromptLearningTrainable {
         for (const char* dir : {"", "_reverse"}) {
           const std::string sfx = absl::StrCat("_l", l, dir);
           const int64_t in = l == 0 ? d : 2 * h;
-          specs.push_back({"lstm_head.weight_ih" + sfx, {4 * h, in}, InitKind::kUniform, bound, true});
-          specs.push_back({"lstm_head.weight_hh" + sfx, {4 * h, h}, InitKind::kUniform, bound, true});
+          specs.push_back(
+              {"lstm_head.weight_ih" + sfx, {4 * h, in}, InitKind::kUniform, bound, true});
+          specs.push_back(
+              {"lstm_head.weight_hh" + sfx, {4 * h, h}, InitKind::kUniform, bound, true});
           specs.push_back({"lstm_head.bias_ih" + sfx, {4 * h}, InitKind::kUniform, bound, false});
           specs.push_back({"lstm_head.bias_hh" + sfx, {4 * h}, InitKind::kUniform, bound, false});
         }
@@ -485,7 +492,8 @@ class PromptTuningTrainable final : public PromptLearningTrainable {
         at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(ctx.spec->hyper.seed);
         ids = at::randint(words.size(0), {p}, gen, at::TensorOptions().dtype(at::kLong));
       } else {
-        std::vector<int32_t> text = ctx.tokenizer->Encode(cfg.init_text, /*add_special_tokens=*/true);
+        std::vector<int32_t> text =
+            ctx.tokenizer->Encode(cfg.init_text, /*add_special_tokens=*/true);
         if (cfg.init_text.empty() || text.empty()) {
           return Invalid("prompt_tuning init TEXT needs an init_text that has tokens");
         }
@@ -493,8 +501,8 @@ class PromptTuningTrainable final : public PromptLearningTrainable {
         for (int64_t i = 0; i < p; ++i) cut.push_back(text[i % text.size()]);
         for (int64_t id : cut) {
           if (id >= words.size(0)) {
-            return Invalid(absl::StrCat("init_text token id ", id,
-                                        " is outside the model's embeddings"));
+            return Invalid(
+                absl::StrCat("init_text token id ", id, " is outside the model's embeddings"));
           }
         }
         ids = at::tensor(cut, at::kLong);

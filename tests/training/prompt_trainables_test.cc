@@ -3,8 +3,6 @@
 // and the gradient of every parameter for one batch, run through the serving
 // Forward; one AdamW step; the exported files and their reload.
 
-#include "engine/training/trainable.h"
-
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <gmock/gmock.h>
@@ -29,6 +27,7 @@
 #include "engine/peft/adapter.h"
 #include "engine/peft/batch_adapters.h"
 #include "engine/runtime/kv_cache.h"
+#include "engine/training/trainable.h"
 
 namespace adapterd {
 namespace {
@@ -93,9 +92,12 @@ struct Case {
   absl::StatusOr<std::unique_ptr<TrainableAdapter>> Make() const {
     TrainContext ctx{model.get(), tokenizer.get(), &spec};
     switch (spec.method) {
-      case TrainingMethod::kPrefixTuning: return MakePrefixTrainable(ctx);
-      case TrainingMethod::kPTuning: return MakePTuningTrainable(ctx);
-      default: return MakePromptTuningTrainable(ctx);
+      case TrainingMethod::kPrefixTuning:
+        return MakePrefixTrainable(ctx);
+      case TrainingMethod::kPTuning:
+        return MakePTuningTrainable(ctx);
+      default:
+        return MakePromptTuningTrainable(ctx);
     }
   }
 };
@@ -353,7 +355,8 @@ TEST_P(PromptTrainableParityTest, NegativeControlAMisplacedAdapterIsFarFromPeft)
     std::swap(wrong.prefix_keys, wrong.prefix_values);
   }
   at::Tensor logits = ForwardRows(*c_->model, wrong, c_->rows);
-  EXPECT_GT(MaxAbsDiff(logits.narrow(0, 0, c_->rows[0].ids.size()), c_->expected["logits.0"]), 1e-3);
+  EXPECT_GT(MaxAbsDiff(logits.narrow(0, 0, c_->rows[0].ids.size()), c_->expected["logits.0"]),
+            1e-3);
 }
 
 TEST_P(PromptTrainableParityTest, FreshInitIsSeededAndShapedLikePeft) {
@@ -448,7 +451,8 @@ TEST_F(PromptTrainableTest, BadConfigsAreInvalidArgument) {
 TEST_F(PromptTrainableTest, PTuningCannotContinueFromPeftFilesAlone) {
   // PEFT keeps only the encoder's output; without adapterd's encoder
   // checkpoint the MLP cannot be restored.
-  const std::string src = absl::StrCat(FixturesDir(), "/training_prompt/p_tuning_mlp_llama/peft_export");
+  const std::string src =
+      absl::StrCat(FixturesDir(), "/training_prompt/p_tuning_mlp_llama/peft_export");
   const std::string dir = TempDir("peft_only");
   ASSERT_EQ(std::system(absl::StrCat("cp '", src, "/adapter_config.json' '", src,
                                      "/adapter_model.safetensors' '", dir, "/'")
