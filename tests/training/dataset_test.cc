@@ -368,10 +368,13 @@ TEST_F(DatasetTest, MaxRowsAndMaxBytesRefuseTheFile) {
   EXPECT_THAT(ds.status().message(), HasSubstr("max_bytes"));
 }
 
-TEST_F(DatasetTest, MissingFileIsNotFound) {
+TEST_F(DatasetTest, MissingFileIsNotFoundAndADirectoryIsInvalid) {
   auto ds = ReadTrainingDataset(absl::StrCat(::testing::TempDir(), "/no_such_dataset.jsonl"),
                                 *llama_, {});
   EXPECT_EQ(ds.status().code(), absl::StatusCode::kNotFound);
+  ds = ReadTrainingDataset(::testing::TempDir(), *llama_, {});
+  EXPECT_EQ(ds.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ds.status().message(), HasSubstr("not a readable file"));
 }
 
 TEST_F(DatasetTest, EvalSplitIsSeededAndKeepsFileOrder) {

@@ -259,8 +259,10 @@ TEST_P(PromptTrainableParityTest, LossAndGradientsMatchPeft) {
 
 // One torch.optim.AdamW step (weight_decay 0, no clipping; reference.json
 // "optimizer"), written out here because the training loop's optimizer lives
-// on the `train` branch. INTEGRATOR: once RunTraining is merged, replace
-// AdamWStep with the loop's optimizer step so that this compares its update.
+// on the `train` branch. INTEGRATOR: once engine/training/optim.h is merged,
+// replace the body of AdamWStep with
+//   AdamW(params, AdamWOptions{b1, b2, eps, 0.0}).Step(lr);
+// so that this test compares the loop's own update with PEFT's.
 void AdamWStep(std::vector<NamedParameter>& params, const json& opt) {
   const double lr = opt["lr"], b1 = opt["betas"][0], b2 = opt["betas"][1], eps = opt["eps"];
   at::NoGradGuard no_grad;
