@@ -83,6 +83,10 @@ class CausalLM {
   // lora_module); weight nullptr if out of range. For adapter checks and
   // merging; never modify while Forward runs.
   virtual LinearRef Linear(int layer, int module) = 0;
+
+  // The input token embeddings [vocab, hidden] in the model's dtype (Llama's
+  // embed_tokens, GPT-2's wte), e.g. for prompt tuning's vocabulary init.
+  virtual const at::Tensor& input_embeddings() const = 0;
 };
 
 }  // namespace adapterd

@@ -139,16 +139,17 @@ absl::StatusOr<ParsedRow> ParseRow(std::string_view line) {
   if (!row.is_object()) return absl::InvalidArgumentError("not a JSON object");
   auto string_field = [&](const char* key, std::string& out) -> absl::Status {
     const json& v = row[key];
-    if (!v.is_string()) return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" is not a string"));
+    if (!v.is_string())
+      return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" is not a string"));
     out = v.get<std::string>();
     return absl::OkStatus();
   };
   ParsedRow parsed;
   if (row.contains("prompt") || row.contains("completion")) {
     if (!row.contains("prompt") || !row.contains("completion")) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "has \"", row.contains("prompt") ? "prompt" : "completion", "\" without \"",
-          row.contains("prompt") ? "completion" : "prompt", "\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat("has \"", row.contains("prompt") ? "prompt" : "completion", "\" without \"",
+                       row.contains("prompt") ? "completion" : "prompt", "\""));
     }
     parsed.has_prompt = true;
     RETURN_IF_ERROR(string_field("prompt", parsed.prompt));
@@ -224,8 +225,8 @@ absl::StatusOr<TrainingDataset> ReadTrainingDataset(const std::string& path,
     return absl::InvalidArgumentError(absl::StrCat("dataset ", path, " is not a readable file"));
   }
   auto too_big = [&] {
-    return absl::InvalidArgumentError(absl::StrCat("dataset ", path, " is larger than max_bytes (",
-                                                   policy.max_bytes, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("dataset ", path, " is larger than max_bytes (", policy.max_bytes, ")"));
   };
   if (S_ISREG(st.st_mode) && st.st_size > policy.max_bytes) return too_big();
 
@@ -245,15 +246,15 @@ absl::StatusOr<TrainingDataset> ReadTrainingDataset(const std::string& path,
     if (line_no == 1 && text.substr(0, 3) == kBom) text.remove_prefix(3);
     if (!too_long && IsBlank(text)) continue;
     if (++report.lines > policy.max_rows) {
-      return absl::InvalidArgumentError(absl::StrCat("dataset ", path, " has more than max_rows (",
-                                                     policy.max_rows, ") rows"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("dataset ", path, " has more than max_rows (", policy.max_rows, ") rows"));
     }
     if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
 
-    absl::StatusOr<ParsedRow> parsed =
-        too_long ? absl::InvalidArgumentError(
-                       absl::StrCat("longer than ", kMaxDatasetLineBytes, " bytes"))
-                 : ParseRow(text);
+    absl::StatusOr<ParsedRow> parsed = too_long
+                                           ? absl::InvalidArgumentError(absl::StrCat(
+                                                 "longer than ", kMaxDatasetLineBytes, " bytes"))
+                                           : ParseRow(text);
     if (!parsed.ok()) {
       if (report.first_errors.size() < kMaxReportedErrors) {
         report.first_errors.push_back(
@@ -304,14 +305,14 @@ absl::StatusOr<TrainingDataset> ReadTrainingDataset(const std::string& path,
   }
 
   if (!policy.skip_invalid_rows && !report.first_errors.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("dataset ", path, " has malformed rows: ",
-                                                   absl::StrJoin(report.first_errors, "; ")));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dataset ", path, " has malformed rows: ", absl::StrJoin(report.first_errors, "; ")));
   }
   if (rows.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "dataset ", path, " has no usable row (", report.lines, " lines; ",
-        report.skipped_malformed, " malformed, ", report.skipped_empty, " empty, ",
-        report.skipped_too_long, " too long)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("dataset ", path, " has no usable row (", report.lines, " lines; ",
+                     report.skipped_malformed, " malformed, ", report.skipped_empty, " empty, ",
+                     report.skipped_too_long, " too long)"));
   }
 
   const size_t n = rows.size();

@@ -49,16 +49,12 @@ absl::StatusOr<std::unique_ptr<TrainableAdapter>> MakeTrainable(const TrainConte
     case TrainingMethod::kLora: return MakeLoraTrainable(ctx);
     case TrainingMethod::kBottleneck: return MakeBottleneckTrainable(ctx);
     case TrainingMethod::kFusion: return MakeFusionTrainable(ctx);
-#ifdef ADAPTERD_WITH_PROMPT_TRAINABLES
     case TrainingMethod::kPrefixTuning: return MakePrefixTrainable(ctx);
     case TrainingMethod::kPTuning: return MakePTuningTrainable(ctx);
     case TrainingMethod::kPromptTuning: return MakePromptTuningTrainable(ctx);
-#endif
-    default:
-      break;
   }
-  return absl::UnimplementedError(absl::StrCat("training ", TrainingMethodName(ctx.spec->method),
-                                               " adapters is not built into this server"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown training method ", static_cast<int>(ctx.spec->method)));
 }
 
 namespace {

@@ -36,7 +36,8 @@ std::string ReadFile(const std::string& path) {
 }
 
 std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& kind) {
-  auto tok = Tokenizer::FromFile(absl::StrCat(FixturesDir(), "/tokenizers/", kind, "/tokenizer.json"));
+  auto tok =
+      Tokenizer::FromFile(absl::StrCat(FixturesDir(), "/tokenizers/", kind, "/tokenizer.json"));
   EXPECT_TRUE(tok.ok()) << tok.status();
   return tok.ok() ? std::move(*tok) : nullptr;
 }
@@ -86,7 +87,8 @@ class DatasetTest : public ::testing::Test {
 };
 
 TEST_F(DatasetTest, PromptCompletionRowIsPromptWithSpecialTokensThenCompletionThenEos) {
-  auto ds = Read(R"({"prompt": "Hello there", "completion": " general Kenobi"})" "\n");
+  auto ds = Read(R"({"prompt": "Hello there", "completion": " general Kenobi"})"
+                 "\n");
   ASSERT_TRUE(ds.ok()) << ds.status();
   ASSERT_EQ(ds->train.size(), 1u);
   const TrainingRow& row = ds->train[0];
@@ -105,7 +107,8 @@ TEST_F(DatasetTest, PromptCompletionRowIsPromptWithSpecialTokensThenCompletionTh
 }
 
 TEST_F(DatasetTest, TextRowHasLossOnEveryTokenAfterTheFirst) {
-  auto ds = Read(R"({"text": "one two three"})" "\n");
+  auto ds = Read(R"({"text": "one two three"})"
+                 "\n");
   ASSERT_TRUE(ds.ok()) << ds.status();
   std::vector<int32_t> want = Enc("one two three", true);
   want.push_back(eos_);
@@ -114,7 +117,9 @@ TEST_F(DatasetTest, TextRowHasLossOnEveryTokenAfterTheFirst) {
 }
 
 TEST_F(DatasetTest, EmptyPromptWithoutBosStillPredictsFromTheFirstToken) {
-  auto ds = Read(R"({"prompt": "", "completion": "abc"})" "\n", {}, gpt2_.get());
+  auto ds = Read(R"({"prompt": "", "completion": "abc"})"
+                 "\n",
+                 {}, gpt2_.get());
   ASSERT_TRUE(ds.ok()) << ds.status();
   std::vector<int32_t> want = gpt2_->Encode("abc", false);
   want.push_back(*gpt2_->TokenToId("<|endoftext|>"));
@@ -125,18 +130,24 @@ TEST_F(DatasetTest, EmptyPromptWithoutBosStillPredictsFromTheFirstToken) {
 TEST_F(DatasetTest, EosIsFoundByCommonNamesOrGivenExplicitly) {
   auto llama3 = LoadTokenizer("llama3");
   ASSERT_NE(llama3, nullptr);
-  auto ds = Read(R"({"text": "abc"})" "\n", {}, llama3.get());
+  auto ds = Read(R"({"text": "abc"})"
+                 "\n",
+                 {}, llama3.get());
   ASSERT_TRUE(ds.ok()) << ds.status();
   EXPECT_EQ(ds->train[0].ids.back(), *llama3->TokenToId("<|end_of_text|>"));
 
   DatasetReadOptions options;
   options.eos_token = "<|eot_id|>";
-  ds = Read(R"({"text": "abc"})" "\n", options, llama3.get());
+  ds = Read(R"({"text": "abc"})"
+            "\n",
+            options, llama3.get());
   ASSERT_TRUE(ds.ok()) << ds.status();
   EXPECT_EQ(ds->train[0].ids.back(), *llama3->TokenToId("<|eot_id|>"));
 
   options.eos_token = "<|no such token|>";
-  ds = Read(R"({"text": "abc"})" "\n", options, llama3.get());
+  ds = Read(R"({"text": "abc"})"
+            "\n",
+            options, llama3.get());
   EXPECT_EQ(ds.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(ds.status().message(), HasSubstr("<|no such token|>"));
 }
@@ -147,22 +158,23 @@ TEST_F(DatasetTest, TokenizerWithoutEosAppendsNothing) {
   json = absl::StrReplaceAll(json, {{"<|endoftext|>", "<|pad|>"}, {"<|im_end|>", "<|im_stop|>"}});
   auto no_eos = Tokenizer::FromJson(json);
   ASSERT_TRUE(no_eos.ok()) << no_eos.status();
-  auto ds = Read(R"({"prompt": "a", "completion": "bc"})" "\n", {}, no_eos->get());
+  auto ds = Read(R"({"prompt": "a", "completion": "bc"})"
+                 "\n",
+                 {}, no_eos->get());
   ASSERT_TRUE(ds.ok()) << ds.status();
-  EXPECT_EQ(ds->train[0].ids,
-            Concat((*no_eos)->Encode("a", true), (*no_eos)->Encode("bc", false)));
+  EXPECT_EQ(ds->train[0].ids, Concat((*no_eos)->Encode("a", true), (*no_eos)->Encode("bc", false)));
 }
 
 TEST_F(DatasetTest, MalformedLinesRefuseTheDatasetNamingTheFirstFive) {
-  const std::string content = absl::StrCat(
-      R"({"prompt": "a", "completion": "b"})", "\n",  // 1: good
-      "{not json\n",                                   // 2
-      "[1, 2]\n",                                      // 3
-      R"({"prompt": "a"})", "\n",                      // 4
-      R"({"prompt": "a", "completion": 7})", "\n",     // 5
-      R"({"other": "x"})", "\n",                       // 6
-      "{\"text\": \"caf\xC3\"}\n",                     // 7: truncated UTF-8
-      "{\"text\": \"never reported\"\n");              // 8
+  const std::string content =
+      absl::StrCat(R"({"prompt": "a", "completion": "b"})", "\n",  // 1: good
+                   "{not json\n",                                  // 2
+                   "[1, 2]\n",                                     // 3
+                   R"({"prompt": "a"})", "\n",                     // 4
+                   R"({"prompt": "a", "completion": 7})", "\n",    // 5
+                   R"({"other": "x"})", "\n",                      // 6
+                   "{\"text\": \"caf\xC3\"}\n",                    // 7: truncated UTF-8
+                   "{\"text\": \"never reported\"\n");             // 8
   auto ds = Read(content);
   ASSERT_EQ(ds.status().code(), absl::StatusCode::kInvalidArgument);
   const std::string msg(ds.status().message());
@@ -176,15 +188,14 @@ TEST_F(DatasetTest, MalformedLinesRefuseTheDatasetNamingTheFirstFive) {
 }
 
 TEST_F(DatasetTest, SkipInvalidRowsCountsThemAndKeepsTheFirstErrors) {
-  const std::string content = absl::StrCat(
-      "{\"text\": \"\xC0\x80 overlong\"}\n",          // 1
-      "{\"text\": \"\xED\xA0\x80 surrogate\"}\n",     // 2
-      "{\"text\": \"\x80 lone continuation\"}\n",     // 3
-      "{\"text\": \"\xF4\x90\x80\x80 > U+10FFFF\"}\n",  // 4
-      R"({"text": "good \u00e9 row"})", "\n",          // 5
-      "{\"text\": \"caf\xC3\xA9 fine\"}\n",           // 6
-      "\"just a string\"\n",                           // 7
-      R"({"text": ["x"]})", "\n");                     // 8
+  const std::string content = absl::StrCat("{\"text\": \"\xC0\x80 overlong\"}\n",            // 1
+                                           "{\"text\": \"\xED\xA0\x80 surrogate\"}\n",       // 2
+                                           "{\"text\": \"\x80 lone continuation\"}\n",       // 3
+                                           "{\"text\": \"\xF4\x90\x80\x80 > U+10FFFF\"}\n",  // 4
+                                           R"({"text": "good \u00e9 row"})", "\n",           // 5
+                                           "{\"text\": \"caf\xC3\xA9 fine\"}\n",             // 6
+                                           "\"just a string\"\n",                            // 7
+                                           R"({"text": ["x"]})", "\n");                      // 8
   DatasetReadOptions options;
   options.policy.skip_invalid_rows = true;
   auto ds = Read(content, options);
@@ -210,7 +221,8 @@ TEST_F(DatasetTest, EmptyCompletionsAndTextsAreSkippedAndCounted) {
 }
 
 TEST_F(DatasetTest, NoUsableRowIsInvalidArgument) {
-  auto ds = Read(R"({"prompt": "a", "completion": ""})" "\n\n");
+  auto ds = Read(R"({"prompt": "a", "completion": ""})"
+                 "\n\n");
   EXPECT_EQ(ds.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(ds.status().message(), HasSubstr("no usable row"));
   ds = Read("\n  \r\n");
@@ -260,9 +272,9 @@ TEST_F(DatasetTest, RowCutToNothingToPredictIsSkippedAsTooLong) {
   EXPECT_EQ(ds.status().code(), absl::StatusCode::kInvalidArgument);
 
   options.max_seq_length = 5;  // Two tokens: one predicts the other.
-  ds = Read(absl::StrCat(R"({"prompt": "abc", "completion": "def"})", "\n", R"({"text": "ghi"})",
-                         "\n"),
-            options);
+  ds = Read(
+      absl::StrCat(R"({"prompt": "abc", "completion": "def"})", "\n", R"({"text": "ghi"})", "\n"),
+      options);
   ASSERT_TRUE(ds.ok()) << ds.status();
   EXPECT_EQ(ds->report.rows_used, 2);
   EXPECT_EQ(ds->report.skipped_too_long, 0);
@@ -280,18 +292,21 @@ TEST_F(DatasetTest, NoRoomAfterReservedTokensIsInvalidArgument) {
   DatasetReadOptions options;
   options.max_seq_length = 20;
   options.reserved_tokens = 20;
-  auto ds = Read(R"({"text": "abc"})" "\n", options);
+  auto ds = Read(R"({"text": "abc"})"
+                 "\n",
+                 options);
   EXPECT_EQ(ds.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(ds.status().message(), HasSubstr("leaves no room"));
 }
 
 TEST_F(DatasetTest, CrlfBlankLinesAndBomReadAsPlainLines) {
-  const std::string plain = absl::StrCat(R"({"prompt": "a b", "completion": "c d"})", "\n",
-                                         R"({"text": "e f g"})", "\n");
+  const std::string plain =
+      absl::StrCat(R"({"prompt": "a b", "completion": "c d"})", "\n", R"({"text": "e f g"})", "\n");
   auto want = Read(plain);
   ASSERT_TRUE(want.ok()) << want.status();
-  auto got = Read(absl::StrCat("\xEF\xBB\xBF", R"({"prompt": "a b", "completion": "c d"})",
-                               "\r\n\r\n   \t\r\n\n", R"({"text": "e f g"})"));  // No final newline.
+  auto got =
+      Read(absl::StrCat("\xEF\xBB\xBF", R"({"prompt": "a b", "completion": "c d"})",
+                        "\r\n\r\n   \t\r\n\n", R"({"text": "e f g"})"));  // No final newline.
   ASSERT_TRUE(got.ok()) << got.status();
   ASSERT_EQ(got->train.size(), 2u);
   EXPECT_EQ(got->train[0].ids, want->train[0].ids);
@@ -353,10 +368,13 @@ TEST_F(DatasetTest, MaxRowsAndMaxBytesRefuseTheFile) {
   EXPECT_THAT(ds.status().message(), HasSubstr("max_bytes"));
 }
 
-TEST_F(DatasetTest, MissingFileIsNotFound) {
+TEST_F(DatasetTest, MissingFileIsNotFoundAndADirectoryIsInvalid) {
   auto ds = ReadTrainingDataset(absl::StrCat(::testing::TempDir(), "/no_such_dataset.jsonl"),
                                 *llama_, {});
   EXPECT_EQ(ds.status().code(), absl::StatusCode::kNotFound);
+  ds = ReadTrainingDataset(::testing::TempDir(), *llama_, {});
+  EXPECT_EQ(ds.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ds.status().message(), HasSubstr("not a readable file"));
 }
 
 TEST_F(DatasetTest, EvalSplitIsSeededAndKeepsFileOrder) {
