@@ -3,7 +3,7 @@
 // tuners/p_tuning/model.py PromptEncoder, tuners/prompt_tuning/model.py
 // PromptEmbedding, peft_model.py get_prompt): the same parameters under the
 // same names, the same forward, and the files PEFT writes. See
-// docs/training-prompt-methods.md.
+// docs/training.md.
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -523,7 +523,7 @@ class PromptTuningTrainable final : public PromptLearningTrainable {
     const PromptTuningTrainConfig& cfg = spec().prompt_tuning;
     // PEFT refuses a TEXT config without tokenizer_name_or_path when it loads
     // the files, and the init matters only at creation: TEXT is recorded as
-    // RANDOM (see docs/training-prompt-methods.md).
+    // RANDOM (see docs/training.md).
     const bool text = cfg.init == "TEXT";
     return {{"prompt_tuning_init", text ? "RANDOM" : cfg.init},
             {"prompt_tuning_init_text", nullptr},
