@@ -75,6 +75,20 @@ void ApplyLoraGroups(const at::Tensor& x, const at::Tensor& y, const BatchAdapte
   }
 }
 
+// Whether autograd may need to flow into the adapter's LoRA weights (then the
+// ATen path applies it: the kernels compute no gradient).
+bool LoraRequiresGrad(const Adapter& a) {
+  for (const auto& layer : a.lora) {
+    for (const std::optional<LoraWeights>& w : layer) {
+      if (w.has_value() && (w->a.requires_grad() || w->b.requires_grad() ||
+                            (w->b_bias.defined() && w->b_bias.requires_grad()))) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 std::shared_ptr<const Adapter> WithLoraKernels(std::shared_ptr<const Adapter> adapter,
@@ -163,9 +177,11 @@ BatchAdapters BatchAdapters::Build(const ForwardBatch& batch, const AttentionSte
     std::vector<int32_t> token_slot(step.num_tokens, -1);
     std::vector<at::Tensor> metas;
     std::vector<const LoraKernelWeights*> weights;
+    const bool grad = c10::GradMode::is_enabled();
     for (Group& g : out.groups_) {
       const LoraKernelWeights* k = g.adapter->lora_kernels.get();
       if (k == nullptr || (!weights.empty() && k->dtype != weights[0]->dtype)) continue;
+      if (grad && LoraRequiresGrad(*g.adapter)) continue;
       g.kernel_slot = static_cast<int>(metas.size());
       metas.push_back(k->meta);
       weights.push_back(k);

@@ -61,7 +61,8 @@ class BatchAdapters {
 
   // Groups `batch.adapters` over the step's token rows. On CUDA, LoRA groups
   // with kernel weights (WithLoraKernels) also get a slot in one per-step
-  // kernel index and weight table, shared by every layer. Throws c10::Error if
+  // kernel index and weight table, shared by every layer, unless autograd is
+  // on and their LoRA weights require grad (training: the ATen path). Throws c10::Error if
   // the adapter or virtual-token lists do not match the batch.
   static BatchAdapters Build(const ForwardBatch& batch, const AttentionStep& step,
                              at::Device device);

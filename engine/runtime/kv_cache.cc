@@ -170,6 +170,18 @@ at::Tensor KvCache::Attend(int layer, const AttentionStep& step, const at::Tenso
   for (size_t i = 0; i < step.slots.size(); ++i) {
     const int64_t n = step.lens[i];
     const int64_t len = step.past_lens[i] + n;
+    if (q.is_cuda() && step.past_lens[i] == 0 && n > 1 && !sliding) {
+      // A prompt from position 0: plain causal attention over its own keys,
+      // which the fused kernels (flash for fp16/bf16) do without a mask.
+      at::Tensor qi = q.narrow(0, step.offsets[i], n).transpose(0, 1).unsqueeze(0);  // [1, H, n, D]
+      at::Tensor k = keys_[layer][step.slots[i]].narrow(1, 0, n).unsqueeze(0);        // [1, kv, n, D]
+      at::Tensor v = values_[layer][step.slots[i]].narrow(1, 0, n).unsqueeze(0);
+      at::Tensor out = at::scaled_dot_product_attention(qi, k, v, std::nullopt, 0.0,
+                                                        /*is_causal=*/true, scale,
+                                                        /*enable_gqa=*/group > 1);
+      outs.push_back(out.squeeze(0).transpose(0, 1).reshape({n, heads * d}));
+      continue;
+    }
     at::Tensor qi =
         q.narrow(0, step.offsets[i], n).transpose(0, 1).reshape({kv_heads_, group, n, d});
     at::Tensor k = keys_[layer][step.slots[i]].narrow(1, 0, len).unsqueeze(1);    // [kv, 1, L, D]

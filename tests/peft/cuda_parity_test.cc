@@ -172,6 +172,24 @@ TEST_P(CudaParityTest, LoraGroupsTakeTheKernelsOnCuda) {
                                  at::TensorOptions().device(gpu.model->device()));
   EXPECT_TRUE(adapters.UsesKernels(x));
   EXPECT_FALSE(adapters.UsesKernels(x.clone().requires_grad_(true)));  // Autograd: ATen.
+
+  // An adapter being trained (its LoRA weights require grad) takes the ATen
+  // path while autograd is on, and the kernels again without it.
+  auto trained = std::make_shared<Adapter>(*gpu.adapters[0]);
+  for (auto& layer : trained->lora) {
+    for (auto& w : layer) {
+      if (w.has_value()) w->a = w->a.detach().clone().requires_grad_(true);
+    }
+  }
+  ForwardBatch one = batch;
+  for (auto& a : one.adapters) {
+    if (a == gpu.adapters[0].get()) a = trained.get();
+  }
+  EXPECT_EQ(BatchAdapters::Build(one, step, gpu.model->device()).num_kernel_slots(), expected - 1);
+  {
+    const c10::NoGradGuard no_grad;
+    EXPECT_EQ(BatchAdapters::Build(one, step, gpu.model->device()).num_kernel_slots(), expected);
+  }
 }
 
 TEST_P(CudaParityTest, Fp32LogitsMatchTheCpuInMixedBatches) {
