@@ -133,8 +133,7 @@ double CopyBandwidth() {
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < iters; ++i) b.copy_(a);
   c10::cuda::device_synchronize();
-  const double s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return 2.0 * static_cast<double>(n) * iters / s;
 }
 
@@ -253,14 +252,22 @@ int Main(int argc, char** argv) {
   int batch = 32, prompt = 128, new_tokens = 64, registered = 128, tier = 16;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--model") model_dir = value;
-    else if (flag == "--adapters") adapter_dir = value;
-    else if (flag == "--cases") cases = value;
-    else if (flag == "--batch") batch = std::atoi(value.c_str());
-    else if (flag == "--prompt") prompt = std::atoi(value.c_str());
-    else if (flag == "--new") new_tokens = std::atoi(value.c_str());
-    else if (flag == "--registered") registered = std::atoi(value.c_str());
-    else if (flag == "--tier") tier = std::atoi(value.c_str());
+    if (flag == "--model")
+      model_dir = value;
+    else if (flag == "--adapters")
+      adapter_dir = value;
+    else if (flag == "--cases")
+      cases = value;
+    else if (flag == "--batch")
+      batch = std::atoi(value.c_str());
+    else if (flag == "--prompt")
+      prompt = std::atoi(value.c_str());
+    else if (flag == "--new")
+      new_tokens = std::atoi(value.c_str());
+    else if (flag == "--registered")
+      registered = std::atoi(value.c_str());
+    else if (flag == "--tier")
+      tier = std::atoi(value.c_str());
     else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
@@ -283,12 +290,14 @@ int Main(int argc, char** argv) {
   const double kv_bytes = 2.0 * 2 * sh.layers * kv_out * batch * (prompt + new_tokens / 2.0);
   const double bw = CopyBandwidth();
   const double floor_ms = 1e3 * weight_bytes / bw;
-  std::printf("copy bandwidth %.0f GB/s; weights %.2f GB/step -> floor %.3f ms/step = %.0f tokens/s"
-              " at batch %d\n",
-              bw / 1e9, weight_bytes / 1e9, floor_ms, batch / floor_ms * 1e3, batch);
-  std::printf("(also read per step: KV cache %.2f GB at the mean length; LoRA %.3f GB per distinct "
-              "adapter)\n\n",
-              kv_bytes / 1e9, adapter_bytes / 1e9);
+  std::printf(
+      "copy bandwidth %.0f GB/s; weights %.2f GB/step -> floor %.3f ms/step = %.0f tokens/s"
+      " at batch %d\n",
+      bw / 1e9, weight_bytes / 1e9, floor_ms, batch / floor_ms * 1e3, batch);
+  std::printf(
+      "(also read per step: KV cache %.2f GB at the mean length; LoRA %.3f GB per distinct "
+      "adapter)\n\n",
+      kv_bytes / 1e9, adapter_bytes / 1e9);
 
   if (cases.find('p') != std::string::npos) ProfileForward(model_dir, adapter_dir, batch, prompt);
 
@@ -348,13 +357,14 @@ int Main(int argc, char** argv) {
     std::fflush(stdout);
   }
   const EngineStats stats = (*engine)->Stats();
-  std::printf("\nadapter cache: device hits %lld, host hits %lld, misses %lld, loads %lld, "
-              "evictions %lld\n",
-              static_cast<long long>(stats.adapter_cache.device_hits),
-              static_cast<long long>(stats.adapter_cache.host_hits),
-              static_cast<long long>(stats.adapter_cache.misses),
-              static_cast<long long>(stats.adapter_cache.loads),
-              static_cast<long long>(stats.adapter_cache.evictions));
+  std::printf(
+      "\nadapter cache: device hits %lld, host hits %lld, misses %lld, loads %lld, "
+      "evictions %lld\n",
+      static_cast<long long>(stats.adapter_cache.device_hits),
+      static_cast<long long>(stats.adapter_cache.host_hits),
+      static_cast<long long>(stats.adapter_cache.misses),
+      static_cast<long long>(stats.adapter_cache.loads),
+      static_cast<long long>(stats.adapter_cache.evictions));
   (*engine)->Shutdown(absl::ZeroDuration());
   return 0;
 }

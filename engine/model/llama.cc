@@ -332,8 +332,7 @@ class LlamaModel final : public CausalLM {
       at::Tensor q, k, v;
       if (l.qkv_w.defined()) {
         at::Tensor qkv = at::linear(h, l.qkv_w);  // [T, q_out + 2 kv_out]
-        const std::array<at::Tensor, 3> ys = {qkv.narrow(1, 0, q_out),
-                                              qkv.narrow(1, q_out, kv_out),
+        const std::array<at::Tensor, 3> ys = {qkv.narrow(1, 0, q_out), qkv.narrow(1, q_out, kv_out),
                                               qkv.narrow(1, q_out + kv_out, kv_out)};
         const std::array<at::Tensor, 3> biases = {l.q_b, l.k_b, l.v_b};
         for (size_t j = 0; j < ys.size(); ++j) {
@@ -468,7 +467,8 @@ class LlamaModel final : public CausalLM {
     // Host inputs: [4, S] ids, positions, cache slot written, and (first n)
     // the rows returned in batch order. Padded rows: token 0 at position 0,
     // written to the scratch slot S.
-    at::Tensor host = at::empty({4, slots}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    at::Tensor host =
+        at::empty({4, slots}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
     int64_t* ids = host.data_ptr<int64_t>();
     int64_t* pos = ids + slots;
     int64_t* kv_slot = pos + slots;

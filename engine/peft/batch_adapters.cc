@@ -43,7 +43,9 @@ int64_t FloatBits(float f) {
   return static_cast<int64_t>(u);
 }
 
-int64_t Ptr(const at::Tensor& t) { return t.defined() ? reinterpret_cast<int64_t>(t.data_ptr()) : 0; }
+int64_t Ptr(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<int64_t>(t.data_ptr()) : 0;
+}
 
 // The ATen path of ApplyLoraDelta for one module; with skip_kernel_groups the
 // groups the kernels handled are left out.

@@ -38,7 +38,7 @@ struct LoraKernelWeights {
   // int64 [num_layers, lora_module::kMaxModules, kMetaFields] on the device:
   // one kernel record per (layer, module), A pointer 0 where there is no LoRA.
   at::Tensor meta;
-  std::vector<int64_t> rank;  // [num_layers * kMaxModules]; 0 where there is no LoRA.
+  std::vector<int64_t> rank;     // [num_layers * kMaxModules]; 0 where there is no LoRA.
   std::vector<at::Tensor> held;  // What the records point to.
 };
 

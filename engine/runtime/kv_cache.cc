@@ -174,7 +174,7 @@ at::Tensor KvCache::Attend(int layer, const AttentionStep& step, const at::Tenso
       // A prompt from position 0: plain causal attention over its own keys,
       // which the fused kernels (flash for fp16/bf16) do without a mask.
       at::Tensor qi = q.narrow(0, step.offsets[i], n).transpose(0, 1).unsqueeze(0);  // [1, H, n, D]
-      at::Tensor k = keys_[layer][step.slots[i]].narrow(1, 0, n).unsqueeze(0);        // [1, kv, n, D]
+      at::Tensor k = keys_[layer][step.slots[i]].narrow(1, 0, n).unsqueeze(0);  // [1, kv, n, D]
       at::Tensor v = values_[layer][step.slots[i]].narrow(1, 0, n).unsqueeze(0);
       at::Tensor out = at::scaled_dot_product_attention(qi, k, v, std::nullopt, 0.0,
                                                         /*is_causal=*/true, scale,

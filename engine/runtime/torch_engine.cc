@@ -169,8 +169,8 @@ class TorchEngine final : public Engine {
     if (on_device) {
       const at::Device device = model_->device();
       const at::ScalarType dtype = model_->dtype();
-      cache.to_device = [device, dtype](const Adapter& a)
-          -> absl::StatusOr<std::shared_ptr<const Adapter>> {
+      cache.to_device =
+          [device, dtype](const Adapter& a) -> absl::StatusOr<std::shared_ptr<const Adapter>> {
         try {
 #ifdef ADAPTERD_WITH_CUDA
           if (device.is_cuda()) {
@@ -181,10 +181,10 @@ class TorchEngine final : public Engine {
             // (which ends in a host sync) that used it.
             c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, device.index());
             c10::cuda::CUDAStreamGuard guard(stream);
-            auto copy = WithLoraKernels(MapTensors(a, [device](const at::Tensor& t) {
-                                          return t.to(device, /*non_blocking=*/true);
-                                        }),
-                                        dtype);
+            auto copied = MapTensors(a, [device](const at::Tensor& t) {
+              return t.to(device, /*non_blocking=*/true);
+            });
+            auto copy = WithLoraKernels(std::move(copied), dtype);
             stream.synchronize();
             return copy;
           }
@@ -890,8 +890,8 @@ class TorchEngine final : public Engine {
       }
     } else {
       const auto [best, id] = device_logits.max(-1);
-      greedy = at::stack({id.to(at::kDouble), best.to(at::kDouble) -
-                                                  at::logsumexp(device_logits, -1).to(at::kDouble)},
+      greedy = at::stack({id.to(at::kDouble),
+                          best.to(at::kDouble) - at::logsumexp(device_logits, -1).to(at::kDouble)},
                          1)
                    .cpu();  // [rows, 2]: id, log-prob.
     }

@@ -36,8 +36,11 @@ bool HaveCuda() { return at::hasCUDA() && at::detail::getCUDAHooks().deviceCount
 // the kernels on CUDA (DoRA and the other methods through the ATen path).
 std::vector<std::string> AdapterNames(const std::string& base) {
   if (base == "gpt2") return {"lora", "lora_all_rslora_patterns", "lora_bias", "houlsby", "prefix"};
-  return {"lora",      "lora_all_rslora_patterns", "lora_regex", "lora_layers", "lora_bias",
-          "lora_dora", "prefix",                   "prompt_tuning", "houlsby"};
+  return {"lora",       "lora_all_rslora_patterns",
+          "lora_regex", "lora_layers",
+          "lora_bias",  "lora_dora",
+          "prefix",     "prompt_tuning",
+          "houlsby"};
 }
 
 struct Loaded {
@@ -73,7 +76,8 @@ std::vector<Row> MixedRows(size_t num_adapters) {
   std::vector<Row> rows;
   auto prompt = [](size_t r) {
     std::vector<int32_t> p;
-    for (size_t j = 0; j < 4 + r % 5; ++j) p.push_back(static_cast<int32_t>((r * 37 + j * 11) % 500 + 3));
+    for (size_t j = 0; j < 4 + r % 5; ++j)
+      p.push_back(static_cast<int32_t>((r * 37 + j * 11) % 500 + 3));
     return p;
   };
   for (size_t k = 0; k < num_adapters; ++k) {
@@ -89,7 +93,7 @@ std::vector<Row> MixedRows(size_t num_adapters) {
 // decode steps of fixed tokens; slots are 2·r when `spread` (not
 // consecutive), else r. Returns [prefill logits; decode logits...] on the CPU.
 std::vector<at::Tensor> RunSteps(Loaded& m, const std::vector<Row>& rows, bool spread,
-                            int decode_steps) {
+                                 int decode_steps) {
   const int slot_mul = spread ? 2 : 1;
   auto cache = m.model->NewCache(static_cast<int>(rows.size()) * slot_mul, 64);
   std::vector<const Adapter*> adapters;
@@ -158,9 +162,9 @@ TEST_P(CudaParityTest, LoraGroupsTakeTheKernelsOnCuda) {
     batch.virtual_tokens.push_back(v);
   }
   const ModelConfig& c = gpu.model->config();
-  const AttentionStep step = AttentionStep::Build(batch, static_cast<int>(rows.size()), 64,
-                                                  c.vocab_size, c.sliding_window,
-                                                  gpu.model->device());
+  const AttentionStep step =
+      AttentionStep::Build(batch, static_cast<int>(rows.size()), 64, c.vocab_size, c.sliding_window,
+                           gpu.model->device());
   const BatchAdapters adapters = BatchAdapters::Build(batch, step, gpu.model->device());
   EXPECT_GE(expected, 3);
   EXPECT_EQ(adapters.num_kernel_slots(), expected);
@@ -168,8 +172,8 @@ TEST_P(CudaParityTest, LoraGroupsTakeTheKernelsOnCuda) {
     EXPECT_EQ(g.kernel_slot >= 0, g.adapter->lora_kernels != nullptr) << g.adapter->name;
     if (g.adapter->name == "lora_dora") EXPECT_LT(g.kernel_slot, 0);
   }
-  const at::Tensor x = at::zeros({step.num_tokens, c.hidden_size},
-                                 at::TensorOptions().device(gpu.model->device()));
+  const at::Tensor x =
+      at::zeros({step.num_tokens, c.hidden_size}, at::TensorOptions().device(gpu.model->device()));
   EXPECT_TRUE(adapters.UsesKernels(x));
   EXPECT_FALSE(adapters.UsesKernels(x.clone().requires_grad_(true)));  // Autograd: ATen.
 
@@ -214,8 +218,10 @@ TEST_P(CudaParityTest, Fp32LogitsMatchTheCpuInMixedBatches) {
     // one without; the adapter must move the logits well past the tolerance.
     const at::Tensor& p = got[0];
     const int64_t n = static_cast<int64_t>(rows.back().prompt.size());
-    const double effect =
-        (p.narrow(0, p.size(0) - 2 * n, n) - p.narrow(0, p.size(0) - n, n)).abs().max().item<double>();
+    const double effect = (p.narrow(0, p.size(0) - 2 * n, n) - p.narrow(0, p.size(0) - n, n))
+                              .abs()
+                              .max()
+                              .item<double>();
     EXPECT_GT(effect, 100 * kFp32Tolerance);
   }
 }
@@ -257,7 +263,8 @@ TEST_P(CudaParityTest, GraphDecodeStepsMatchTheCpu) {
   std::vector<Row> rows;
   auto prompt = [](size_t r) {
     std::vector<int32_t> p;
-    for (size_t j = 0; j < 3 + r % 4; ++j) p.push_back(static_cast<int32_t>((r * 29 + j * 5) % 500 + 3));
+    for (size_t j = 0; j < 3 + r % 4; ++j)
+      p.push_back(static_cast<int32_t>((r * 29 + j * 5) % 500 + 3));
     return p;
   };
   for (size_t k = 0; k < gpu.adapters.size(); ++k) {
