@@ -362,8 +362,10 @@ absl::StatusOr<std::unique_ptr<TrainableAdapter>> MakeFusionTrainable(const Trai
   std::vector<std::shared_ptr<const Adapter>> children;
   std::set<std::string> names;
   for (const FusionChild& child : c.children) {
+    // The name becomes output/<name>/: neither a path nor the fusion's own files.
     if (child.name.empty() || child.name.find_first_of("/,") != std::string::npos ||
-        child.name == "." || child.name == "..") {
+        child.name == "." || child.name == ".." || child.name == "adapter_fusion_config.json" ||
+        child.name == "model_adapter_fusion.safetensors") {
       return absl::InvalidArgumentError(absl::StrCat("bad fused adapter name \"", child.name, "\""));
     }
     if (!names.insert(child.name).second) {

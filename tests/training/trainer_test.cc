@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -435,6 +436,25 @@ TEST(TrainerTest, BadSpecsAreRefusedWithTheRightCodes) {
   s.fusion.children = {{"fa", CaseDir("llama_fusion") + "/init/fa", nullptr},
                        {"fa", CaseDir("llama_fusion") + "/init/fb", nullptr}};
   EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);  // Both would export to output/fa.
+  s.fusion.children[1].name = "adapter_fusion_config.json";  // The fusion's own config file.
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s = good;
+  s.hyper.learning_rate = std::nan("");
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s = good;
+  s.hyper.max_grad_norm = INFINITY;
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s = good;
+  s.hyper.eval_fraction = std::nan("");
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s = good;
+  s.lora.alpha = INFINITY;
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s = good;
+  s.hyper.batch_size = 1024;
+  s.hyper.max_seq_length = 128;
+  s.memory_budget_bytes = 64 << 20;
+  EXPECT_EQ(code(s), absl::StatusCode::kResourceExhausted);
   s = good;
   s.method = TrainingMethod::kPTuning;
   s.p_tuning.num_virtual_tokens = 4;
@@ -612,6 +632,67 @@ TEST(TrainerTest, ShutdownStopsARunningJobWithUnavailable) {
   EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
   EXPECT_LT(steps.load(), 500);
   EXPECT_TRUE(HasCheckpoint(work.path()));  // A restarted server resumes from it.
+}
+
+// The F32 tensors of a safetensors file by name.
+std::map<std::string, std::vector<float>> ReadTensors(const std::string& path) {
+  std::map<std::string, std::vector<float>> out;
+  auto file = SafetensorsFile::Open(path);
+  EXPECT_TRUE(file.ok()) << file.status();
+  if (!file.ok()) return out;
+  for (const SafetensorsTensorInfo& info : (*file)->tensors()) out[info.name] = Floats(**file, info);
+  return out;
+}
+
+// Jobs share the model (and torch's thread pools) but nothing else: two
+// running at once, beside serving, give what each gives alone.
+TEST(TrainerTest, TwoJobsAtOnceGiveWhatEachGivesAlone) {
+  TempDir data, alone_a, alone_b, both_a, both_b;
+  std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
+  ASSERT_NE(engine, nullptr);
+  auto lora = [](const std::string& dir) {
+    TrainingSpec spec = ResumeSpec(dir);
+    spec.hyper.max_steps = 8;
+    return spec;
+  };
+  auto prefix = [&](const std::string& dir) {
+    TrainingSpec spec = lora(dir);
+    spec.method = TrainingMethod::kPrefixTuning;
+    spec.prefix.num_virtual_tokens = 4;
+    spec.hyper.learning_rate = 1e-2;
+    return spec;
+  };
+  CancellationToken never;
+  auto a = engine->Train(lora(alone_a.path()), nullptr, never);
+  auto b = engine->Train(prefix(alone_b.path()), nullptr, never);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  absl::StatusOr<TrainingResult> a2 = absl::UnknownError("not run"), b2 = a2;
+  std::thread ta([&] { a2 = engine->Train(lora(both_a.path()), nullptr, never); });
+  std::thread tb([&] { b2 = engine->Train(prefix(both_b.path()), nullptr, never); });
+  GreedyOutputs(*engine, 4);  // Serving meanwhile.
+  ta.join();
+  tb.join();
+  ASSERT_TRUE(a2.ok()) << a2.status();
+  ASSERT_TRUE(b2.ok()) << b2.status();
+  EXPECT_NEAR(a2->final_loss, a->final_loss, 1e-5);
+  EXPECT_NEAR(b2->final_loss, b->final_loss, 1e-5);
+  for (const auto& [alone, both] : {std::pair{a->output_dir, a2->output_dir},
+                                    std::pair{b->output_dir, b2->output_dir}}) {
+    const auto x = ReadTensors(alone + "/adapter_model.safetensors");
+    const auto y = ReadTensors(both + "/adapter_model.safetensors");
+    ASSERT_FALSE(x.empty());
+    ASSERT_EQ(x.size(), y.size());
+    for (const auto& [name, values] : x) {
+      ASSERT_EQ(y.count(name), 1u) << name;
+      const std::vector<float>& other = y.at(name);
+      ASSERT_EQ(values.size(), other.size()) << name;
+      for (size_t i = 0; i < values.size(); ++i) {
+        ASSERT_NEAR(values[i], other[i], 1e-4 * (1 + std::abs(values[i]))) << name << " " << i;
+      }
+    }
+  }
+  engine->Shutdown(absl::Seconds(1));
 }
 
 // A job of ResumeSpec cancelled after step 3, leaving its checkpoint.
