@@ -253,9 +253,18 @@ bool HasCheckpoint(const std::string& work_dir) {
 
 absl::Status RemoveCheckpoint(const std::string& work_dir) {
   const std::string dir = work_dir + kCheckpointDir;
+  const std::string doomed = dir + ".del";
   RETURN_IF_ERROR(RemoveTree(dir + ".tmp"));
-  RETURN_IF_ERROR(RemoveTree(dir + ".old"));
-  return RemoveTree(dir);
+  // Each is renamed out of the way before it is removed file by file: a crash
+  // in the middle must not leave a half-removed checkpoint that a restart
+  // would try, and fail, to resume.
+  for (const std::string& d : {dir + ".old", dir}) {
+    RETURN_IF_ERROR(RemoveTree(doomed));
+    if (!IsDirectory(d)) continue;
+    if (::rename(d.c_str(), doomed.c_str()) != 0) return Errno("cannot rename", d);
+    RETURN_IF_ERROR(SyncDir(work_dir));
+  }
+  return RemoveTree(doomed);
 }
 
 absl::StatusOr<CheckpointState> LoadCheckpoint(const std::string& work_dir,
