@@ -13,11 +13,11 @@
 #endif
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <functional>
-#include <new>
-#include <cmath>
 #include <limits>
+#include <new>
 #include <optional>
 #include <random>
 #include <thread>
@@ -110,8 +110,8 @@ int64_t CountParameters(TrainableAdapter& trainable) {
 absl::StatusOr<std::unique_ptr<TrainableAdapter>> Prepare(const TrainContext& ctx,
                                                           const TrainerOptions& options) {
   RETURN_IF_ERROR(CheckHyperparams(*ctx.spec, options.context_length));
-  const int64_t budget =
-      ctx.spec->memory_budget_bytes > 0 ? ctx.spec->memory_budget_bytes : options.memory_budget_bytes;
+  const int64_t budget = ctx.spec->memory_budget_bytes > 0 ? ctx.spec->memory_budget_bytes
+                                                           : options.memory_budget_bytes;
   // The factories check their parameters against the budget before they
   // allocate them (a tenant's rank or encoder size could exhaust memory
   // before the estimate below could refuse it).
@@ -134,8 +134,10 @@ absl::StatusOr<std::unique_ptr<TrainableAdapter>> Prepare(const TrainContext& ct
   return trainable;
 }
 
-absl::StatusOr<TrainingDataset> ReadDataset(const TrainContext& ctx, int64_t virtual_tokens) {
+absl::StatusOr<TrainingDataset> ReadDataset(const TrainContext& ctx, int64_t virtual_tokens,
+                                            std::function<absl::Status()> interrupted) {
   DatasetReadOptions read;
+  read.interrupted = std::move(interrupted);
   read.policy = ctx.spec->dataset_options;
   read.max_seq_length = ctx.spec->hyper.max_seq_length;
   read.reserved_tokens = static_cast<int>(virtual_tokens);
@@ -158,16 +160,16 @@ std::string TrainingFingerprint(const TrainingSpec& spec, const DatasetReport& d
   };
   std::string text = absl::StrCat(
       TrainingMethodName(spec.method), "|", h.epochs, "|", h.max_steps, "|", h.batch_size, "|",
-      h.gradient_accumulation, "|", exact(h.learning_rate), "|", h.lr_scheduler, "|", h.warmup_steps, "|",
-      exact(h.warmup_ratio), "|", exact(h.weight_decay), "|", exact(h.adam_beta1), "|", exact(h.adam_beta2), "|",
-      exact(h.adam_epsilon), "|", exact(h.max_grad_norm), "|", h.seed, "|", h.max_seq_length, "|",
-      exact(h.eval_fraction), "|", h.shuffle ? 1 : 0, "|", data.train_rows, "|", data.eval_rows, "|",
-      data.tokens);
+      h.gradient_accumulation, "|", exact(h.learning_rate), "|", h.lr_scheduler, "|",
+      h.warmup_steps, "|", exact(h.warmup_ratio), "|", exact(h.weight_decay), "|",
+      exact(h.adam_beta1), "|", exact(h.adam_beta2), "|", exact(h.adam_epsilon), "|",
+      exact(h.max_grad_norm), "|", h.seed, "|", h.max_seq_length, "|", exact(h.eval_fraction), "|",
+      h.shuffle ? 1 : 0, "|", data.train_rows, "|", data.eval_rows, "|", data.tokens);
   switch (spec.method) {
     case TrainingMethod::kLora:
       for (const std::string& t : spec.lora.target_modules) absl::StrAppend(&text, "|", t);
-      absl::StrAppend(&text, "|", spec.lora.rank, "|", exact(spec.lora.alpha), "|", exact(spec.lora.dropout),
-                      "|", spec.lora.use_rslora ? 1 : 0);
+      absl::StrAppend(&text, "|", spec.lora.rank, "|", exact(spec.lora.alpha), "|",
+                      exact(spec.lora.dropout), "|", spec.lora.use_rslora ? 1 : 0);
       break;
     case TrainingMethod::kBottleneck:
       absl::StrAppend(&text, "|", spec.bottleneck.config, "|", spec.bottleneck.reduction_factor,
@@ -181,9 +183,9 @@ std::string TrainingFingerprint(const TrainingSpec& spec, const DatasetReport& d
                       spec.prefix.prefix_projection ? 1 : 0, "|", spec.prefix.encoder_hidden_size);
       break;
     case TrainingMethod::kPTuning:
-      absl::StrAppend(&text, "|", spec.p_tuning.num_virtual_tokens, "|",
-                      spec.p_tuning.encoder_type, "|", spec.p_tuning.encoder_hidden_size, "|",
-                      spec.p_tuning.encoder_num_layers, "|", exact(spec.p_tuning.encoder_dropout));
+      absl::StrAppend(&text, "|", spec.p_tuning.num_virtual_tokens, "|", spec.p_tuning.encoder_type,
+                      "|", spec.p_tuning.encoder_hidden_size, "|", spec.p_tuning.encoder_num_layers,
+                      "|", exact(spec.p_tuning.encoder_dropout));
       break;
     case TrainingMethod::kPromptTuning:
       absl::StrAppend(&text, "|", spec.prompt_tuning.num_virtual_tokens, "|",
@@ -311,15 +313,16 @@ absl::Status Interrupted(const CancellationToken& cancel, const TrainerOptions& 
     return absl::CancelledError(absl::StrCat("training cancelled at step ", step));
   }
   if (options.stopping && options.stopping()) {
-    return absl::UnavailableError(absl::StrCat(
-        "the server is shutting down; the job stopped at step ", step,
-        " (a restarted server resumes it from its last checkpoint)"));
+    return absl::UnavailableError(
+        absl::StrCat("the server is shutting down; the job stopped at step ", step,
+                     " (a restarted server resumes it from its last checkpoint)"));
   }
   return absl::OkStatus();
 }
 
 // `step` tracks the optimizer steps done, for the caller's error messages.
-absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgressCallback& progress,
+absl::StatusOr<TrainingResult> Run(const TrainContext& ctx,
+                                   const TrainingProgressCallback& progress,
                                    const CancellationToken& cancel, const TrainerOptions& options,
                                    int64_t& step) {
   const TrainingSpec& spec = *ctx.spec;
@@ -335,7 +338,9 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
   };
   report(TrainingPhase::kPreparing);
   ASSIGN_OR_RETURN(std::unique_ptr<TrainableAdapter> trainable, Prepare(ctx, options));
-  ASSIGN_OR_RETURN(TrainingDataset data, ReadDataset(ctx, trainable->virtual_tokens()));
+  ASSIGN_OR_RETURN(TrainingDataset data, ReadDataset(ctx, trainable->virtual_tokens(), [&] {
+                     return Interrupted(cancel, options, 0);
+                   }));
   if (data.train.empty()) return absl::InvalidArgumentError("the dataset has no training rows");
 
   const int64_t rows = static_cast<int64_t>(data.train.size());
@@ -344,9 +349,9 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
       (micro_per_epoch + h.gradient_accumulation - 1) / h.gradient_accumulation;
   const int64_t total = h.max_steps > 0 ? h.max_steps : steps_per_epoch * h.epochs;
   if (total > kMaxTrainingSteps) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the job would take ", total, " optimizer steps (", h.epochs, " epochs of ",
-        steps_per_epoch, "); at most ", kMaxTrainingSteps, " are allowed"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the job would take ", total, " optimizer steps (", h.epochs, " epochs of ",
+                     steps_per_epoch, "); at most ", kMaxTrainingSteps, " are allowed"));
   }
   const int64_t warmup = WarmupSteps(h.warmup_steps, h.warmup_ratio, total);
   state.total_steps = total;
@@ -366,9 +371,9 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
   if (HasCheckpoint(spec.work_dir)) {
     ASSIGN_OR_RETURN(CheckpointState saved, LoadCheckpoint(spec.work_dir, pos, optimizer));
     if (saved.step > total || saved.position > rows) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "corrupt checkpoint in ", spec.work_dir, ": step ", saved.step, " of ", total,
-          ", position ", saved.position, " of ", rows, " rows"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("corrupt checkpoint in ", spec.work_dir, ": step ", saved.step, " of ",
+                       total, ", position ", saved.position, " of ", rows, " rows"));
     }
     pos = saved;
     state.resumed_from_step = pos.step;
@@ -385,8 +390,9 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
   auto evaluate = [&]() -> absl::Status {
     if (data.eval.empty()) return absl::OkStatus();
     report(TrainingPhase::kEvaluating);
-    std::optional<double> loss = EvalLoss(*ctx.model, *trainable, data.eval, h.batch_size,
-                                          [&] { return !Interrupted(cancel, options, pos.step).ok(); });
+    std::optional<double> loss = EvalLoss(*ctx.model, *trainable, data.eval, h.batch_size, [&] {
+      return !Interrupted(cancel, options, pos.step).ok();
+    });
     if (!loss.has_value()) return Interrupted(cancel, options, pos.step);
     state.eval_loss = *loss;
     return absl::OkStatus();
@@ -426,9 +432,9 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
       (loss / static_cast<double>(label_tokens)).backward();
     }
     if (!std::isfinite(loss_sum)) {
-      return absl::InternalError(absl::StrCat(
-          "training diverged at step ", pos.step + 1,
-          ": the loss is not finite (lower learning_rate or set max_grad_norm)"));
+      return absl::InternalError(
+          absl::StrCat("training diverged at step ", pos.step + 1,
+                       ": the loss is not finite (lower learning_rate or set max_grad_norm)"));
     }
     at::Tensor extra = trainable->ExtraLoss();
     if (extra.defined()) extra.backward();
@@ -530,7 +536,11 @@ absl::StatusOr<DatasetReport> ValidateTrainingJob(const TrainContext& ctx,
                                                   const TrainerOptions& options) {
   try {
     ASSIGN_OR_RETURN(std::unique_ptr<TrainableAdapter> trainable, Prepare(ctx, options));
-    ASSIGN_OR_RETURN(TrainingDataset data, ReadDataset(ctx, trainable->virtual_tokens()));
+    ASSIGN_OR_RETURN(TrainingDataset data, ReadDataset(ctx, trainable->virtual_tokens(), [&] {
+                       return options.stopping && options.stopping()
+                                  ? absl::UnavailableError("the server is shutting down")
+                                  : absl::OkStatus();
+                     }));
     return data.report;
   } catch (const c10::Error& e) {
     return absl::InternalError(

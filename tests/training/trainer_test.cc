@@ -4,6 +4,8 @@
 // must give the same loss and weights; checkpoints resume bit-exactly;
 // cancellation, bad specs and the frozen base weights.
 
+#include "engine/training/trainer.h"
+
 #include <ATen/ATen.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -28,7 +30,6 @@
 #include "engine/training/checkpoint.h"
 #include "engine/training/dataset.h"
 #include "engine/training/optim.h"
-#include "engine/training/trainer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/runtime/collecting_sink.h"
@@ -435,7 +436,7 @@ TEST(TrainerTest, BadSpecsAreRefusedWithTheRightCodes) {
   s.method = TrainingMethod::kFusion;
   s.fusion.children = {{"fa", CaseDir("llama_fusion") + "/init/fa", nullptr},
                        {"fa", CaseDir("llama_fusion") + "/init/fb", nullptr}};
-  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);  // Both would export to output/fa.
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);    // Both would export to output/fa.
   s.fusion.children[1].name = "adapter_fusion_config.json";  // The fusion's own config file.
   EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
   s = good;
@@ -552,9 +553,12 @@ TEST(TrainerTest, ATorchErrorMidJobBecomesInternalNamingTheStep) {
   std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
   ASSERT_NE(engine, nullptr);
   CancellationToken never;
-  auto result = engine->Train(ResumeSpec(work.path()), [](const TrainingProgress& p) {
-    TORCH_CHECK(!(p.phase == TrainingPhase::kTraining && p.step == 2), "injected failure");
-  }, never);
+  auto result = engine->Train(
+      ResumeSpec(work.path()),
+      [](const TrainingProgress& p) {
+        TORCH_CHECK(!(p.phase == TrainingPhase::kTraining && p.step == 2), "injected failure");
+      },
+      never);
   ASSERT_EQ(result.status().code(), absl::StatusCode::kInternal) << result.status();
   const std::string message(result.status().message());
   EXPECT_NE(message.find("at step 3"), std::string::npos) << message;
@@ -578,8 +582,9 @@ TEST(TrainerTest, ADivergingJobFailsWithAMessageAndWritesNothing) {
     ASSERT_EQ(info.dtype, "F32");
     std::vector<float> v = Floats(**file, info);
     for (float& x : v) x = x >= 0 ? 1e30f : -1e30f;
-    huge.push_back({info.name, "F32", info.shape,
-                    std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float))});
+    huge.push_back(
+        {info.name, "F32", info.shape,
+         std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float))});
   }
   auto bytes = SerializeSafetensors(huge, {{"format", "pt"}});
   ASSERT_TRUE(bytes.ok());
@@ -605,9 +610,12 @@ TEST(TrainerTest, CancellingDuringTheFinalEvalWritesNoOutput) {
   TrainingSpec spec = ResumeSpec(work.path());
   spec.hyper.eval_fraction = 0.25;
   CancellationToken cancel;
-  auto result = engine->Train(spec, [&](const TrainingProgress& p) {
-    if (p.phase == TrainingPhase::kEvaluating) cancel.Cancel();
-  }, cancel);
+  auto result = engine->Train(
+      spec,
+      [&](const TrainingProgress& p) {
+        if (p.phase == TrainingPhase::kEvaluating) cancel.Cancel();
+      },
+      cancel);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled) << result.status();
   EXPECT_FALSE(IsDirectory(work.path() + "/output"));
   engine->Shutdown(absl::Seconds(1));
@@ -624,7 +632,8 @@ TEST(TrainerTest, ShutdownStopsARunningJobWithUnavailable) {
   CancellationToken never;
   absl::StatusOr<TrainingResult> result = absl::UnknownError("not run");
   std::thread job([&] {
-    result = engine->Train(spec, [&](const TrainingProgress& p) { steps = p.step; }, never);
+    result = engine->Train(
+        spec, [&](const TrainingProgress& p) { steps = p.step; }, never);
   });
   while (steps.load() < 2) std::this_thread::yield();
   engine->Shutdown(absl::ZeroDuration());
@@ -640,7 +649,8 @@ std::map<std::string, std::vector<float>> ReadTensors(const std::string& path) {
   auto file = SafetensorsFile::Open(path);
   EXPECT_TRUE(file.ok()) << file.status();
   if (!file.ok()) return out;
-  for (const SafetensorsTensorInfo& info : (*file)->tensors()) out[info.name] = Floats(**file, info);
+  for (const SafetensorsTensorInfo& info : (*file)->tensors())
+    out[info.name] = Floats(**file, info);
   return out;
 }
 
@@ -677,8 +687,8 @@ TEST(TrainerTest, TwoJobsAtOnceGiveWhatEachGivesAlone) {
   ASSERT_TRUE(b2.ok()) << b2.status();
   EXPECT_NEAR(a2->final_loss, a->final_loss, 1e-5);
   EXPECT_NEAR(b2->final_loss, b->final_loss, 1e-5);
-  for (const auto& [alone, both] : {std::pair{a->output_dir, a2->output_dir},
-                                    std::pair{b->output_dir, b2->output_dir}}) {
+  for (const auto& [alone, both] :
+       {std::pair{a->output_dir, a2->output_dir}, std::pair{b->output_dir, b2->output_dir}}) {
     const auto x = ReadTensors(alone + "/adapter_model.safetensors");
     const auto y = ReadTensors(both + "/adapter_model.safetensors");
     ASSERT_FALSE(x.empty());
@@ -698,9 +708,12 @@ TEST(TrainerTest, TwoJobsAtOnceGiveWhatEachGivesAlone) {
 // A job of ResumeSpec cancelled after step 3, leaving its checkpoint.
 void CheckpointAtStep3(Engine& engine, const TrainingSpec& spec) {
   CancellationToken cancel;
-  auto first = engine.Train(spec, [&](const TrainingProgress& p) {
-    if (p.phase == TrainingPhase::kTraining && p.step == 3) cancel.Cancel();
-  }, cancel);
+  auto first = engine.Train(
+      spec,
+      [&](const TrainingProgress& p) {
+        if (p.phase == TrainingPhase::kTraining && p.step == 3) cancel.Cancel();
+      },
+      cancel);
   ASSERT_EQ(first.status().code(), absl::StatusCode::kCancelled) << first.status();
   ASSERT_TRUE(HasCheckpoint(spec.work_dir));
 }
@@ -768,8 +781,9 @@ TEST(TrainerTest, AFailedSaveNeverLeavesTheJobWithoutACheckpoint) {
   state.method = "lora";
   state.fingerprint = "f";
   ASSERT_TRUE(SaveCheckpoint(work.path(), optimizer, state).ok());
-  ASSERT_EQ(::rename((work.path() + "/checkpoint").c_str(), (work.path() + "/checkpoint.old").c_str()),
-            0);
+  ASSERT_EQ(
+      ::rename((work.path() + "/checkpoint").c_str(), (work.path() + "/checkpoint.old").c_str()),
+      0);
   std::ofstream(work.path() + "/checkpoint") << "not a directory";  // The rename over it fails.
   state.step = 1;
   EXPECT_FALSE(SaveCheckpoint(work.path(), optimizer, state).ok());
