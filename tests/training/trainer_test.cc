@@ -429,6 +429,18 @@ TEST(TrainerTest, BadSpecsAreRefusedWithTheRightCodes) {
   EXPECT_EQ(code(s), absl::StatusCode::kNotFound);
   s.fusion.children.resize(1);
   EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s.fusion.children = {{"fa", CaseDir("llama_fusion") + "/init/fa", nullptr},
+                       {"hb", CaseDir("llama_houlsby") + "/init", nullptr}};
+  EXPECT_EQ(code(s), absl::StatusCode::kFailedPrecondition);  // Houlsby cannot be fused.
+  s = good;
+  s.init_adapter_dir = CaseDir("llama_houlsby") + "/init";  // A LoRA job from a bottleneck.
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s.method = TrainingMethod::kBottleneck;
+  s.init_adapter_dir = CaseDir("llama_lora") + "/init";
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s.method = TrainingMethod::kPromptTuning;
+  s.prompt_tuning.num_virtual_tokens = 4;
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
   s = good;
   s.hyper.max_steps = int64_t{1} << 40;  // Would hold the training thread for ever.
   EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
