@@ -355,11 +355,11 @@ class TorchEngine final : public Engine {
   }
 
   // Training (engine/training): jobs run on their callers' threads over the
-  // shared model; serving goes on meanwhile on the engine thread.
-  // A job holds a TrainingJobs count from before it touches the model until
-  // it returns, and the destructor waits for the count to drop to zero: a job
+  // shared model; serving goes on meanwhile on the engine thread. A job is
+  // counted in training_jobs_ from before it touches the model until it
+  // returns, and the destructor waits for the count to drop to zero: a job
   // must not outlive the model. After Shutdown jobs stop before their next
-  // micro-batch (UNAVAILABLE), so that wait is short.
+  // micro-batch or dataset chunk (UNAVAILABLE), so that wait is short.
   absl::StatusOr<DatasetReport> ValidateTraining(const TrainingSpec& spec) const override {
     RETURN_IF_ERROR(BeginTraining());
     absl::StatusOr<DatasetReport> report =
