@@ -211,6 +211,7 @@ class TorchEngine final : public Engine {
 
   ~TorchEngine() override {
     Shutdown(absl::ZeroDuration());
+    WaitForTrainingJobs();
     running_leases_.clear();
     adapter_cache_.reset();  // Joins the loaders while the engine is whole.
     if (merge_.has_value()) merge_->Unmerge();
@@ -359,18 +360,27 @@ class TorchEngine final : public Engine {
   }
 
   // Training (engine/training): jobs run on their callers' threads over the
-  // shared model; serving goes on meanwhile on the engine thread.
+  // shared model; serving goes on meanwhile on the engine thread. A job is
+  // counted in training_jobs_ from before it touches the model until it
+  // returns, and the destructor waits for the count to drop to zero: a job
+  // must not outlive the model. After Shutdown jobs stop before their next
+  // micro-batch or dataset chunk (UNAVAILABLE), so that wait is short.
   absl::StatusOr<DatasetReport> ValidateTraining(const TrainingSpec& spec) const override {
-    RETURN_IF_ERROR(CheckTrainable());
-    return ValidateTrainingJob(TrainContext{model_.get(), tokenizer_.get(), &spec}, TrainOptions());
+    RETURN_IF_ERROR(BeginTraining());
+    absl::StatusOr<DatasetReport> report =
+        ValidateTrainingJob(TrainContext{model_.get(), tokenizer_.get(), &spec}, TrainOptions());
+    EndTraining();
+    return report;
   }
 
   absl::StatusOr<TrainingResult> Train(const TrainingSpec& spec,
                                        const TrainingProgressCallback& progress,
                                        const CancellationToken& cancel) override {
-    RETURN_IF_ERROR(CheckTrainable());
-    return RunTraining(TrainContext{model_.get(), tokenizer_.get(), &spec}, progress, cancel,
-                       TrainOptions());
+    RETURN_IF_ERROR(BeginTraining());
+    absl::StatusOr<TrainingResult> result = RunTraining(
+        TrainContext{model_.get(), tokenizer_.get(), &spec}, progress, cancel, TrainOptions());
+    EndTraining();
+    return result;
   }
 
   absl::Status LoadAdapter(const AdapterHandle& adapter, bool pin) override {
@@ -1021,7 +1031,7 @@ class TorchEngine final : public Engine {
     int slot;
   };
 
-  absl::Status CheckTrainable() const {
+  absl::Status BeginTraining() const {
     if (!info_.merged_adapter.empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "this server is dedicated to adapter \"", info_.merged_adapter,
@@ -1029,7 +1039,21 @@ class TorchEngine final : public Engine {
     }
     std::lock_guard<std::mutex> lock(mu_);
     if (!accepting_) return absl::UnavailableError("the server is shutting down");
+    ++training_jobs_;
     return absl::OkStatus();
+  }
+
+  void EndTraining() const {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --training_jobs_;
+    }
+    training_done_.notify_all();
+  }
+
+  void WaitForTrainingJobs() {
+    std::unique_lock<std::mutex> lock(mu_);
+    training_done_.wait(lock, [this] { return training_jobs_ == 0; });
   }
 
   TrainerOptions TrainOptions() const {
@@ -1039,6 +1063,10 @@ class TorchEngine final : public Engine {
     t.serving_busy = [this] {
       std::lock_guard<std::mutex> lock(mu_);
       return !queue_.empty() || stats_.running > 0;
+    };
+    t.stopping = [this] {
+      std::lock_guard<std::mutex> lock(mu_);
+      return !accepting_;
     };
     return t;
   }
@@ -1068,6 +1096,10 @@ class TorchEngine final : public Engine {
 
   mutable std::mutex mu_;  // Guards queue_, free_slots_, stats_, accepting_ and the shutdown fields.
   std::condition_variable cv_;
+  // Training and validation jobs inside Train/ValidateTraining (guarded by
+  // mu_), and their end, which the destructor waits for.
+  mutable int training_jobs_ = 0;
+  mutable std::condition_variable training_done_;
   std::deque<Pending> queue_;
   std::vector<int> free_slots_;
   EngineStats stats_;

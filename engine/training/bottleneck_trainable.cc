@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -318,6 +319,10 @@ absl::StatusOr<std::unique_ptr<TrainableAdapter>> MakeBottleneckTrainable(const 
                                                    "\" (bert, houlsby or mam_adapter)"));
   }
   const int64_t m = std::max<int64_t>(1, d / c.reduction_factor);
+  const double per_site = 2.0 * static_cast<double>(m) * static_cast<double>(d) +
+                          static_cast<double>(m + d);
+  RETURN_IF_ERROR(CheckParameterBudget(
+      ctx, per_site * static_cast<double>(ctx.model->config().num_layers) * (pfeiffer ? 1 : 2)));
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(ctx.spec->hyper.seed);
   const at::Device device = ctx.model->device();
   std::vector<Site> sites;
@@ -355,10 +360,19 @@ absl::StatusOr<std::unique_ptr<TrainableAdapter>> MakeFusionTrainable(const Trai
     return absl::InvalidArgumentError("fusion needs two or more adapters to fuse");
   }
   std::vector<std::shared_ptr<const Adapter>> children;
+  std::set<std::string> names;
   for (const FusionChild& child : c.children) {
+    // The name becomes output/<name>/: neither a path nor the fusion's own files.
     if (child.name.empty() || child.name.find_first_of("/,") != std::string::npos ||
-        child.name == "." || child.name == "..") {
+        child.name == "." || child.name == ".." || child.name == "adapter_fusion_config.json" ||
+        child.name == "model_adapter_fusion.safetensors") {
       return absl::InvalidArgumentError(absl::StrCat("bad fused adapter name \"", child.name, "\""));
+    }
+    if (!names.insert(child.name).second) {
+      // Each child is copied to output/<name>/: a repeated name would fail
+      // the export after the whole job had run.
+      return absl::InvalidArgumentError(
+          absl::StrCat("fused adapter \"", child.name, "\" is named twice"));
     }
     absl::StatusOr<std::shared_ptr<const Adapter>> a =
         LoadAdapter(child.name, child.dir, *ctx.model, AdapterLoadOptions());
@@ -378,6 +392,15 @@ absl::StatusOr<std::unique_ptr<TrainableAdapter>> MakeFusionTrainable(const Trai
   }
   const at::Device device = ctx.model->device();
   const int64_t d = ctx.model->config().hidden_size;
+  int64_t shared_layers = 0;
+  for (int64_t l = 0; l < ctx.model->config().num_layers; ++l) {
+    bool all = true;
+    for (const auto& child : children) all = all && child->ffn_site[l].has_value();
+    shared_layers += all ? 1 : 0;
+  }
+  RETURN_IF_ERROR(CheckParameterBudget(
+      ctx, (3.0 * static_cast<double>(d) * static_cast<double>(d) + 2.0 * static_cast<double>(d)) *
+               static_cast<double>(shared_layers)));
   std::shared_ptr<const Adapter> init;
   if (!ctx.spec->init_adapter_dir.empty()) {
     ASSIGN_OR_RETURN(init, LoadAdapter("init", ctx.spec->init_adapter_dir, *ctx.model,

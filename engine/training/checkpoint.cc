@@ -39,20 +39,39 @@ absl::StatusOr<std::string> ReadText(const std::string& path) {
   return ss.str();
 }
 
-absl::StatusOr<CheckpointState> LoadFrom(const std::string& dir, AdamW& optimizer) {
+absl::StatusOr<CheckpointState> LoadFrom(const std::string& dir, const CheckpointState& job,
+                                         AdamW& optimizer) {
   ASSIGN_OR_RETURN(std::string text, ReadText(dir + kStateJson));
   const Json root = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (!root.is_object() || root.value("format", 0) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("corrupt checkpoint ", dir, kStateJson));
-  }
   CheckpointState state;
   try {
+    // Inside the try: value() throws when "format" is there but not a number.
+    if (!root.is_object() || root.value("format", 0) != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("corrupt checkpoint ", dir, kStateJson));
+    }
     state.method = root.at("method").get<std::string>();
     state.step = root.at("step").get<int64_t>();
     state.epoch = root.at("epoch").get<int>();
     state.position = root.at("position").get<int64_t>();
     state.seed = root.at("seed").get<uint64_t>();
     state.tokens_seen = root.at("tokens_seen").get<int64_t>();
+    state.fingerprint = root.at("fingerprint").get<std::string>();
+    // The loop indexes the epoch's row order with position: a negative one
+    // would read outside it.
+    if (state.step < 0 || state.epoch < 0 || state.position < 0 || state.tokens_seen < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("corrupt checkpoint ", dir, kStateJson,
+                                                     ": negative step, epoch, position or tokens"));
+    }
+    if (state.method != job.method || state.seed != job.seed) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the checkpoint in ", dir, " is of another job (method ", state.method,
+                       ", seed ", state.seed, ")"));
+    }
+    if (state.fingerprint != job.fingerprint) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the checkpoint in ", dir,
+          " was written by a job with other settings or data; it cannot be resumed"));
+    }
     std::vector<std::string> names = root.at("parameters").get<std::vector<std::string>>();
     const auto& params = optimizer.params();
     bool same = names.size() == params.size();
@@ -212,12 +231,15 @@ absl::Status SaveCheckpoint(const std::string& work_dir, AdamW& optimizer,
                {"position", state.position},
                {"seed", state.seed},
                {"tokens_seen", state.tokens_seen},
+               {"fingerprint", state.fingerprint},
                {"parameters", names}};
   RETURN_IF_ERROR(WriteFileSynced(tmp + kStateJson, root.dump(2)));
   RETURN_IF_ERROR(SyncDir(tmp));
-  RETURN_IF_ERROR(RemoveTree(old));
-  if (IsDirectory(final_dir) && ::rename(final_dir.c_str(), old.c_str()) != 0) {
-    return Errno("cannot rename", final_dir);
+  // checkpoint.old is removed only while checkpoint/ stands: after a crash
+  // between the two renames it is the only checkpoint, until tmp replaces it.
+  if (IsDirectory(final_dir)) {
+    RETURN_IF_ERROR(RemoveTree(old));
+    if (::rename(final_dir.c_str(), old.c_str()) != 0) return Errno("cannot rename", final_dir);
   }
   if (::rename(tmp.c_str(), final_dir.c_str()) != 0) return Errno("cannot rename", tmp);
   RETURN_IF_ERROR(SyncDir(work_dir));
@@ -231,15 +253,25 @@ bool HasCheckpoint(const std::string& work_dir) {
 
 absl::Status RemoveCheckpoint(const std::string& work_dir) {
   const std::string dir = work_dir + kCheckpointDir;
+  const std::string doomed = dir + ".del";
   RETURN_IF_ERROR(RemoveTree(dir + ".tmp"));
-  RETURN_IF_ERROR(RemoveTree(dir + ".old"));
-  return RemoveTree(dir);
+  // Each is renamed out of the way before it is removed file by file: a crash
+  // in the middle must not leave a half-removed checkpoint that a restart
+  // would try, and fail, to resume.
+  for (const std::string& d : {dir + ".old", dir}) {
+    RETURN_IF_ERROR(RemoveTree(doomed));
+    if (!IsDirectory(d)) continue;
+    if (::rename(d.c_str(), doomed.c_str()) != 0) return Errno("cannot rename", d);
+    RETURN_IF_ERROR(SyncDir(work_dir));
+  }
+  return RemoveTree(doomed);
 }
 
-absl::StatusOr<CheckpointState> LoadCheckpoint(const std::string& work_dir, AdamW& optimizer) {
+absl::StatusOr<CheckpointState> LoadCheckpoint(const std::string& work_dir,
+                                               const CheckpointState& job, AdamW& optimizer) {
   std::string dir = work_dir + kCheckpointDir;
   if (!IsDirectory(dir)) dir += ".old";
-  return LoadFrom(dir, optimizer);
+  return LoadFrom(dir, job, optimizer);
 }
 
 }  // namespace adapterd

@@ -9,7 +9,9 @@
 //   state.safetensors  F32 "param/<name>", "exp_avg/<name>", "exp_avg_sq/<name>"
 //                      for every trainable parameter (NamedParameter::name).
 //   state.json         {"format": 1, "method", "step", "epoch", "position",
-//                       "seed", "tokens_seen", "parameters": [names]}
+//                       "seed", "tokens_seen", "fingerprint", "parameters": [names]}
+// `fingerprint` identifies the job's settings and data (TrainingFingerprint
+// in trainer.cc): a checkpoint resumes only the job that wrote it.
 // The data order is a pure function of (seed, epoch), so (epoch, position)
 // is all the data state there is; dropout is not replayed.
 
@@ -35,6 +37,7 @@ struct CheckpointState {
   int64_t position = 0;    // Training rows of that epoch already consumed.
   uint64_t seed = 0;
   int64_t tokens_seen = 0;
+  std::string fingerprint;  // Of the settings and data that shape the run.
 };
 
 // Writes the parameters, the optimizer's moments and `state` to
@@ -50,8 +53,11 @@ absl::Status RemoveCheckpoint(const std::string& work_dir);
 
 // Restores the parameters (in place) and the optimizer's moments and step
 // count, and returns the state. FAILED_PRECONDITION if the checkpoint belongs
-// to another method, seed or parameter set; INVALID_ARGUMENT if it is corrupt.
-absl::StatusOr<CheckpointState> LoadCheckpoint(const std::string& work_dir, AdamW& optimizer);
+// to another job: its method, seed or fingerprint differ from `job`'s, or its
+// parameter names from the optimizer's (checked before any tensor is read);
+// INVALID_ARGUMENT if it is corrupt (including negative counters).
+absl::StatusOr<CheckpointState> LoadCheckpoint(const std::string& work_dir,
+                                               const CheckpointState& job, AdamW& optimizer);
 
 // A tensor as an F32 safetensors entry (copied to the CPU).
 SafetensorsTensor ToSafetensorsF32(const std::string& name, const at::Tensor& tensor);

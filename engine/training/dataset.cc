@@ -241,6 +241,9 @@ absl::StatusOr<TrainingDataset> ReadTrainingDataset(const std::string& path,
     if (!more) break;
     // A file that grows while it is read (or a pipe) is held to the limit too.
     if (reader.bytes() > policy.max_bytes) return too_big();
+    if (options.interrupted && line_no % kDatasetInterruptLines == 0) {
+      RETURN_IF_ERROR(options.interrupted());
+    }
     ++line_no;
     std::string_view text(line);
     if (line_no == 1 && text.substr(0, 3) == kBom) text.remove_prefix(3);

@@ -5,6 +5,7 @@
 // so the server's tests and ValidateTraining can use it without a model.
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -48,11 +49,18 @@ struct DatasetReadOptions {
   double eval_fraction = 0.0;
   uint64_t seed = 42;
   std::string eos_token;  // Empty: the tokenizer's "</s>", "<|endoftext|>", ... if any.
+  // Asked every kDatasetInterruptLines lines (from the first); reading stops
+  // with its status when it is not OK (a cancelled job, a server shutting
+  // down: tokenising a large file takes a while). May be empty.
+  std::function<absl::Status()> interrupted;
 };
+
+inline constexpr int64_t kDatasetInterruptLines = 1024;
 
 // Reads and tokenises `path` (JSONL; see DatasetOptions for the policy).
 // NOT_FOUND for a missing file; INVALID_ARGUMENT for malformed rows (unless
-// skipped), a file over max_bytes/max_rows, or no usable row.
+// skipped), a file over max_bytes/max_rows, or no usable row; the status of
+// `interrupted` when it fires.
 absl::StatusOr<TrainingDataset> ReadTrainingDataset(const std::string& path,
                                                     const Tokenizer& tokenizer,
                                                     const DatasetReadOptions& options);

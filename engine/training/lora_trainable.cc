@@ -207,6 +207,16 @@ absl::StatusOr<std::unique_ptr<TrainableAdapter>> MakeLoraTrainable(const TrainC
   }
   const double scaling = c.use_rslora ? c.alpha / std::sqrt(static_cast<double>(c.rank))
                                       : c.alpha / static_cast<double>(c.rank);
+  double count = 0;
+  for (int64_t l = 0; l < model.config().num_layers; ++l) {
+    for (size_t m = 0; m < names.size(); ++m) {
+      LinearRef ref = model.Linear(static_cast<int>(l), static_cast<int>(m));
+      if (!targeted[m] || ref.weight == nullptr) continue;
+      count += static_cast<double>(c.rank) *
+               static_cast<double>(ref.weight->size(0) + ref.weight->size(1));
+    }
+  }
+  RETURN_IF_ERROR(CheckParameterBudget(ctx, count));
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(ctx.spec->hyper.seed);
   std::vector<Module> modules;
   for (int64_t l = 0; l < model.config().num_layers; ++l) {

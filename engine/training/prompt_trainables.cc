@@ -74,6 +74,8 @@ at::Tensor Linear(const at::Tensor& x, const std::map<std::string, at::Tensor>& 
 
 absl::Status Invalid(const std::string& what) { return absl::InvalidArgumentError(what); }
 
+constexpr int kMaxLstmLayers = 32;
+
 // Every tensor of a safetensors file, as float32 on the CPU.
 absl::StatusOr<std::map<std::string, at::Tensor>> ReadFloatTensors(const std::string& path) {
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
@@ -230,6 +232,13 @@ class PromptLearningTrainable : public TrainableAdapter {
   // the one parameter).
   absl::Status InitParameters(std::vector<ParamSpec> specs, bool has_encoder) {
     has_encoder_ = has_encoder;
+    double count = 0;
+    for (const ParamSpec& s : specs) {
+      double n = 1;
+      for (int64_t d : s.shape) n *= static_cast<double>(d);
+      count += n;
+    }
+    RETURN_IF_ERROR(CheckParameterBudget(ctx_, count));
     std::map<std::string, at::Tensor> given;
     const std::string& dir = spec().init_adapter_dir;
     if (!dir.empty()) {
@@ -388,9 +397,12 @@ class PTuningTrainable final : public PromptLearningTrainable {
       return Invalid(
           absl::StrCat("p_tuning encoder_hidden_size ", cfg.encoder_hidden_size, " is negative"));
     }
-    if (cfg.encoder_type == "LSTM" && cfg.encoder_num_layers < 1) {
+    // Bounded before the parameter list is built: a tenant's 10^9 layers
+    // would exhaust memory in the list itself, ahead of the budget check.
+    if (cfg.encoder_type == "LSTM" &&
+        (cfg.encoder_num_layers < 1 || cfg.encoder_num_layers > kMaxLstmLayers)) {
       return Invalid(absl::StrCat("p_tuning encoder_num_layers ", cfg.encoder_num_layers,
-                                  " must be at least 1"));
+                                  " must be in [1, ", kMaxLstmLayers, "]"));
     }
     if (!(cfg.encoder_dropout >= 0.0 && cfg.encoder_dropout < 1.0)) {
       return Invalid(

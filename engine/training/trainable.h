@@ -32,7 +32,17 @@ struct TrainContext {
   CausalLM* model = nullptr;           // Frozen; never modified.
   const Tokenizer* tokenizer = nullptr;
   const TrainingSpec* spec = nullptr;
+  // The job's memory budget; the Make*Trainable factories refuse a
+  // configuration whose parameters alone exceed it before allocating them.
+  // 0: unchecked.
+  int64_t memory_budget_bytes = 0;
 };
+
+// RESOURCE_EXHAUSTED when `parameters` trainable fp32 parameters (with their
+// gradients and two Adam moments: 16 bytes each) exceed
+// ctx.memory_budget_bytes. A double, so that a tenant's absurd sizes cannot
+// overflow the count.
+absl::Status CheckParameterBudget(const TrainContext& ctx, double parameters);
 
 class TrainableAdapter {
  public:

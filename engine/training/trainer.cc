@@ -14,7 +14,10 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <functional>
 #include <limits>
+#include <new>
 #include <optional>
 #include <random>
 #include <thread>
@@ -63,7 +66,9 @@ absl::Status CheckHyperparams(const TrainingSpec& spec, int64_t context_length) 
   const TrainingHyperparams& h = spec.hyper;
   auto bad = [](auto... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
   if (spec.dataset_path.empty()) return bad("dataset_path is empty");
-  if (h.max_steps < 0) return bad("max_steps must be >= 0, got ", h.max_steps);
+  if (h.max_steps < 0 || h.max_steps > kMaxTrainingSteps) {
+    return bad("max_steps must be in [0, ", kMaxTrainingSteps, "], got ", h.max_steps);
+  }
   if (h.max_steps == 0 && (h.epochs < 1 || h.epochs > 10000)) {
     return bad("epochs must be in [1, 10000], got ", h.epochs);
   }
@@ -105,15 +110,20 @@ int64_t CountParameters(TrainableAdapter& trainable) {
 absl::StatusOr<std::unique_ptr<TrainableAdapter>> Prepare(const TrainContext& ctx,
                                                           const TrainerOptions& options) {
   RETURN_IF_ERROR(CheckHyperparams(*ctx.spec, options.context_length));
-  ASSIGN_OR_RETURN(std::unique_ptr<TrainableAdapter> trainable, MakeTrainable(ctx));
+  const int64_t budget = ctx.spec->memory_budget_bytes > 0 ? ctx.spec->memory_budget_bytes
+                                                           : options.memory_budget_bytes;
+  // The factories check their parameters against the budget before they
+  // allocate them (a tenant's rank or encoder size could exhaust memory
+  // before the estimate below could refuse it).
+  TrainContext budgeted = ctx;
+  budgeted.memory_budget_bytes = budget;
+  ASSIGN_OR_RETURN(std::unique_ptr<TrainableAdapter> trainable, MakeTrainable(budgeted));
   const int64_t v = trainable->virtual_tokens();
   if (options.context_length > 0 && ctx.spec->hyper.max_seq_length + v > options.context_length) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_seq_length ", ctx.spec->hyper.max_seq_length, " + ", v,
                      " virtual tokens exceed the context length ", options.context_length));
   }
-  const int64_t budget =
-      ctx.spec->memory_budget_bytes > 0 ? ctx.spec->memory_budget_bytes : options.memory_budget_bytes;
   const int64_t need =
       EstimateTrainingBytes(*ctx.spec, ctx.model->config(), v, CountParameters(*trainable));
   if (need > budget) {
@@ -124,14 +134,72 @@ absl::StatusOr<std::unique_ptr<TrainableAdapter>> Prepare(const TrainContext& ct
   return trainable;
 }
 
-absl::StatusOr<TrainingDataset> ReadDataset(const TrainContext& ctx, int64_t virtual_tokens) {
+absl::StatusOr<TrainingDataset> ReadDataset(const TrainContext& ctx, int64_t virtual_tokens,
+                                            std::function<absl::Status()> interrupted) {
   DatasetReadOptions read;
+  read.interrupted = std::move(interrupted);
   read.policy = ctx.spec->dataset_options;
   read.max_seq_length = ctx.spec->hyper.max_seq_length;
   read.reserved_tokens = static_cast<int>(virtual_tokens);
   read.eval_fraction = ctx.spec->hyper.eval_fraction;
   read.seed = ctx.spec->hyper.seed;
   return ReadTrainingDataset(ctx.spec->dataset_path, *ctx.tokenizer, read);
+}
+
+// Identifies what shapes a run's trajectory: the method's configuration,
+// the hyperparameters and the data (row and token counts). A checkpoint
+// resumes only a job with the same fingerprint. FNV-1a 64 over a canonical
+// JSON text, so it is the same on every build and platform.
+std::string TrainingFingerprint(const TrainingSpec& spec, const DatasetReport& data) {
+  const TrainingHyperparams& h = spec.hyper;
+  // StrCat keeps 6 digits of a double; the fingerprint needs them all.
+  auto exact = [](double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.17g", v);
+    return std::string(buf);
+  };
+  std::string text = absl::StrCat(
+      TrainingMethodName(spec.method), "|", h.epochs, "|", h.max_steps, "|", h.batch_size, "|",
+      h.gradient_accumulation, "|", exact(h.learning_rate), "|", h.lr_scheduler, "|",
+      h.warmup_steps, "|", exact(h.warmup_ratio), "|", exact(h.weight_decay), "|",
+      exact(h.adam_beta1), "|", exact(h.adam_beta2), "|", exact(h.adam_epsilon), "|",
+      exact(h.max_grad_norm), "|", h.seed, "|", h.max_seq_length, "|", exact(h.eval_fraction), "|",
+      h.shuffle ? 1 : 0, "|", data.train_rows, "|", data.eval_rows, "|", data.tokens);
+  switch (spec.method) {
+    case TrainingMethod::kLora:
+      for (const std::string& t : spec.lora.target_modules) absl::StrAppend(&text, "|", t);
+      absl::StrAppend(&text, "|", spec.lora.rank, "|", exact(spec.lora.alpha), "|",
+                      exact(spec.lora.dropout), "|", spec.lora.use_rslora ? 1 : 0);
+      break;
+    case TrainingMethod::kBottleneck:
+      absl::StrAppend(&text, "|", spec.bottleneck.config, "|", spec.bottleneck.reduction_factor,
+                      "|", spec.bottleneck.activation, "|", spec.bottleneck.init_weights);
+      break;
+    case TrainingMethod::kFusion:
+      for (const FusionChild& c : spec.fusion.children) absl::StrAppend(&text, "|", c.name);
+      break;
+    case TrainingMethod::kPrefixTuning:
+      absl::StrAppend(&text, "|", spec.prefix.num_virtual_tokens, "|",
+                      spec.prefix.prefix_projection ? 1 : 0, "|", spec.prefix.encoder_hidden_size);
+      break;
+    case TrainingMethod::kPTuning:
+      absl::StrAppend(&text, "|", spec.p_tuning.num_virtual_tokens, "|", spec.p_tuning.encoder_type,
+                      "|", spec.p_tuning.encoder_hidden_size, "|", spec.p_tuning.encoder_num_layers,
+                      "|", exact(spec.p_tuning.encoder_dropout));
+      break;
+    case TrainingMethod::kPromptTuning:
+      absl::StrAppend(&text, "|", spec.prompt_tuning.num_virtual_tokens, "|",
+                      spec.prompt_tuning.init, "|", spec.prompt_tuning.init_text);
+      break;
+  }
+  uint64_t hash = 14695981039346656037ULL;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 1099511628211ULL;
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(hash));
+  return hex;
 }
 
 // The order of the training rows in `epoch`: a pure function of (seed, epoch),
@@ -196,14 +264,17 @@ at::Tensor SummedLoss(CausalLM& model, const Adapter& adapter,
   return at::cross_entropy_loss(logits.index_select(0, index), target, {}, at::Reduction::Sum);
 }
 
-// Mean token loss over `rows`, without gradients.
-double EvalLoss(CausalLM& model, TrainableAdapter& trainable, const std::vector<TrainingRow>& rows,
-                int batch_size) {
+// Mean token loss over `rows`, without gradients; nullopt once `stop` says
+// so (checked before every batch: an eval pass can be long).
+std::optional<double> EvalLoss(CausalLM& model, TrainableAdapter& trainable,
+                               const std::vector<TrainingRow>& rows, int batch_size,
+                               const std::function<bool()>& stop) {
   c10::NoGradGuard no_grad;
   std::shared_ptr<const Adapter> adapter = trainable.Build(/*training=*/false);
   double sum = 0;
   int64_t tokens = 0;
   for (size_t b = 0; b < rows.size(); b += batch_size) {
+    if (stop()) return std::nullopt;
     std::vector<const TrainingRow*> batch;
     for (size_t i = b; i < std::min(rows.size(), b + batch_size); ++i) {
       batch.push_back(&rows[i]);
@@ -235,12 +306,25 @@ class LowPriority {
   std::optional<int> old_;
 };
 
-absl::Status Cancelled(int64_t step) {
-  return absl::CancelledError(absl::StrCat("training cancelled at step ", step));
+// Why the job must stop now (cancelled, or the engine shutting down), or OK.
+absl::Status Interrupted(const CancellationToken& cancel, const TrainerOptions& options,
+                         int64_t step) {
+  if (cancel.cancelled()) {
+    return absl::CancelledError(absl::StrCat("training cancelled at step ", step));
+  }
+  if (options.stopping && options.stopping()) {
+    return absl::UnavailableError(
+        absl::StrCat("the server is shutting down; the job stopped at step ", step,
+                     " (a restarted server resumes it from its last checkpoint)"));
+  }
+  return absl::OkStatus();
 }
 
-absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgressCallback& progress,
-                                   const CancellationToken& cancel, const TrainerOptions& options) {
+// `step` tracks the optimizer steps done, for the caller's error messages.
+absl::StatusOr<TrainingResult> Run(const TrainContext& ctx,
+                                   const TrainingProgressCallback& progress,
+                                   const CancellationToken& cancel, const TrainerOptions& options,
+                                   int64_t& step) {
   const TrainingSpec& spec = *ctx.spec;
   const TrainingHyperparams& h = spec.hyper;
   if (spec.work_dir.empty() || !IsDirectory(spec.work_dir)) {
@@ -254,7 +338,9 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
   };
   report(TrainingPhase::kPreparing);
   ASSIGN_OR_RETURN(std::unique_ptr<TrainableAdapter> trainable, Prepare(ctx, options));
-  ASSIGN_OR_RETURN(TrainingDataset data, ReadDataset(ctx, trainable->virtual_tokens()));
+  ASSIGN_OR_RETURN(TrainingDataset data, ReadDataset(ctx, trainable->virtual_tokens(), [&] {
+                     return Interrupted(cancel, options, 0);
+                   }));
   if (data.train.empty()) return absl::InvalidArgumentError("the dataset has no training rows");
 
   const int64_t rows = static_cast<int64_t>(data.train.size());
@@ -262,6 +348,11 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
   const int64_t steps_per_epoch =
       (micro_per_epoch + h.gradient_accumulation - 1) / h.gradient_accumulation;
   const int64_t total = h.max_steps > 0 ? h.max_steps : steps_per_epoch * h.epochs;
+  if (total > kMaxTrainingSteps) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the job would take ", total, " optimizer steps (", h.epochs, " epochs of ",
+                     steps_per_epoch, "); at most ", kMaxTrainingSteps, " are allowed"));
+  }
   const int64_t warmup = WarmupSteps(h.warmup_steps, h.warmup_ratio, total);
   state.total_steps = total;
 
@@ -276,17 +367,19 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
   CheckpointState pos;
   pos.method = TrainingMethodName(spec.method);
   pos.seed = h.seed;
+  pos.fingerprint = TrainingFingerprint(spec, data.report);
   if (HasCheckpoint(spec.work_dir)) {
-    ASSIGN_OR_RETURN(CheckpointState saved, LoadCheckpoint(spec.work_dir, optimizer));
-    if (saved.method != pos.method || saved.seed != pos.seed) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the checkpoint in ", spec.work_dir, " is of another job (method ", saved.method,
-          ", seed ", saved.seed, ")"));
+    ASSIGN_OR_RETURN(CheckpointState saved, LoadCheckpoint(spec.work_dir, pos, optimizer));
+    if (saved.step > total || saved.position > rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("corrupt checkpoint in ", spec.work_dir, ": step ", saved.step, " of ",
+                       total, ", position ", saved.position, " of ", rows, " rows"));
     }
     pos = saved;
     state.resumed_from_step = pos.step;
   }
   state.step = pos.step;
+  step = pos.step;
   state.tokens_seen = pos.tokens_seen;
 
   std::vector<int64_t> order = EpochOrder(rows, h.seed, pos.epoch, h.shuffle);
@@ -294,10 +387,15 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
   const int64_t start_step = pos.step;
   int64_t run_tokens = 0;
   double last_loss = std::nan("");
-  auto evaluate = [&]() {
-    if (data.eval.empty()) return;
+  auto evaluate = [&]() -> absl::Status {
+    if (data.eval.empty()) return absl::OkStatus();
     report(TrainingPhase::kEvaluating);
-    state.eval_loss = EvalLoss(*ctx.model, *trainable, data.eval, h.batch_size);
+    std::optional<double> loss = EvalLoss(*ctx.model, *trainable, data.eval, h.batch_size, [&] {
+      return !Interrupted(cancel, options, pos.step).ok();
+    });
+    if (!loss.has_value()) return Interrupted(cancel, options, pos.step);
+    state.eval_loss = *loss;
+    return absl::OkStatus();
   };
 
   while (pos.step < total) {
@@ -323,7 +421,7 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
     }
     double loss_sum = 0;
     for (const auto& batch : micro) {
-      if (cancel.cancelled()) return Cancelled(pos.step);
+      RETURN_IF_ERROR(Interrupted(cancel, options, pos.step));
       // Serving first: a short pause lets the engine thread take the cores.
       if (options.serving_busy && options.serving_busy()) {
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -333,12 +431,18 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
       loss_sum += loss.item<double>();
       (loss / static_cast<double>(label_tokens)).backward();
     }
+    if (!std::isfinite(loss_sum)) {
+      return absl::InternalError(
+          absl::StrCat("training diverged at step ", pos.step + 1,
+                       ": the loss is not finite (lower learning_rate or set max_grad_norm)"));
+    }
     at::Tensor extra = trainable->ExtraLoss();
     if (extra.defined()) extra.backward();
     for (const NamedParameter& p : params) {
       if (p.tensor.grad().defined() && !at::isfinite(p.tensor.grad()).all().item<bool>()) {
-        return absl::InternalError(absl::StrCat("non-finite gradient of ", p.name, " at step ",
-                                                pos.step + 1));
+        return absl::InternalError(
+            absl::StrCat("training diverged at step ", pos.step + 1, ": the gradient of ", p.name,
+                         " is not finite (lower learning_rate or set max_grad_norm)"));
       }
     }
     ClipGradNorm(params, h.max_grad_norm);
@@ -346,6 +450,7 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
     optimizer.Step(lr);
     for (NamedParameter& p : params) p.tensor.mutable_grad().reset();
     ++pos.step;
+    step = pos.step;
     pos.position = cursor;
     pos.tokens_seen += step_tokens;
     run_tokens += step_tokens;
@@ -362,12 +467,16 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
     state.eta_seconds =
         elapsed / static_cast<double>(pos.step - start_step) * static_cast<double>(total - pos.step);
     report(TrainingPhase::kTraining);
-    if (h.eval_every > 0 && pos.step % h.eval_every == 0 && pos.step < total) evaluate();
+    if (h.eval_every > 0 && pos.step % h.eval_every == 0 && pos.step < total) {
+      RETURN_IF_ERROR(evaluate());
+    }
     if (h.checkpoint_every > 0 && pos.step % h.checkpoint_every == 0 && pos.step < total) {
       RETURN_IF_ERROR(SaveCheckpoint(spec.work_dir, optimizer, pos));
     }
   }
-  evaluate();
+  RETURN_IF_ERROR(evaluate());
+  // A job cancelled during its final eval pass writes no output either.
+  RETURN_IF_ERROR(Interrupted(cancel, options, pos.step));
 
   report(TrainingPhase::kSaving);
   const std::string output = spec.work_dir + "/output";
@@ -399,6 +508,17 @@ absl::StatusOr<TrainingResult> Run(const TrainContext& ctx, const TrainingProgre
 
 }  // namespace
 
+absl::Status CheckParameterBudget(const TrainContext& ctx, double parameters) {
+  const double need = 16.0 * parameters;  // Parameter, gradient, two Adam moments (fp32).
+  if (ctx.memory_budget_bytes <= 0 || need <= static_cast<double>(ctx.memory_budget_bytes)) {
+    return absl::OkStatus();
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the job's ", parameters, " trainable parameters need about ",
+      static_cast<int64_t>(need / (1 << 20)), " MiB of optimizer state; its budget is ",
+      ctx.memory_budget_bytes >> 20, " MiB (lower the rank, encoder size or virtual tokens)"));
+}
+
 int64_t EstimateTrainingBytes(const TrainingSpec& spec, const ModelConfig& c, int64_t virtual_tokens,
                               int64_t trainable_parameters) {
   const double b = spec.hyper.batch_size;
@@ -416,8 +536,15 @@ absl::StatusOr<DatasetReport> ValidateTrainingJob(const TrainContext& ctx,
                                                   const TrainerOptions& options) {
   try {
     ASSIGN_OR_RETURN(std::unique_ptr<TrainableAdapter> trainable, Prepare(ctx, options));
-    ASSIGN_OR_RETURN(TrainingDataset data, ReadDataset(ctx, trainable->virtual_tokens()));
+    ASSIGN_OR_RETURN(TrainingDataset data, ReadDataset(ctx, trainable->virtual_tokens(), [&] {
+                       return options.stopping && options.stopping()
+                                  ? absl::UnavailableError("the server is shutting down")
+                                  : absl::OkStatus();
+                     }));
     return data.report;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("training validation failed: ", e.what_without_backtrace()));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("training validation failed: ", e.what()));
   }
@@ -428,6 +555,7 @@ absl::StatusOr<TrainingResult> RunTraining(const TrainContext& ctx,
                                            const CancellationToken& cancel,
                                            const TrainerOptions& options) {
   LowPriority low_priority;
+  int64_t step = 0;
   try {
 #ifdef ADAPTERD_WITH_CUDA
     // Training kernels queue on a pool stream of their own, never ahead of
@@ -439,9 +567,19 @@ absl::StatusOr<TrainingResult> RunTraining(const TrainContext& ctx,
     }
 #endif
     c10::AutoGradMode grad(true);
-    return Run(ctx, progress, cancel, options);
+    return Run(ctx, progress, cancel, options, step);
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("training ran out of memory at step ",
+                                                     step + 1, ": ", e.what_without_backtrace()));
+  } catch (const c10::Error& e) {
+    // Without the backtrace: the message goes to the tenant.
+    return absl::InternalError(
+        absl::StrCat("training failed at step ", step + 1, ": ", e.what_without_backtrace()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("training ran out of memory at step ", step + 1));
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("training failed: ", e.what()));
+    return absl::InternalError(absl::StrCat("training failed at step ", step + 1, ": ", e.what()));
   }
 }
 

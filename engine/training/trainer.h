@@ -29,7 +29,15 @@ struct TrainerOptions {
   // true while the engine has running or queued requests: the loop then
   // yields between micro-batches. May be empty.
   std::function<bool()> serving_busy;
+  // true once the engine is shutting down: the job then stops before its next
+  // micro-batch with UNAVAILABLE (its last checkpoint stays, for a restarted
+  // server to resume). May be empty.
+  std::function<bool()> stopping;
 };
+
+// The most optimizer steps a job may take (max_steps, or epochs over the
+// data): a bound on how long one job can hold the training thread.
+inline constexpr int64_t kMaxTrainingSteps = 10'000'000;
 
 int64_t EstimateTrainingBytes(const TrainingSpec& spec, const ModelConfig& config,
                               int64_t virtual_tokens, int64_t trainable_parameters);
@@ -43,6 +51,9 @@ absl::StatusOr<DatasetReport> ValidateTrainingJob(const TrainContext& ctx,
 // Runs the job on the calling thread (Engine::Train's contract): resumes from
 // work_dir/checkpoint, trains, checkpoints, evaluates, exports to
 // work_dir/output. Lowers the calling thread's priority while it runs.
+// Never throws: a torch error becomes INTERNAL (RESOURCE_EXHAUSTED when it is
+// an allocation failure) naming the step; a non-finite loss or gradient
+// fails the job before it can write a checkpoint or an output.
 absl::StatusOr<TrainingResult> RunTraining(const TrainContext& ctx,
                                            const TrainingProgressCallback& progress,
                                            const CancellationToken& cancel,

@@ -368,6 +368,22 @@ TEST_F(DatasetTest, MaxRowsAndMaxBytesRefuseTheFile) {
   EXPECT_THAT(ds.status().message(), HasSubstr("max_bytes"));
 }
 
+TEST_F(DatasetTest, ReadingStopsWhenInterrupted) {
+  std::string rows;
+  for (int i = 0; i < 3000; ++i) absl::StrAppend(&rows, R"({"text": "a b"})", "\n");
+  DatasetReadOptions options;
+  int calls = 0;
+  options.interrupted = [&] {
+    ++calls;
+    return calls == 2 ? absl::CancelledError("job cancelled") : absl::OkStatus();
+  };
+  auto ds = Read(rows, options);
+  EXPECT_EQ(ds.status().code(), absl::StatusCode::kCancelled) << ds.status();
+  EXPECT_EQ(calls, 2);  // Lines 1 and 1025: the second stopped it.
+  calls = -100;
+  EXPECT_TRUE(Read(rows, options).ok());  // Never fires: the whole file is read.
+}
+
 TEST_F(DatasetTest, MissingFileIsNotFoundAndADirectoryIsInvalid) {
   auto ds = ReadTrainingDataset(absl::StrCat(::testing::TempDir(), "/no_such_dataset.jsonl"),
                                 *llama_, {});

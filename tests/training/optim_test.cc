@@ -53,6 +53,23 @@ TEST(OptimTest, ClipGradNormScalesLikeTorch) {
   EXPECT_FLOAT_EQ(small[0].tensor.grad()[0].item<float>(), 0.5f);
 }
 
+// A step whose gradients are all zero (a frozen path, a fully masked
+// batch) must leave them zero, not 0 / (0 + 1e-6) noise or NaN; parameters
+// without a gradient are skipped.
+TEST(OptimTest, ClipGradNormWithZeroOrNoGradientsChangesNothing) {
+  std::vector<NamedParameter> zeros = {WithGrad({1, 2}, {0, 0}), WithGrad({3}, {0})};
+  EXPECT_EQ(ClipGradNorm(zeros, 1.0), 0.0);
+  for (const NamedParameter& p : zeros) {
+    EXPECT_TRUE(at::equal(p.tensor.grad(), at::zeros_like(p.tensor))) << p.tensor.grad();
+  }
+  std::vector<NamedParameter> none = {{"p", at::ones({2}).set_requires_grad(true), true}};
+  EXPECT_EQ(ClipGradNorm(none, 1.0), 0.0);
+  EXPECT_FALSE(none[0].tensor.grad().defined());
+  AdamW adam(none, AdamWOptions());
+  adam.Step(0.1);
+  EXPECT_TRUE(at::equal(none[0].tensor, at::ones({2})));
+}
+
 TEST(OptimTest, AdamWTwoStepsByHand) {
   const double lr = 0.1, wd = 0.5, b1 = 0.9, b2 = 0.999, eps = 1e-8;
   std::vector<NamedParameter> params = {WithGrad({1.0f}, {0.2f}), WithGrad({1.0f}, {0.2f}, false)};

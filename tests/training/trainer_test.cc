@@ -4,6 +4,8 @@
 // must give the same loss and weights; checkpoints resume bit-exactly;
 // cancellation, bad specs and the frozen base weights.
 
+#include "engine/training/trainer.h"
+
 #include <ATen/ATen.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -12,6 +14,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -25,7 +29,7 @@
 #include "engine/runtime/kv_cache.h"
 #include "engine/training/checkpoint.h"
 #include "engine/training/dataset.h"
-#include "engine/training/trainer.h"
+#include "engine/training/optim.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/runtime/collecting_sink.h"
@@ -425,6 +429,51 @@ TEST(TrainerTest, BadSpecsAreRefusedWithTheRightCodes) {
   EXPECT_EQ(code(s), absl::StatusCode::kNotFound);
   s.fusion.children.resize(1);
   EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s.fusion.children = {{"fa", CaseDir("llama_fusion") + "/init/fa", nullptr},
+                       {"hb", CaseDir("llama_houlsby") + "/init", nullptr}};
+  EXPECT_EQ(code(s), absl::StatusCode::kFailedPrecondition);  // Houlsby cannot be fused.
+  s = good;
+  s.init_adapter_dir = CaseDir("llama_houlsby") + "/init";  // A LoRA job from a bottleneck.
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s.method = TrainingMethod::kBottleneck;
+  s.init_adapter_dir = CaseDir("llama_lora") + "/init";
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s.method = TrainingMethod::kPromptTuning;
+  s.prompt_tuning.num_virtual_tokens = 4;
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s = good;
+  s.hyper.max_steps = int64_t{1} << 40;  // Would hold the training thread for ever.
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s = good;
+  s.method = TrainingMethod::kFusion;
+  s.fusion.children = {{"fa", CaseDir("llama_fusion") + "/init/fa", nullptr},
+                       {"fa", CaseDir("llama_fusion") + "/init/fb", nullptr}};
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);    // Both would export to output/fa.
+  s.fusion.children[1].name = "adapter_fusion_config.json";  // The fusion's own config file.
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s = good;
+  s.hyper.learning_rate = std::nan("");
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s = good;
+  s.hyper.max_grad_norm = INFINITY;
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s = good;
+  s.hyper.eval_fraction = std::nan("");
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s = good;
+  s.lora.alpha = INFINITY;
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+  s = good;
+  s.hyper.batch_size = 1024;
+  s.hyper.max_seq_length = 128;
+  s.memory_budget_bytes = 64 << 20;
+  EXPECT_EQ(code(s), absl::StatusCode::kResourceExhausted);
+  s = good;
+  s.method = TrainingMethod::kPTuning;
+  s.p_tuning.num_virtual_tokens = 4;
+  s.p_tuning.encoder_type = "LSTM";
+  s.p_tuning.encoder_num_layers = 1000;
+  EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
   s = good;
   s.work_dir = work.path() + "/absent";
   CancellationToken cancel;
@@ -482,6 +531,282 @@ TEST(TrainerTest, ServingGoesOnUnchangedWhileAJobTrains) {
   EXPECT_GT(rounds, 1);
   EXPECT_EQ(engine->Stats().requests_finished, 6 * (rounds + 1));
   engine->Shutdown(absl::Seconds(1));
+}
+
+// Sizes a tenant picks are checked against the memory budget before the
+// parameters are allocated: a 2^20-wide P-tuning MLP would need 4 TiB.
+TEST(TrainerTest, OversizedAdaptersAreRefusedBeforeTheirParametersAreAllocated) {
+  TempDir data, work;
+  std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
+  ASSERT_NE(engine, nullptr);
+  TrainingSpec spec = ResumeSpec(work.path());
+  spec.method = TrainingMethod::kPTuning;
+  spec.p_tuning.num_virtual_tokens = 4;
+  spec.p_tuning.encoder_hidden_size = 1 << 20;
+  absl::Status status = engine->ValidateTraining(spec).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  spec.method = TrainingMethod::kPrefixTuning;
+  spec.prefix.num_virtual_tokens = 4;
+  spec.prefix.encoder_hidden_size = 1 << 30;
+  status = engine->ValidateTraining(spec).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  spec.method = TrainingMethod::kLora;
+  spec.lora.rank = 1024;
+  spec.lora.target_modules = {"all-linear"};
+  spec.memory_budget_bytes = 8 << 20;
+  status = engine->ValidateTraining(spec).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_NE(status.message().find("trainable parameters"), std::string::npos) << status;
+  engine->Shutdown(absl::Seconds(1));
+}
+
+TEST(TrainerTest, ATorchErrorMidJobBecomesInternalNamingTheStep) {
+  TempDir data, work;
+  std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
+  ASSERT_NE(engine, nullptr);
+  CancellationToken never;
+  auto result = engine->Train(
+      ResumeSpec(work.path()),
+      [](const TrainingProgress& p) {
+        TORCH_CHECK(!(p.phase == TrainingPhase::kTraining && p.step == 2), "injected failure");
+      },
+      never);
+  ASSERT_EQ(result.status().code(), absl::StatusCode::kInternal) << result.status();
+  const std::string message(result.status().message());
+  EXPECT_NE(message.find("at step 3"), std::string::npos) << message;
+  EXPECT_NE(message.find("injected failure"), std::string::npos) << message;
+  EXPECT_EQ(message.find("Exception raised from"), std::string::npos) << message;  // No backtrace.
+  engine->Shutdown(absl::Seconds(1));
+}
+
+// A LoRA init whose weights are finite but whose product overflows fp32:
+// the first forward's logits are not finite.
+TEST(TrainerTest, ADivergingJobFailsWithAMessageAndWritesNothing) {
+  TempDir data, work, init;
+  std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
+  ASSERT_NE(engine, nullptr);
+  const std::string from = CaseDir("llama_lora") + "/init";
+  std::ofstream(init.path() + "/adapter_config.json") << ReadBytes(from + "/adapter_config.json");
+  auto file = SafetensorsFile::Open(from + "/adapter_model.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::vector<SafetensorsTensor> huge;
+  for (const SafetensorsTensorInfo& info : (*file)->tensors()) {
+    ASSERT_EQ(info.dtype, "F32");
+    std::vector<float> v = Floats(**file, info);
+    for (float& x : v) x = x >= 0 ? 1e30f : -1e30f;
+    huge.push_back(
+        {info.name, "F32", info.shape,
+         std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float))});
+  }
+  auto bytes = SerializeSafetensors(huge, {{"format", "pt"}});
+  ASSERT_TRUE(bytes.ok());
+  std::ofstream(init.path() + "/adapter_model.safetensors", std::ios::binary) << *bytes;
+
+  TrainingSpec spec = ResumeSpec(work.path());
+  spec.init_adapter_dir = init.path();
+  spec.hyper.checkpoint_every = 1;
+  CancellationToken never;
+  auto result = engine->Train(spec, nullptr, never);
+  ASSERT_EQ(result.status().code(), absl::StatusCode::kInternal) << result.status();
+  EXPECT_NE(result.status().message().find("diverged at step 1"), std::string::npos)
+      << result.status();
+  EXPECT_FALSE(IsDirectory(work.path() + "/output"));
+  EXPECT_FALSE(HasCheckpoint(work.path()));
+  engine->Shutdown(absl::Seconds(1));
+}
+
+TEST(TrainerTest, CancellingDuringTheFinalEvalWritesNoOutput) {
+  TempDir data, work;
+  std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
+  ASSERT_NE(engine, nullptr);
+  TrainingSpec spec = ResumeSpec(work.path());
+  spec.hyper.eval_fraction = 0.25;
+  CancellationToken cancel;
+  auto result = engine->Train(
+      spec,
+      [&](const TrainingProgress& p) {
+        if (p.phase == TrainingPhase::kEvaluating) cancel.Cancel();
+      },
+      cancel);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled) << result.status();
+  EXPECT_FALSE(IsDirectory(work.path() + "/output"));
+  engine->Shutdown(absl::Seconds(1));
+}
+
+TEST(TrainerTest, ShutdownStopsARunningJobWithUnavailable) {
+  TempDir data, work;
+  std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
+  ASSERT_NE(engine, nullptr);
+  TrainingSpec spec = ResumeSpec(work.path());
+  spec.hyper.max_steps = 500;
+  spec.hyper.checkpoint_every = 1;
+  std::atomic<int64_t> steps{0};
+  CancellationToken never;
+  absl::StatusOr<TrainingResult> result = absl::UnknownError("not run");
+  std::thread job([&] {
+    result = engine->Train(
+        spec, [&](const TrainingProgress& p) { steps = p.step; }, never);
+  });
+  while (steps.load() < 2) std::this_thread::yield();
+  engine->Shutdown(absl::ZeroDuration());
+  job.join();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+  EXPECT_LT(steps.load(), 500);
+  EXPECT_TRUE(HasCheckpoint(work.path()));  // A restarted server resumes from it.
+}
+
+// The F32 tensors of a safetensors file by name.
+std::map<std::string, std::vector<float>> ReadTensors(const std::string& path) {
+  std::map<std::string, std::vector<float>> out;
+  auto file = SafetensorsFile::Open(path);
+  EXPECT_TRUE(file.ok()) << file.status();
+  if (!file.ok()) return out;
+  for (const SafetensorsTensorInfo& info : (*file)->tensors())
+    out[info.name] = Floats(**file, info);
+  return out;
+}
+
+// Jobs share the model (and torch's thread pools) but nothing else: two
+// running at once, beside serving, give what each gives alone.
+TEST(TrainerTest, TwoJobsAtOnceGiveWhatEachGivesAlone) {
+  TempDir data, alone_a, alone_b, both_a, both_b;
+  std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
+  ASSERT_NE(engine, nullptr);
+  auto lora = [](const std::string& dir) {
+    TrainingSpec spec = ResumeSpec(dir);
+    spec.hyper.max_steps = 8;
+    return spec;
+  };
+  auto prefix = [&](const std::string& dir) {
+    TrainingSpec spec = lora(dir);
+    spec.method = TrainingMethod::kPrefixTuning;
+    spec.prefix.num_virtual_tokens = 4;
+    spec.hyper.learning_rate = 1e-2;
+    return spec;
+  };
+  CancellationToken never;
+  auto a = engine->Train(lora(alone_a.path()), nullptr, never);
+  auto b = engine->Train(prefix(alone_b.path()), nullptr, never);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  absl::StatusOr<TrainingResult> a2 = absl::UnknownError("not run"), b2 = a2;
+  std::thread ta([&] { a2 = engine->Train(lora(both_a.path()), nullptr, never); });
+  std::thread tb([&] { b2 = engine->Train(prefix(both_b.path()), nullptr, never); });
+  GreedyOutputs(*engine, 4);  // Serving meanwhile.
+  ta.join();
+  tb.join();
+  ASSERT_TRUE(a2.ok()) << a2.status();
+  ASSERT_TRUE(b2.ok()) << b2.status();
+  EXPECT_NEAR(a2->final_loss, a->final_loss, 1e-5);
+  EXPECT_NEAR(b2->final_loss, b->final_loss, 1e-5);
+  for (const auto& [alone, both] :
+       {std::pair{a->output_dir, a2->output_dir}, std::pair{b->output_dir, b2->output_dir}}) {
+    const auto x = ReadTensors(alone + "/adapter_model.safetensors");
+    const auto y = ReadTensors(both + "/adapter_model.safetensors");
+    ASSERT_FALSE(x.empty());
+    ASSERT_EQ(x.size(), y.size());
+    for (const auto& [name, values] : x) {
+      ASSERT_EQ(y.count(name), 1u) << name;
+      const std::vector<float>& other = y.at(name);
+      ASSERT_EQ(values.size(), other.size()) << name;
+      for (size_t i = 0; i < values.size(); ++i) {
+        ASSERT_NEAR(values[i], other[i], 1e-4 * (1 + std::abs(values[i]))) << name << " " << i;
+      }
+    }
+  }
+  engine->Shutdown(absl::Seconds(1));
+}
+
+// A job of ResumeSpec cancelled after step 3, leaving its checkpoint.
+void CheckpointAtStep3(Engine& engine, const TrainingSpec& spec) {
+  CancellationToken cancel;
+  auto first = engine.Train(
+      spec,
+      [&](const TrainingProgress& p) {
+        if (p.phase == TrainingPhase::kTraining && p.step == 3) cancel.Cancel();
+      },
+      cancel);
+  ASSERT_EQ(first.status().code(), absl::StatusCode::kCancelled) << first.status();
+  ASSERT_TRUE(HasCheckpoint(spec.work_dir));
+}
+
+void EditStateJson(const std::string& work_dir, const std::function<void(Json&)>& edit) {
+  const std::string path = work_dir + "/checkpoint/state.json";
+  Json state = ReadJson(path);
+  edit(state);
+  std::ofstream(path) << state.dump();
+}
+
+TEST(TrainerTest, ACorruptCheckpointIsRefusedNotResumed) {
+  TempDir data, work;
+  std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
+  ASSERT_NE(engine, nullptr);
+  TrainingSpec spec = ResumeSpec(work.path());
+  spec.hyper.checkpoint_every = 3;
+  CheckpointAtStep3(*engine, spec);
+  const std::string saved = ReadBytes(work.path() + "/checkpoint/state.json");
+  CancellationToken never;
+  for (const auto& [field, value] : std::vector<std::pair<std::string, int64_t>>{
+           {"position", -5}, {"epoch", -5}, {"step", -5}, {"position", 1000}, {"step", 1000}}) {
+    EditStateJson(work.path(), [&](Json& s) { s[field] = value; });
+    auto result = engine->Train(spec, nullptr, never);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument)
+        << field << " " << value << ": " << result.status();
+    std::ofstream(work.path() + "/checkpoint/state.json") << saved;
+  }
+  EditStateJson(work.path(), [](Json& s) { s["format"] = "one"; });
+  auto result = engine->Train(spec, nullptr, never);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
+  std::ofstream(work.path() + "/checkpoint/state.json") << saved;
+  EXPECT_TRUE(engine->Train(spec, nullptr, never).ok());  // The restored file resumes.
+  engine->Shutdown(absl::Seconds(1));
+}
+
+TEST(TrainerTest, ACheckpointOfAJobWithOtherSettingsIsNotResumed) {
+  TempDir data;
+  std::unique_ptr<Engine> engine = MakeEngine("llama", data.path());
+  ASSERT_NE(engine, nullptr);
+  CancellationToken never;
+  for (int variant = 0; variant < 3; ++variant) {
+    TempDir work;
+    TrainingSpec spec = ResumeSpec(work.path());
+    spec.hyper.checkpoint_every = 3;
+    CheckpointAtStep3(*engine, spec);
+    if (variant == 0) spec.hyper.batch_size = 2;      // Another data order.
+    if (variant == 1) spec.lora.rank = 8;             // Other shapes.
+    if (variant == 2) spec.hyper.learning_rate *= 2;  // Another trajectory.
+    auto result = engine->Train(spec, nullptr, never);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition)
+        << variant << ": " << result.status();
+    EXPECT_TRUE(HasCheckpoint(work.path()));
+  }
+  engine->Shutdown(absl::Seconds(1));
+}
+
+// After a crash between SaveCheckpoint's two renames only checkpoint.old is
+// left; a later save that fails must not have removed it first.
+TEST(TrainerTest, AFailedSaveNeverLeavesTheJobWithoutACheckpoint) {
+  TempDir work;
+  NamedParameter p{"w", at::ones({2, 3}).set_requires_grad(true), true};
+  AdamW optimizer({p}, AdamWOptions());
+  CheckpointState state;
+  state.method = "lora";
+  state.fingerprint = "f";
+  ASSERT_TRUE(SaveCheckpoint(work.path(), optimizer, state).ok());
+  ASSERT_EQ(
+      ::rename((work.path() + "/checkpoint").c_str(), (work.path() + "/checkpoint.old").c_str()),
+      0);
+  std::ofstream(work.path() + "/checkpoint") << "not a directory";  // The rename over it fails.
+  state.step = 1;
+  EXPECT_FALSE(SaveCheckpoint(work.path(), optimizer, state).ok());
+  ASSERT_TRUE(IsDirectory(work.path() + "/checkpoint.old"));
+  ASSERT_EQ(::unlink((work.path() + "/checkpoint").c_str()), 0);
+  auto loaded = LoadCheckpoint(work.path(), state, optimizer);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->step, 0);
+  ASSERT_TRUE(SaveCheckpoint(work.path(), optimizer, state).ok());  // Recovers.
+  EXPECT_EQ(LoadCheckpoint(work.path(), state, optimizer)->step, 1);
+  EXPECT_FALSE(IsDirectory(work.path() + "/checkpoint.old"));
 }
 
 // Sum over every linear weight and the logits of a fixed prompt.
