@@ -285,17 +285,21 @@ std::optional<double> EvalLoss(CausalLM& model, TrainableAdapter& trainable,
   return tokens > 0 ? sum / static_cast<double>(tokens) : std::nan("");
 }
 
-// Lowers the calling thread's scheduling priority for the job's lifetime
-// (best effort: restoring it may need privileges the server lacks).
+// Runs the calling thread 10 nice levels below the process's main thread
+// for the job's lifetime (best effort: restoring it may need privileges the
+// server lacks, so a runner thread that keeps the lower priority is not
+// lowered again by its next job).
 class LowPriority {
  public:
   LowPriority() : tid_(static_cast<id_t>(::syscall(SYS_gettid))) {
     errno = 0;
+    const int process = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::getpid()));
     const int old = ::getpriority(PRIO_PROCESS, tid_);
-    if (errno == 0) {
-      old_ = old;
-      ::setpriority(PRIO_PROCESS, tid_, std::min(19, old + 10));
-    }
+    if (errno != 0) return;
+    const int target = std::min(19, process + 10);
+    if (old >= target) return;
+    old_ = old;
+    ::setpriority(PRIO_PROCESS, tid_, target);
   }
   ~LowPriority() {
     if (old_.has_value()) ::setpriority(PRIO_PROCESS, tid_, *old_);
