@@ -19,16 +19,14 @@
 #include "engine/peft/batch_adapters.h"
 #include "engine/runtime/kv_cache.h"
 #include "gtest/gtest.h"
+#include "tests/common/fixtures.h"
 
 namespace adapterd {
 namespace {
 
-constexpr double kFp32Tolerance = 1e-4;
+using ::adapterd::testing::FixturesDir;
 
-std::string FixturesDir() {
-  const char* root = std::getenv("ADAPTERD_FIXTURES_DIR");
-  return root ? root : "fixtures";
-}
+constexpr double kFp32Tolerance = 1e-4;
 
 bool HaveCuda() { return at::hasCUDA() && at::detail::getCUDAHooks().deviceCount() > 0; }
 

@@ -20,28 +20,21 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/fixtures.h"
 
 namespace adapterd {
 namespace {
+
+using ::adapterd::testing::FixturesDir;
+using ::adapterd::testing::ReadFile;
 
 using ::testing::HasSubstr;
 
 constexpr double kTolerance = 1e-5;
 
-std::string FixturesDir() {
-  const char* root = std::getenv("ADAPTERD_FIXTURES_DIR");
-  return root ? root : "fixtures";
-}
 std::string ModelDir(const std::string& base) { return FixturesDir() + "/models/" + base; }
 std::string AdapterDir(const std::string& base, const std::string& name) {
   return FixturesDir() + "/adapters/" + base + "/" + name;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 struct Reference {

@@ -15,14 +15,13 @@
 #include "engine/api/engine.h"
 #include "tests/runtime/collecting_sink.h"
 #include "gtest/gtest.h"
+#include "tests/common/fixtures.h"
 
 namespace adapterd {
 namespace {
 
-std::string FixturesDir() {
-  const char* dir = std::getenv("ADAPTERD_FIXTURES_DIR");
-  return dir ? dir : "";
-}
+using ::adapterd::testing::FixturesDir;
+
 std::string AdapterDir(const std::string& name) {
   return FixturesDir() + "/adapters/llama/" + name;
 }

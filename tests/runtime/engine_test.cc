@@ -15,14 +15,12 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/fixtures.h"
 
 namespace adapterd {
 namespace {
 
-std::string FixturesDir() {
-  const char* dir = std::getenv("ADAPTERD_FIXTURES_DIR");
-  return dir ? dir : "";
-}
+using ::adapterd::testing::FixturesDir;
 
 using testing::CollectingSink;
 using testing::Output;

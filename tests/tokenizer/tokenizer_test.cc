@@ -17,24 +17,16 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "tests/common/fixtures.h"
 
 namespace adapterd {
 namespace {
 
+using ::adapterd::testing::FixturesDir;
+using ::adapterd::testing::ReadFile;
+
 using json = nlohmann::json;
 using ::testing::HasSubstr;
-
-std::string FixturesDir() {
-  const char* dir = std::getenv("ADAPTERD_FIXTURES_DIR");
-  return dir == nullptr ? std::string() : std::string(dir);
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
 
 std::string TokenizerDir(const std::string& kind) {
   return absl::StrCat(FixturesDir(), "/tokenizers/", kind);
@@ -103,7 +95,6 @@ int CountGoldenMismatches(const Tokenizer& tokenizer, const json& golden, int* c
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GoldenTest, MatchesHuggingFaceTokenizersOnEveryString) {
-  ASSERT_FALSE(FixturesDir().empty()) << "ADAPTERD_FIXTURES_DIR is not set";
   const std::string dir = TokenizerDir(GetParam());
   auto tokenizer = Tokenizer::FromFile(dir + "/tokenizer.json");
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
@@ -142,12 +133,10 @@ int MismatchesAfterEdit(const std::string& kind, const std::function<void(json*)
 }
 
 TEST(GoldenNegativeControlTest, DetectsMissingNfcNormalizer) {
-  ASSERT_FALSE(FixturesDir().empty());
   EXPECT_GT(MismatchesAfterEdit("qwen2", [](json* j) { (*j)["normalizer"] = nullptr; }), 0);
 }
 
 TEST(GoldenNegativeControlTest, DetectsChangedMergeOrder) {
-  ASSERT_FALSE(FixturesDir().empty());
   EXPECT_GT(MismatchesAfterEdit("gpt2",
                                 [](json* j) {
                                   auto& merges = (*j)["model"]["merges"];
@@ -157,7 +146,6 @@ TEST(GoldenNegativeControlTest, DetectsChangedMergeOrder) {
 }
 
 TEST(GoldenNegativeControlTest, DetectsMissingIgnoreMerges) {
-  ASSERT_FALSE(FixturesDir().empty());
   // Dropping merges makes BPE fail to reach whole-word tokens; ignore_merges
   // still finds them, so only the flag hides the difference.
   EXPECT_GT(MismatchesAfterEdit("llama3",
@@ -170,13 +158,11 @@ TEST(GoldenNegativeControlTest, DetectsMissingIgnoreMerges) {
 }
 
 TEST(GoldenNegativeControlTest, DetectsMissingByteFallback) {
-  ASSERT_FALSE(FixturesDir().empty());
   EXPECT_GT(MismatchesAfterEdit("llama2", [](json* j) { (*j)["model"]["byte_fallback"] = false; }),
             0);
 }
 
 TEST(TokenizerTest, KeepsSpecialTokenTextAsTextWithoutParseSpecial) {
-  ASSERT_FALSE(FixturesDir().empty());
   auto tokenizer = Tokenizer::FromFile(TokenizerDir("gpt2") + "/tokenizer.json");
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
   const Tokenizer& t = **tokenizer;
@@ -196,7 +182,6 @@ TEST(TokenizerTest, KeepsSpecialTokenTextAsTextWithoutParseSpecial) {
 }
 
 TEST(TokenizerTest, AddsBosOnlyWithSpecialTokensAndSkipsItOnDecode) {
-  ASSERT_FALSE(FixturesDir().empty());
   auto tokenizer = Tokenizer::FromFile(TokenizerDir("llama3") + "/tokenizer.json");
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
   const Tokenizer& t = **tokenizer;
@@ -211,7 +196,6 @@ TEST(TokenizerTest, AddsBosOnlyWithSpecialTokensAndSkipsItOnDecode) {
 }
 
 TEST(TokenizerTest, EncodesKilobytesQuickly) {
-  ASSERT_FALSE(FixturesDir().empty());
   auto tokenizer = Tokenizer::FromFile(TokenizerDir("llama3") + "/tokenizer.json");
   ASSERT_TRUE(tokenizer.ok());
   std::string text;

@@ -15,25 +15,17 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "engine/model/tokenizer.h"
+#include "tests/common/fixtures.h"
 
 namespace adapterd {
 namespace {
 
+using ::adapterd::testing::FixturesDir;
+using ::adapterd::testing::ReadFile;
+
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-std::string FixturesDir() {
-  const char* dir = std::getenv("ADAPTERD_FIXTURES_DIR");
-  return dir == nullptr ? std::string() : std::string(dir);
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
 
 std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& kind) {
   auto tok =

@@ -20,14 +20,12 @@
 #include "engine/training/checkpoint.h"
 #include "gtest/gtest.h"
 #include "tests/runtime/collecting_sink.h"
+#include "tests/common/fixtures.h"
 
 namespace adapterd {
 namespace {
 
-std::string FixturesDir() {
-  const char* dir = std::getenv("ADAPTERD_FIXTURES_DIR");
-  return dir != nullptr ? dir : "fixtures";
-}
+using ::adapterd::testing::FixturesDir;
 
 std::string Completion(int n) { return n % 2 == 0 ? " even" : " odd"; }
 

@@ -29,24 +29,16 @@
 #include "engine/runtime/kv_cache.h"
 #include "engine/training/optim.h"
 #include "engine/training/trainable.h"
+#include "tests/common/fixtures.h"
 
 namespace adapterd {
 namespace {
 
+using ::adapterd::testing::FixturesDir;
+using ::adapterd::testing::ReadFile;
+
 using json = nlohmann::json;
 using ::testing::HasSubstr;
-
-std::string FixturesDir() {
-  const char* dir = std::getenv("ADAPTERD_FIXTURES_DIR");
-  return dir == nullptr ? std::string() : std::string(dir);
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
 
 json ReadJson(const std::string& path) { return json::parse(ReadFile(path)); }
 

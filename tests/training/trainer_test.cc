@@ -33,16 +33,14 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/runtime/collecting_sink.h"
+#include "tests/common/fixtures.h"
 
 namespace adapterd {
 namespace {
 
-using Json = nlohmann::json;
+using ::adapterd::testing::FixturesDir;
 
-std::string FixturesDir() {
-  const char* dir = std::getenv("ADAPTERD_FIXTURES_DIR");
-  return dir != nullptr ? dir : "fixtures";
-}
+using Json = nlohmann::json;
 
 std::string CaseDir(const std::string& name) { return FixturesDir() + "/training/" + name; }
 
