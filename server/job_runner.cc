@@ -140,7 +140,8 @@ absl::StatusOr<JobRecord> JobRunner::Cancel(const std::string& job_id) {
   }
   if (!snapshot.id.empty()) {
     spdlog::info("training job {} tenant={}: cancel requested", job_id, snapshot.owner);
-    registry_->UpdateJob(snapshot).IgnoreError();
+    // Only while still RUNNING: the runner may have stored the final state meanwhile.
+    registry_->UpdateJobIf(snapshot, JobState::kRunning).IgnoreError();
     Notify(snapshot);
     return snapshot;
   }

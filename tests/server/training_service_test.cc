@@ -442,6 +442,11 @@ TEST(TrainingServiceTest, SeveralRunnersTrainJobsAtOnce) {
     s.WaitFor(j->job_id(),
               [](const v1::TrainingJob& x) { return x.state() == v1::TRAINING_JOB_STATE_RUNNING; });
   }
+  // Both trainers run at once (RUNNING is stored just before Train is called).
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (s.engine->trains_running() < 2 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
   EXPECT_EQ(s.engine->trains_running(), 2);
   v1::TrainingJob c;
   for (const v1::TrainingJob* j : {&a, &b}) ASSERT_TRUE(s.client->CancelTrainingJob(j->job_id(), &c).ok());
