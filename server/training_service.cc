@@ -1,5 +1,6 @@
 #include "server/training_service.h"
 
+#include <algorithm>
 #include <optional>
 #include <utility>
 
@@ -348,6 +349,19 @@ grpc::ServerUnaryReactor* TrainingService::RunUnary(
   return reactor;
 }
 
+absl::StatusOr<TrainingSpec> TrainingService::SpecFor(
+    const v1::CreateTrainingJobRequest& request) const {
+  absl::StatusOr<TrainingSpec> spec = TrainingSpecFromProto(request);
+  // The default row length is capped at the served model's context, so that
+  // a job that does not ask for a length fits any model.
+  if (spec.ok() && request.hyperparameters().max_seq_length() == 0 &&
+      engine_->info().context_length > 0) {
+    spec->hyper.max_seq_length = static_cast<int>(std::min<int64_t>(
+        spec->hyper.max_seq_length, engine_->info().context_length));
+  }
+  return spec;
+}
+
 absl::StatusOr<JobRecord> TrainingService::JobFor(const Principal& who,
                                                   const std::string& job_id) {
   absl::StatusOr<JobRecord> job = runner_->Get(job_id);
@@ -369,7 +383,7 @@ absl::StatusOr<DatasetRecord> TrainingService::DatasetFor(const Principal& who,
 absl::StatusOr<PreparedJob> TrainingService::Prepare(const JobRecord& job) const {
   absl::StatusOr<v1::CreateTrainingJobRequest> request = ParseRequest(job.spec);
   if (!request.ok()) return request.status();
-  absl::StatusOr<TrainingSpec> spec = TrainingSpecFromProto(*request);
+  absl::StatusOr<TrainingSpec> spec = SpecFor(*request);
   if (!spec.ok()) return spec.status();
   PreparedJob prepared;
   prepared.spec = *std::move(spec);
@@ -411,7 +425,7 @@ absl::Status TrainingService::Create(const Principal& who,
       return absl::OkStatus();
     }
   }
-  absl::StatusOr<TrainingSpec> spec = TrainingSpecFromProto(request);
+  absl::StatusOr<TrainingSpec> spec = SpecFor(request);
   if (!spec.ok()) return spec.status();
   absl::StatusOr<DatasetRecord> dataset = DatasetFor(who, request.dataset_id());
   if (!dataset.ok()) return dataset.status();

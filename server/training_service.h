@@ -85,6 +85,9 @@ class TrainingService final : public v1::Training::CallbackService {
                                      std::function<absl::Status(const Principal&)> work);
   absl::Status Create(const Principal& who, const v1::CreateTrainingJobRequest& request,
                       v1::TrainingJob* response);
+  // TrainingSpecFromProto, with the default max_seq_length capped at the
+  // served model's context length.
+  absl::StatusOr<TrainingSpec> SpecFor(const v1::CreateTrainingJobRequest& request) const;
   // The job if `who` may see it, else NOT_FOUND as for a missing one.
   absl::StatusOr<JobRecord> JobFor(const Principal& who, const std::string& job_id);
   absl::StatusOr<DatasetRecord> DatasetFor(const Principal& who, const std::string& dataset_id);

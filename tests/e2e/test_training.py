@@ -1,9 +1,9 @@
 """Fine-tuning end to end: the real adapterd trains adapters through adapterctl and
 the Python client, and serves them through Generate.
 
-- Learning for real (needs the real engine): a deterministic task, prompt "d d d is"
-  (three random digits) → completion " even" / " odd" by the last digit; a LoRA job
-  and a prefix-tuning job each reach held-out exact match far above the base model's.
+- Learning for real (needs the real engine): a deterministic task, prompt a random
+  three-digit number ("473") → completion " even" / " odd"; a LoRA job and a
+  prefix-tuning job each reach held-out exact match far above the base model's.
 - Serving continues during training: generation p50/p99 without and with a running
   job, printed (no timing assertion; every request must succeed).
 - Cancel mid-epoch; kill -9 mid-job, restart, the job resumes from its checkpoint
@@ -34,16 +34,15 @@ SERVER_ARGS = ["--training-progress-interval", "0.1"]
 
 
 def parity_rows(n, seed, exclude=()):
-    """n distinct rows {"prompt": "4 7 3 is", "completion": " odd"} not in `exclude`."""
+    """n distinct rows {"prompt": "473", "completion": " odd"} not in `exclude`."""
     rng = random.Random(seed)
     rows, seen = [], set(exclude)
     while len(rows) < n:
-        digits = [rng.randrange(10) for _ in range(3)]
-        prompt = " ".join(str(d) for d in digits) + " is"
-        if prompt in seen:
+        number = rng.randrange(100, 1000)
+        if str(number) in seen:
             continue
-        seen.add(prompt)
-        rows.append({"prompt": prompt, "completion": " even" if digits[-1] % 2 == 0 else " odd"})
+        seen.add(str(number))
+        rows.append({"prompt": str(number), "completion": " even" if number % 2 == 0 else " odd"})
     return rows
 
 
@@ -76,11 +75,16 @@ def tpy(tserver, client_module):
 
 
 def exact_match(py, rows, adapter=""):
-    """Fraction of rows whose greedy completion starts with the expected text."""
+    """Fraction of rows whose greedy completion's first word is exactly the expected one.
+
+    Words, not raw text: a Metaspace tokenizer (the llama fixture's) decodes the
+    completion's tokens of " even" as "  even" after a prompt, so the spacing differs
+    while the tokens are the trained ones.
+    """
     hits = 0
     for row in rows:
-        text = py.generate(row["prompt"], adapter=adapter, max_tokens=4).text
-        hits += text.startswith(row["completion"])
+        words = py.generate(row["prompt"], adapter=adapter, max_tokens=4).text.split()
+        hits += bool(words) and words[0] == row["completion"].strip()
     return hits / len(rows)
 
 
@@ -94,15 +98,17 @@ def state(py, job):
 @needs_real_engine
 def test_a_lora_job_through_adapterctl_learns_the_task_and_serves_it(tserver, tctl, tpy, tmp_path):
     train = parity_rows(300, seed=1)
-    held_out = parity_rows(60, seed=2, exclude={r["prompt"] for r in train})
+    held_out = parity_rows(100, seed=2, exclude={r["prompt"] for r in train})
     data = write_jsonl(tmp_path / "parity.jsonl", train)
     base = exact_match(tpy, held_out)
     start = time.time()
-    r = tctl.run("train", "create", "--method", "lora", "--rank", "16", "--alpha", "32",
+    # The engine's quick-test hyperparameters (docs/training.md).
+    r = tctl.run("train", "create", "--method", "lora", "--rank", "8", "--alpha", "16",
                  "--targets", "all-linear", "--data", data, "--name", "parity-lora",
-                 "--epochs", os.environ.get("ADAPTERD_E2E_LORA_EPOCHS", "4"),
-                 "--batch-size", "16", "--lr", os.environ.get("ADAPTERD_E2E_LORA_LR", "2e-2"),
-                 "--scheduler", "constant", "--seed", "7", "--watch", timeout=600)
+                 "--epochs", os.environ.get("ADAPTERD_E2E_LORA_EPOCHS", "6"),
+                 "--batch-size", "16", "--lr", os.environ.get("ADAPTERD_E2E_LORA_LR", "1e-2"),
+                 "--scheduler", "linear", "--warmup-steps", "5", "--max-seq-length", "32",
+                 "--checkpoint-every", "0", "--watch", timeout=600)
     updates = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
     assert r.returncode == 0, f"{r.stderr}\n{updates[-1] if updates else ''}"
     final = updates[-1]
@@ -121,15 +127,16 @@ def test_a_lora_job_through_adapterctl_learns_the_task_and_serves_it(tserver, tc
 @needs_real_engine
 def test_a_prefix_tuning_job_through_the_python_client_learns_the_task(tserver, tpy, tmp_path):
     train = parity_rows(300, seed=3)
-    held_out = parity_rows(60, seed=4, exclude={r["prompt"] for r in train})
+    held_out = parity_rows(100, seed=4, exclude={r["prompt"] for r in train})
     ds = tpy.upload_dataset(write_jsonl(tmp_path / "parity-prefix.jsonl", train))
     base = exact_match(tpy, held_out)
     start = time.time()
     job = tpy.create_training_job(
         "parity-prefix", ds.dataset_id, method="prefix_tuning",
         config={"num_virtual_tokens": 8},
-        hyperparameters={"epochs": int(os.environ.get("ADAPTERD_E2E_PREFIX_EPOCHS", "6")),
-                         "batch_size": 16, "seed": 7, "lr_scheduler": "constant",
+        hyperparameters={"epochs": int(os.environ.get("ADAPTERD_E2E_PREFIX_EPOCHS", "8")),
+                         "batch_size": 16, "warmup_steps": 5, "max_seq_length": 32,
+                         "checkpoint_every": 0,
                          "learning_rate": float(os.environ.get("ADAPTERD_E2E_PREFIX_LR", "3e-2"))})
     final = tpy.wait_training_job(job.job_id, timeout=600)
     assert state(tpy, final) == "SUCCEEDED", final
@@ -147,7 +154,7 @@ def test_serving_continues_while_a_job_trains(tserver, tpy, tmp_path):
         out = []
         for i in range(n):
             t0 = time.perf_counter()
-            response = tpy.generate(f"{i % 10} 1 2 is", max_tokens=8)
+            response = tpy.generate(str(100 + i), max_tokens=8)
             out.append((time.perf_counter() - t0) * 1000)
             assert response.usage.completion_tokens > 0
         return out
@@ -264,12 +271,12 @@ def test_malformed_datasets_are_refused_or_skipped_and_counted_per_the_policy(ts
                                                                               tmp_path):
     good = [json.dumps(r) for r in parity_rows(20, seed=10)]
     lines = (good[:5] + ["{this is not json"] + good[5:10] +
-             ['{"prompt": "1 2 3 is", "completion": ""}'] + good[10:])
+             ['{"prompt": "123", "completion": ""}'] + good[10:])
     path = tmp_path / "bad.jsonl"
     with open(path, "wb") as f:
         for line in lines:
             f.write(line.encode() + b"\n")
-        f.write(b'{"prompt": "\xff\xfe 4 is", "completion": " even"}\n')  # Invalid UTF-8: line 23.
+        f.write(b'{"prompt": "\xff\xfe4", "completion": " even"}\n')  # Invalid UTF-8: line 23.
     code, message = tctl.error("train", "create", "--data", str(path), "--name", "bad", "--steps", "1")
     assert code == "INVALID_ARGUMENT", message
     assert "line 6" in message, message
@@ -284,7 +291,7 @@ def test_malformed_datasets_are_refused_or_skipped_and_counted_per_the_policy(ts
     assert any("line 6" in e for e in report.get("first_errors", [])), report
     assert tctl.jsonl("train", "watch", job["job_id"])[-1]["state"] == "TRAINING_JOB_STATE_SUCCEEDED"
     # Nothing usable.
-    empty = write_jsonl(tmp_path / "empty.jsonl", [{"prompt": "1 is", "completion": ""}])
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"prompt": "1", "completion": ""}])
     code, message = tctl.error("train", "create", "--data", empty, "--name", "none", "--steps", "1")
     assert code == "INVALID_ARGUMENT", message
 
@@ -292,7 +299,7 @@ def test_malformed_datasets_are_refused_or_skipped_and_counted_per_the_policy(ts
 @needs_real_engine
 def test_over_long_rows_are_truncated_and_counted(tserver, tpy, tmp_path):
     rows = parity_rows(10, seed=11)
-    rows.append({"prompt": "9 " * 400 + "is", "completion": " odd"})
+    rows.append({"prompt": "9" * 400, "completion": " odd"})
     ds = tpy.upload_dataset(write_jsonl(tmp_path / "long.jsonl", rows))
     job = tpy.create_training_job("long-rows", ds.dataset_id, config={"rank": 4},
                                   hyperparameters={"max_steps": 1, "max_seq_length": 32})
