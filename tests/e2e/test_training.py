@@ -149,6 +149,31 @@ def test_a_prefix_tuning_job_through_the_python_client_learns_the_task(tserver, 
 
 
 @needs_real_engine
+def test_bottleneck_adapters_then_their_fusion_are_trained_registered_and_served(tserver, tpy,
+                                                                                tmp_path):
+    ds = tpy.upload_dataset(write_jsonl(tmp_path / "fusion.jsonl", parity_rows(200, seed=13)))
+    hp = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-2, "max_seq_length": 32,
+          "checkpoint_every": 0}
+    for name in ("pf-a", "pf-b"):
+        job = tpy.create_training_job(name, ds.dataset_id, method="bottleneck",
+                                      config={"config": "pfeiffer", "reduction_factor": 4},
+                                      hyperparameters=hp)
+        final = tpy.wait_training_job(job.job_id, timeout=300)
+        assert state(tpy, final) == "SUCCEEDED", final
+        assert tpy.get_adapter(final.result_adapter).method == "bottleneck"
+    job = tpy.create_training_job("pf-fused", ds.dataset_id, method="fusion",
+                                  config={"adapters": ["pf-a", "pf-b"]}, hyperparameters=hp)
+    assert list(job.request.fusion.adapters) == ["pf-a@1", "pf-b@1"]  # Pinned at create.
+    final = tpy.wait_training_job(job.job_id, timeout=300)
+    assert state(tpy, final) == "SUCCEEDED", final
+    files = sorted(f.name for f in tpy.get_adapter(final.result_adapter).files)
+    assert files == ["adapter_fusion_config.json", "model_adapter_fusion.safetensors",
+                     "pf-a/adapter.safetensors", "pf-a/adapter_config.json",
+                     "pf-b/adapter.safetensors", "pf-b/adapter_config.json"], files
+    assert tpy.generate("473", adapter=final.result_adapter, max_tokens=3).usage.completion_tokens > 0
+
+
+@needs_real_engine
 def test_serving_continues_while_a_job_trains(tserver, tpy, tmp_path):
     def latencies(n):
         out = []
@@ -164,17 +189,17 @@ def test_serving_continues_while_a_job_trains(tserver, tpy, tmp_path):
         return values[min(len(values) - 1, int(q * len(values)))]
 
     latencies(3)  # Warm-up.
-    idle = latencies(40)
+    idle = latencies(100)
     ds = tpy.upload_dataset(write_jsonl(tmp_path / "busy.jsonl", parity_rows(200, seed=5)))
     job = tpy.create_training_job("busy", ds.dataset_id, config={"rank": 8},
                                   hyperparameters={"max_steps": 1000000, "batch_size": 16,
                                                    "learning_rate": 1e-3})
     assert wait_for(lambda: state(tpy, tpy.get_training_job(job.job_id)) == "RUNNING", 60)
-    busy = latencies(40)
+    busy = latencies(100)
     during = tpy.get_training_job(job.job_id)
     tpy.cancel_training_job(job.job_id)
     assert state(tpy, tpy.wait_training_job(job.job_id, timeout=120)) == "CANCELLED"
-    print(f"\ngeneration latency (8 tokens, n=40): without a job p50 {statistics.median(idle):.1f} ms "
+    print(f"\ngeneration latency (8 tokens, n=100): without a job p50 {statistics.median(idle):.1f} ms "
           f"p99 {p(idle, 0.99):.1f} ms; with a LoRA job training p50 {statistics.median(busy):.1f} ms "
           f"p99 {p(busy, 0.99):.1f} ms (ratio p50 {statistics.median(busy) / statistics.median(idle):.2f}); "
           f"the job was at step {during.progress.step}, {during.progress.tokens_per_second:.0f} tok/s")

@@ -329,7 +329,16 @@ int FakeEngine::trains_running() const {
   return trains_running_;
 }
 
+int FakeEngine::last_max_seq_length() const {
+  absl::MutexLock lock(&mu_);
+  return last_max_seq_length_;
+}
+
 absl::StatusOr<DatasetReport> FakeEngine::ValidateTraining(const TrainingSpec& spec) const {
+  {
+    absl::MutexLock lock(&mu_);
+    last_max_seq_length_ = spec.hyper.max_seq_length;
+  }
   for (const std::string& target : spec.lora.target_modules) {
     if (spec.method == TrainingMethod::kLora && target == "bogus") {
       return absl::FailedPreconditionError("lora target module \"bogus\" is not in the model");

@@ -272,6 +272,19 @@ TEST(TrainingServiceTest, AFailingJobIsFailedWithTheEnginesErrorAndKeepsItsCheck
   EXPECT_TRUE(Exists(s.data + "/jobs/" + job.job_id() + "/checkpoint/step"));
 }
 
+TEST(TrainingServiceTest, TheDefaultRowLengthIsCappedAtTheModelsContext) {
+  TrainingServer s;  // The fake model's context is 256 tokens.
+  const std::string ds = s.Dataset(Rows(4));
+  v1::TrainingJob job;
+  ASSERT_TRUE(s.Create(LoraJob(ds, "short", 1), &job).ok());
+  EXPECT_EQ(s.engine->last_max_seq_length(), 256);
+  s.Watch(job.job_id());  // Its trainer validates too: let it finish first.
+  v1::CreateTrainingJobRequest explicit_length = LoraJob(ds, "short", 1);
+  explicit_length.mutable_hyperparameters()->set_max_seq_length(1024);
+  ASSERT_TRUE(s.Create(explicit_length, &job).ok());
+  EXPECT_EQ(s.engine->last_max_seq_length(), 1024);  // Asked for: the engine decides.
+}
+
 TEST(TrainingServiceTest, ARetriedCreateWithTheSameClientRequestIdMakesOneJob) {
   TrainingServer s;
   const std::string ds = s.Dataset(Rows(8));
