@@ -11,9 +11,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "adapters_store/adapter_ref.h"
 #include "adapters_store/file_util.h"
@@ -99,8 +99,8 @@ absl::StatusOr<std::string> DatasetStore::BeginUpload(const std::string& owner,
   }
   if (size <= 0) return absl::InvalidArgumentError("a dataset must not be empty");
   if (size > options_.max_dataset_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the dataset is ", size, " bytes; the limit is ", options_.max_dataset_bytes));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the dataset is ", size, " bytes; the limit is ", options_.max_dataset_bytes));
   }
   if (options_.max_tenant_bytes > 0) {
     ASSIGN_OR_RETURN(const int64_t used, registry_->DatasetBytes(owner));
@@ -162,8 +162,8 @@ absl::Status DatasetStore::Append(const std::string& upload_id, int64_t offset,
       status = absl::InvalidArgumentError(
           absl::StrCat("write offset ", offset, ", expected ", upload->written));
     } else if (static_cast<int64_t>(data.size()) > upload->size - upload->written) {
-      status = absl::InvalidArgumentError(absl::StrCat(
-          "the dataset is longer than its declared size of ", upload->size, " bytes"));
+      status = absl::InvalidArgumentError(
+          absl::StrCat("the dataset is longer than its declared size of ", upload->size, " bytes"));
     } else {
       status = WriteAll(upload->fd, data, "dataset upload");
       if (status.ok()) {
@@ -223,8 +223,8 @@ absl::StatusOr<DatasetRecord> DatasetStore::Commit(const std::string& upload_id)
     if (record.size > options_.max_tenant_bytes - *used) {
       return fail(absl::ResourceExhaustedError(
           absl::StrCat("dataset quota: the tenant stores ", *used, " bytes of datasets; ",
-                       record.size, " more would exceed its limit of ",
-                       options_.max_tenant_bytes, " bytes; delete some first")));
+                       record.size, " more would exceed its limit of ", options_.max_tenant_bytes,
+                       " bytes; delete some first")));
     }
   }
   const std::string blob = PathOf(record);

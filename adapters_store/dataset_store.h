@@ -29,9 +29,9 @@
 namespace adapterd {
 
 struct DatasetStoreOptions {
-  std::string root;                                // The data directory.
-  int64_t max_dataset_bytes = int64_t{1} << 30;    // One dataset.
-  int64_t max_tenant_bytes = int64_t{10} << 30;    // All of a tenant's datasets; 0: unlimited.
+  std::string root;                              // The data directory.
+  int64_t max_dataset_bytes = int64_t{1} << 30;  // One dataset.
+  int64_t max_tenant_bytes = int64_t{10} << 30;  // All of a tenant's datasets; 0: unlimited.
   int max_open_uploads = 16;
 };
 

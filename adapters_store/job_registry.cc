@@ -230,10 +230,9 @@ absl::StatusOr<JobRecord> JobRegistry::InsertJob(JobRecord job, bool* existed) {
               "started_at_us, finished_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', '', '', 0, "
               "0, 0, ?, 0, 0)");
   RETURN_IF_ERROR(insert.Prepared());
-  insert.Bind({job.id, job.owner, int64_t{static_cast<int>(job.state)}, job.method,
-               job.output_name, job.dataset_id, job.client_request_id, job.spec,
-               job.dataset_report, ProgressToJson(job.progress),
-               absl::ToUnixMicros(job.created_at)});
+  insert.Bind({job.id, job.owner, int64_t{static_cast<int>(job.state)}, job.method, job.output_name,
+               job.dataset_id, job.client_request_id, job.spec, job.dataset_report,
+               ProgressToJson(job.progress), absl::ToUnixMicros(job.created_at)});
   if (insert.Step() != SQLITE_DONE) return DbError(db_, "insert job");
   job.seq = sqlite3_last_insert_rowid(db_);
   return job;
@@ -314,7 +313,7 @@ absl::StatusOr<std::vector<JobRecord>> JobRegistry::JobsInState(JobState state) 
 }
 
 absl::StatusOr<bool> JobRegistry::UpdateLocked(const JobRecord& job,
-                                              std::optional<JobState> expected) {
+                                               std::optional<JobState> expected) {
   std::string sql =
       "UPDATE training_jobs SET state = ?, dataset_report = ?, progress = ?, error_code = ?, "
       "error = ?, result_adapter = ?, result_version = ?, cancel_requested = ?, attempts = ?, "

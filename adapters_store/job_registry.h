@@ -67,7 +67,8 @@ struct JobRecord {
   std::string spec;               // Opaque (the server's serialisation of the request).
   std::string dataset_report;     // Opaque.
   JobProgress progress;
-  std::string error_code;  // "FAILED_PRECONDITION", ...; empty unless FAILED/CANCELLED with a reason.
+  std::string
+      error_code;  // "FAILED_PRECONDITION", ...; empty unless FAILED/CANCELLED with a reason.
   std::string error;
   std::string result_adapter;  // Name of the registered adapter (SUCCEEDED).
   int64_t result_version = 0;

@@ -67,7 +67,8 @@ std::string ProgressText(const v1::TrainingJob& job) {
   int n = std::snprintf(buffer, sizeof buffer, "step %lld/%lld epoch %d",
                         static_cast<long long>(p.step()), static_cast<long long>(p.total_steps()),
                         p.epoch());
-  if (std::isfinite(p.loss())) n += std::snprintf(buffer + n, sizeof buffer - n, " loss %.4f", p.loss());
+  if (std::isfinite(p.loss()))
+    n += std::snprintf(buffer + n, sizeof buffer - n, " loss %.4f", p.loss());
   if (std::isfinite(p.eval_loss())) {
     n += std::snprintf(buffer + n, sizeof buffer - n, " eval %.4f", p.eval_loss());
   }
@@ -153,8 +154,8 @@ std::vector<std::string> SplitComma(const std::vector<std::string>& values) {
     size_t start = 0;
     while (start <= v.size()) {
       const size_t comma = v.find(',', start);
-      const std::string part = v.substr(start, comma == std::string::npos ? std::string::npos
-                                                                          : comma - start);
+      const std::string part =
+          v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
       if (!part.empty()) out.push_back(part);
       if (comma == std::string::npos) break;
       start = comma + 1;
@@ -249,8 +250,9 @@ TrainingCommands::TrainingCommands(CLI::App& app) : flags_(std::make_unique<Flag
   train_ = app.add_subcommand("train", "Fine-tuning jobs");
   train_->require_subcommand(1);
   CLI::App* create = train_->add_subcommand("create", "Create a training job");
-  create->add_option("--method", f.method,
-                     "lora, bottleneck, fusion, prefix_tuning, p_tuning or prompt_tuning")
+  create
+      ->add_option("--method", f.method,
+                   "lora, bottleneck, fusion, prefix_tuning, p_tuning or prompt_tuning")
       ->check(CLI::IsMember(
           {"lora", "bottleneck", "fusion", "prefix_tuning", "p_tuning", "prompt_tuning"}))
       ->capture_default_str();
@@ -271,8 +273,7 @@ TrainingCommands::TrainingCommands(CLI::App& app) : flags_(std::make_unique<Flag
   create->add_option("--bottleneck-config", f.bottleneck_config, "pfeiffer or houlsby");
   create->add_option("--reduction-factor", f.reduction_factor, "Bottleneck reduction factor");
   create->add_option("--activation", f.activation, "Bottleneck activation");
-  create->add_option("--fuse", f.fuse, "Fusion: adapters to fuse, comma-separated")
-      ->delimiter(',');
+  create->add_option("--fuse", f.fuse, "Fusion: adapters to fuse, comma-separated")->delimiter(',');
   create->add_option("--virtual-tokens", f.virtual_tokens, "Prefix/P-/prompt tuning tokens");
   create->add_flag("--no-prefix-projection", f.no_prefix_projection,
                    "Prefix tuning without the MLP reparameterisation");
@@ -327,15 +328,14 @@ int TrainingCommands::Run(Client& client, bool as_json,
   auto upload = [&](const std::string& path, const std::string& name,
                     v1::DatasetInfo* info) -> grpc::Status {
     const bool tty = ::isatty(2) != 0 && !f.quiet;
-    return client.UploadDataset(path, name.empty() ? DatasetNameOf(path) : name, info,
-                                [tty](int64_t sent, int64_t total) {
-                                  if (tty) {
-                                    std::fprintf(stderr, "\rupload: %lld/%lld bytes",
-                                                 static_cast<long long>(sent),
-                                                 static_cast<long long>(total));
-                                    if (sent == total) std::fprintf(stderr, "\n");
-                                  }
-                                });
+    return client.UploadDataset(
+        path, name.empty() ? DatasetNameOf(path) : name, info, [tty](int64_t sent, int64_t total) {
+          if (tty) {
+            std::fprintf(stderr, "\rupload: %lld/%lld bytes", static_cast<long long>(sent),
+                         static_cast<long long>(total));
+            if (sent == total) std::fprintf(stderr, "\n");
+          }
+        });
   };
   auto print_dataset = [as_json](const v1::DatasetInfo& d) {
     if (as_json) {

@@ -11,7 +11,6 @@
 // 1 when it FAILED or was CANCELLED.
 
 #include <CLI/CLI.hpp>
-
 #include <functional>
 #include <memory>
 

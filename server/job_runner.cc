@@ -41,8 +41,8 @@ void SetError(JobRecord& job, const absl::Status& status) {
 
 }  // namespace
 
-JobRunner::JobRunner(Engine* engine, JobRegistry* registry, AdapterStore* store,
-                     Preparer prepare, QuotaLookup quota, JobRunnerOptions options)
+JobRunner::JobRunner(Engine* engine, JobRegistry* registry, AdapterStore* store, Preparer prepare,
+                     QuotaLookup quota, JobRunnerOptions options)
     : engine_(engine),
       registry_(registry),
       store_(store),
@@ -64,8 +64,7 @@ absl::Status JobRunner::Start() {
     job.cancel_requested = false;
     if (IsDir(WorkDir(job.id))) {
       job.state = JobState::kQueued;
-      spdlog::info("training job {} was RUNNING when the server stopped: queued to resume",
-                   job.id);
+      spdlog::info("training job {} was RUNNING when the server stopped: queued to resume", job.id);
     } else {
       job.state = JobState::kFailed;
       job.finished_at = absl::Now();
@@ -209,8 +208,8 @@ void JobRunner::Update(const JobRecord& job, bool persist) {
   }
   if (persist) {
     absl::Status stored = registry_->UpdateJob(job);
-    if (!stored.ok()) spdlog::error("training job {}: cannot store its state: {}", job.id,
-                                    stored.ToString());
+    if (!stored.ok())
+      spdlog::error("training job {}: cannot store its state: {}", job.id, stored.ToString());
   }
   Notify(job);
 }

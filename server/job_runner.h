@@ -48,8 +48,8 @@
 namespace adapterd {
 
 struct JobRunnerOptions {
-  int max_jobs = 1;                      // Runner threads: jobs training at once.
-  std::string jobs_dir;                  // DATA_DIR/jobs.
+  int max_jobs = 1;      // Runner threads: jobs training at once.
+  std::string jobs_dir;  // DATA_DIR/jobs.
   absl::Duration persist_interval = absl::Seconds(2);
   absl::Duration keep_failed_work_dirs = absl::Hours(72);
 };

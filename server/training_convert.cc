@@ -117,8 +117,7 @@ absl::StatusOr<TrainingSpec> TrainingSpecFromProto(const v1::CreateTrainingJobRe
     case v1::CreateTrainingJobRequest::kPTuning: {
       const v1::PTuningConfig& c = request.p_tuning();
       spec.method = TrainingMethod::kPTuning;
-      if (c.num_virtual_tokens() < 0 || c.encoder_hidden_size() < 0 ||
-          c.encoder_num_layers() < 0) {
+      if (c.num_virtual_tokens() < 0 || c.encoder_hidden_size() < 0 || c.encoder_num_layers() < 0) {
         return Bad("p_tuning", "sizes must be >= 0");
       }
       if (c.num_virtual_tokens() > 0) spec.p_tuning.num_virtual_tokens = c.num_virtual_tokens();
@@ -134,7 +133,8 @@ absl::StatusOr<TrainingSpec> TrainingSpecFromProto(const v1::CreateTrainingJobRe
     case v1::CreateTrainingJobRequest::kPromptTuning: {
       const v1::PromptTuningConfig& c = request.prompt_tuning();
       spec.method = TrainingMethod::kPromptTuning;
-      if (c.num_virtual_tokens() < 0) return Bad("prompt_tuning.num_virtual_tokens", "must be >= 0");
+      if (c.num_virtual_tokens() < 0)
+        return Bad("prompt_tuning.num_virtual_tokens", "must be >= 0");
       if (c.num_virtual_tokens() > 0) {
         spec.prompt_tuning.num_virtual_tokens = c.num_virtual_tokens();
       }
@@ -150,9 +150,9 @@ absl::StatusOr<TrainingSpec> TrainingSpecFromProto(const v1::CreateTrainingJobRe
 
   const v1::Hyperparameters& h = request.hyperparameters();
   TrainingHyperparams& hp = spec.hyper;
-  if (h.epochs() < 0 || h.max_steps() < 0 || h.batch_size() < 0 ||
-      h.gradient_accumulation() < 0 || h.warmup_steps() < 0 || h.max_seq_length() < 0 ||
-      h.eval_every() < 0 || (h.has_checkpoint_every() && h.checkpoint_every() < 0)) {
+  if (h.epochs() < 0 || h.max_steps() < 0 || h.batch_size() < 0 || h.gradient_accumulation() < 0 ||
+      h.warmup_steps() < 0 || h.max_seq_length() < 0 || h.eval_every() < 0 ||
+      (h.has_checkpoint_every() && h.checkpoint_every() < 0)) {
     return Bad("hyperparameters", "counts must be >= 0");
   }
   if (h.epochs() > 0) hp.epochs = h.epochs();
@@ -248,8 +248,8 @@ void JobToProto(const JobRecord& job, v1::TrainingJob* out) {
   p->set_tokens_seen(job.progress.tokens_seen);
   p->set_resumed_from_step(job.progress.resumed_from_step);
   if (!job.dataset_report.empty()) {
-    static_cast<void>(google::protobuf::util::JsonStringToMessage(
-        job.dataset_report, out->mutable_dataset_report()));
+    static_cast<void>(google::protobuf::util::JsonStringToMessage(job.dataset_report,
+                                                                  out->mutable_dataset_report()));
   }
   if (job.state == JobState::kSucceeded) {
     out->set_result_adapter(absl::StrCat(job.result_adapter, "@", job.result_version));

@@ -25,7 +25,8 @@ constexpr absl::Duration kJobQuotaRetry = absl::Seconds(30);
 std::string ForLog(const std::string& s) { return absl::CEscape(s.substr(0, 160)); }
 
 absl::Status CheckClientRequestId(const std::string& id) {
-  if (id.size() > 128) return absl::InvalidArgumentError("client_request_id is over 128 characters");
+  if (id.size() > 128)
+    return absl::InvalidArgumentError("client_request_id is over 128 characters");
   for (char c : id) {
     if (c < 0x21 || c > 0x7e) {
       return absl::InvalidArgumentError("client_request_id must be printable ASCII");
@@ -42,8 +43,8 @@ absl::Status CheckJobQuota(JobRegistry* registry, const Principal& who) {
     return WithRetryAfter(
         absl::ResourceExhaustedError(absl::StrCat(
             "training job quota: the tenant has ", *active, " queued or running jobs of at most ",
-            who.quotas.max_concurrent_jobs, "; retry after ",
-            absl::ToInt64Seconds(kJobQuotaRetry), "s or when one finishes")),
+            who.quotas.max_concurrent_jobs, "; retry after ", absl::ToInt64Seconds(kJobQuotaRetry),
+            "s or when one finishes")),
         kJobQuotaRetry);
   }
   return absl::OkStatus();
@@ -53,8 +54,7 @@ absl::Status CheckJobQuota(JobRegistry* registry, const Principal& who) {
 
 // One UploadDataset stream: one read in flight; each message is handled on a
 // worker, which starts the next read (as the Adapters upload).
-class TrainingService::UploadCall final
-    : public grpc::ServerReadReactor<v1::UploadDatasetRequest> {
+class TrainingService::UploadCall final : public grpc::ServerReadReactor<v1::UploadDatasetRequest> {
  public:
   UploadCall(TrainingService* service, grpc::CallbackServerContext* context,
              v1::DatasetInfo* response)
@@ -157,8 +157,8 @@ class TrainingService::UploadCall final
       service_->datasets_->Abort(upload_id_);
       upload_id_.clear();
     }
-    spdlog::info("UploadDataset request_id={} tenant={} name={} failed: {}", request_id_,
-                 tenant_, name_, status.ToString());
+    spdlog::info("UploadDataset request_id={} tenant={} name={} failed: {}", request_id_, tenant_,
+                 name_, status.ToString());
     Finish(ToGrpcStatus(status));
   }
 
@@ -195,7 +195,9 @@ class TrainingService::WatchCall final : public grpc::ServerWriteReactor<v1::Tra
   };
 
   WatchCall(TrainingService* service, grpc::CallbackServerContext* context, std::string job_id)
-      : service_(service), context_(context), job_id_(std::move(job_id)),
+      : service_(service),
+        context_(context),
+        job_id_(std::move(job_id)),
         core_(std::make_shared<Core>()) {
     absl::MutexLock lock(&core_->mu);
     core_->call = this;
@@ -211,32 +213,32 @@ class TrainingService::WatchCall final : public grpc::ServerWriteReactor<v1::Tra
     }
     // The subscription reads the registry: on a worker. The task holds only
     // the core, as the reactor may be gone by the time it runs.
-    service_->pool_.Schedule([core = core_, runner = service_->runner_, job_id = job_id_,
-                              who = *std::move(who)] {
-      JobRecord current;
-      absl::StatusOr<int64_t> sub = runner->Subscribe(
-          job_id, [core](const JobRecord& job) { Pump(core, job, std::nullopt); }, &current);
-      if (!sub.ok()) {
-        Pump(core, std::nullopt, sub.status());
-        return;
-      }
-      bool done = false;
-      {
-        absl::MutexLock lock(&core->mu);
-        done = core->done;
-        core->subscription = *sub;
-      }
-      if (done) {
-        runner->Unsubscribe(job_id, *sub);
-        return;
-      }
-      if (current.owner != who.tenant && !who.is_admin()) {
-        Pump(core, std::nullopt,
-             absl::NotFoundError(absl::StrCat("training job ", job_id, " not found")));
-        return;
-      }
-      Pump(core, current, std::nullopt);
-    });
+    service_->pool_.Schedule(
+        [core = core_, runner = service_->runner_, job_id = job_id_, who = *std::move(who)] {
+          JobRecord current;
+          absl::StatusOr<int64_t> sub = runner->Subscribe(
+              job_id, [core](const JobRecord& job) { Pump(core, job, std::nullopt); }, &current);
+          if (!sub.ok()) {
+            Pump(core, std::nullopt, sub.status());
+            return;
+          }
+          bool done = false;
+          {
+            absl::MutexLock lock(&core->mu);
+            done = core->done;
+            core->subscription = *sub;
+          }
+          if (done) {
+            runner->Unsubscribe(job_id, *sub);
+            return;
+          }
+          if (current.owner != who.tenant && !who.is_admin()) {
+            Pump(core, std::nullopt,
+                 absl::NotFoundError(absl::StrCat("training job ", job_id, " not found")));
+            return;
+          }
+          Pump(core, current, std::nullopt);
+        });
   }
 
   void OnWriteDone(bool ok) override {
@@ -356,14 +358,13 @@ absl::StatusOr<TrainingSpec> TrainingService::SpecFor(
   // a job that does not ask for a length fits any model.
   if (spec.ok() && request.hyperparameters().max_seq_length() == 0 &&
       engine_->info().context_length > 0) {
-    spec->hyper.max_seq_length = static_cast<int>(std::min<int64_t>(
-        spec->hyper.max_seq_length, engine_->info().context_length));
+    spec->hyper.max_seq_length = static_cast<int>(
+        std::min<int64_t>(spec->hyper.max_seq_length, engine_->info().context_length));
   }
   return spec;
 }
 
-absl::StatusOr<JobRecord> TrainingService::JobFor(const Principal& who,
-                                                  const std::string& job_id) {
+absl::StatusOr<JobRecord> TrainingService::JobFor(const Principal& who, const std::string& job_id) {
   absl::StatusOr<JobRecord> job = runner_->Get(job_id);
   if (job.ok() && job->owner != who.tenant && !who.is_admin()) {
     return absl::NotFoundError(absl::StrCat("training job ", job_id, " not found"));
@@ -416,9 +417,9 @@ absl::Status TrainingService::Create(const Principal& who,
       const JobRecord& job = **existing;
       if (job.output_name != request.output_adapter() || job.dataset_id != request.dataset_id() ||
           job.method != MethodOf(request)) {
-        return absl::AlreadyExistsError(
-            absl::StrCat("client_request_id ", ForLog(request.client_request_id()),
-                         " was used for another job (", job.id, ")"));
+        return absl::AlreadyExistsError(absl::StrCat("client_request_id ",
+                                                     ForLog(request.client_request_id()),
+                                                     " was used for another job (", job.id, ")"));
       }
       absl::StatusOr<JobRecord> live = runner_->Get(job.id);
       JobToProto(live.ok() ? *live : job, response);
@@ -443,7 +444,8 @@ absl::Status TrainingService::Create(const Principal& who,
     pins.push_back(init->pin);
   }
   for (int i = 0; i < request.fusion().adapters_size(); ++i) {
-    absl::StatusOr<ResolvedAdapter> child = store_->Resolve(who.tenant, request.fusion().adapters(i));
+    absl::StatusOr<ResolvedAdapter> child =
+        store_->Resolve(who.tenant, request.fusion().adapters(i));
     if (!child.ok()) return child.status();
     spec->fusion.children.push_back({child->record.name, child->dir, child->pin});
     stored.mutable_fusion()->set_adapters(
@@ -532,9 +534,9 @@ grpc::ServerUnaryReactor* TrainingService::CreateTrainingJob(
   });
 }
 
-grpc::ServerUnaryReactor* TrainingService::GetTrainingJob(
-    grpc::CallbackServerContext* context, const v1::GetTrainingJobRequest* request,
-    v1::TrainingJob* response) {
+grpc::ServerUnaryReactor* TrainingService::GetTrainingJob(grpc::CallbackServerContext* context,
+                                                          const v1::GetTrainingJobRequest* request,
+                                                          v1::TrainingJob* response) {
   return RunUnary(context, "GetTrainingJob", [this, request, response](const Principal& who) {
     absl::StatusOr<JobRecord> job = JobFor(who, request->job_id());
     if (!job.ok()) return job.status();

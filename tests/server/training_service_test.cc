@@ -28,7 +28,8 @@ std::string Rows(int n, int first_bad_line = 0, int empty_line = 0) {
     if (i == first_bad_line) {
       out += "{not json\n";
     } else if (i == empty_line) {
-      out += R"({"prompt": "123", "completion": ""})" "\n";
+      out += R"({"prompt": "123", "completion": ""})"
+             "\n";
     } else {
       out += R"({"prompt": ")" + std::to_string(100 + i) + R"(", "completion": ")" +
              (i % 2 == 0 ? " even" : " odd") + "\"}\n";
@@ -108,8 +109,7 @@ struct TrainingServer {
       if (client->GetTrainingJob(job_id, &job).ok() && done(job)) return job;
       absl::SleepFor(absl::Milliseconds(5));
     }
-    ADD_FAILURE() << "job " << job_id << " never reached the expected state: "
-                  << job.DebugString();
+    ADD_FAILURE() << "job " << job_id << " never reached the expected state: " << job.DebugString();
     return job;
   }
 
@@ -375,9 +375,8 @@ TEST(TrainingServiceTest, DatasetsAreChecksummedLimitedSharedAndProtectedWhileIn
             grpc::StatusCode::FAILED_PRECONDITION);
   v1::TrainingJob cancelled;
   ASSERT_TRUE(s.client->CancelTrainingJob(job.job_id(), &cancelled).ok());
-  s.WaitFor(job.job_id(), [](const v1::TrainingJob& j) {
-    return j.state() == v1::TRAINING_JOB_STATE_CANCELLED;
-  });
+  s.WaitFor(job.job_id(),
+            [](const v1::TrainingJob& j) { return j.state() == v1::TRAINING_JOB_STATE_CANCELLED; });
   ASSERT_TRUE(s.client->DeleteDataset(a.dataset_id(), &deleted).ok());
   EXPECT_EQ(s.client->DeleteDataset(a.dataset_id(), &deleted).error_code(),
             grpc::StatusCode::NOT_FOUND);
@@ -462,7 +461,8 @@ TEST(TrainingServiceTest, SeveralRunnersTrainJobsAtOnce) {
   }
   EXPECT_EQ(s.engine->trains_running(), 2);
   v1::TrainingJob c;
-  for (const v1::TrainingJob* j : {&a, &b}) ASSERT_TRUE(s.client->CancelTrainingJob(j->job_id(), &c).ok());
+  for (const v1::TrainingJob* j : {&a, &b})
+    ASSERT_TRUE(s.client->CancelTrainingJob(j->job_id(), &c).ok());
 }
 
 TEST(TrainingServiceTest, ATenantAtItsJobQuotaIsRefusedWithARetryHint) {
@@ -491,7 +491,8 @@ TEST(TrainingServiceTest, ATenantAtItsJobQuotaIsRefusedWithARetryHint) {
   EXPECT_EQ(std::string(hint->second.data(), hint->second.size()), "30000");
   // Tenant b is not affected by a's quota.
   ASSERT_TRUE(s.ClientFor(s.key_b)->UploadDataset(path, "q", &ds).ok());
-  ASSERT_TRUE(s.ClientFor(s.key_b)->CreateTrainingJob(LoraJob(ds.dataset_id(), "b1", 1), &second).ok());
+  ASSERT_TRUE(
+      s.ClientFor(s.key_b)->CreateTrainingJob(LoraJob(ds.dataset_id(), "b1", 1), &second).ok());
   // Once a's job is over, a may create again.
   v1::TrainingJob cancelled;
   ASSERT_TRUE(a->CancelTrainingJob(first.job_id(), &cancelled).ok());
@@ -541,7 +542,8 @@ TEST(TrainingServiceTest, AnotherTenantsJobsAndDatasetsAnswerLikeMissingOnes) {
   };
   const auto theirs = probe(*b, job.job_id(), ds.dataset_id());
   EXPECT_EQ(theirs, probe(*b, "job_00000000000000000000", "ds_00000000000000000000"));
-  for (const auto& [code, message] : theirs) EXPECT_EQ(code, grpc::StatusCode::NOT_FOUND) << message;
+  for (const auto& [code, message] : theirs)
+    EXPECT_EQ(code, grpc::StatusCode::NOT_FOUND) << message;
   EXPECT_EQ(theirs[0].second, "training job <id> not found");
   EXPECT_EQ(theirs[3].second, "dataset <id> not found");
   v1::TrainingJob out;

@@ -4,7 +4,6 @@
 #include "adapters_store/dataset_store.h"
 
 #include "adapters_store/file_util.h"
-
 #include "tests/store/store_test_util.h"
 
 namespace adapterd::testing {
@@ -54,7 +53,8 @@ TEST(DatasetStoreTest, AnUploadIsVerifiedStoredByDigestAndCountsLines) {
 TEST(DatasetStoreTest, BadUploadsAreRefusedAndLeaveNothing) {
   Fixture f(/*max_dataset=*/64, /*max_tenant=*/80);
   // Wrong digest.
-  absl::StatusOr<std::string> id = f.store->BeginUpload("t", "d", kRows.size(), std::string(64, 'a'));
+  absl::StatusOr<std::string> id =
+      f.store->BeginUpload("t", "d", kRows.size(), std::string(64, 'a'));
   ASSERT_TRUE(id.ok());
   ASSERT_TRUE(f.store->Append(*id, 0, kRows).ok());
   absl::StatusOr<DatasetRecord> committed = f.store->Commit(*id);
