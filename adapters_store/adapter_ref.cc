@@ -76,7 +76,8 @@ absl::Status ValidateAdapterFileName(absl::string_view file_name) {
     const absl::string_view dir = file_name.substr(0, slash);
     const absl::string_view leaf = file_name.substr(slash + 1);
     if (ValidateAdapterName(dir).ok() &&
-        (leaf == kAdapterConfigFile || leaf == kAdapterHubWeightsFile || leaf == kPeftWeightsFile)) {
+        (leaf == kAdapterConfigFile || leaf == kAdapterHubWeightsFile ||
+         leaf == kPeftWeightsFile)) {
       return absl::OkStatus();
     }
     return absl::InvalidArgumentError(

@@ -18,8 +18,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "adapters_store/file_util.h"
-#include "common/sha256.h"
 #include "adapters_store/sqlite_registry.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 
 namespace adapterd {
@@ -299,8 +299,8 @@ absl::StatusOr<std::string> AdapterStore::BeginUpload(const UploadSpec& spec) {
     }
     if (f.size < 0) return absl::InvalidArgumentError(absl::StrCat("file ", f.name, ": size < 0"));
     if (absl::EndsWith(f.name, ".json") && f.size > options_.max_config_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          f.name, " is ", f.size, " bytes; the limit is ", options_.max_config_bytes));
+      return absl::ResourceExhaustedError(
+          absl::StrCat(f.name, " is ", f.size, " bytes; the limit is ", options_.max_config_bytes));
     }
     if (f.size > options_.max_adapter_bytes - total) {
       return absl::ResourceExhaustedError(absl::StrCat("the adapter exceeds the size limit of ",
@@ -554,8 +554,8 @@ absl::StatusOr<AdapterRecord> AdapterStore::RegisterFromPath(
   spec.version = version;
   spec.method_hint = method_hint;
   std::vector<std::string> sources;
-  for (const char* file : {kAdapterConfigFile, kPeftWeightsFile, kAdapterHubWeightsFile,
-                           kPromptEncoderFile}) {
+  for (const char* file :
+       {kAdapterConfigFile, kPeftWeightsFile, kAdapterHubWeightsFile, kPromptEncoderFile}) {
     const std::string candidate = absl::StrCat(*real, "/", file);
     struct stat fst;
     if (::lstat(candidate.c_str(), &fst) != 0) continue;

@@ -38,7 +38,7 @@ class TrainingService;
 // Fine-tuning jobs and datasets (server/training_service.h, job_runner.h),
 // under the adapter store's data dir.
 struct TrainingOptions {
-  int max_jobs = 1;  // Jobs training at once (runner threads).
+  int max_jobs = 1;                                      // Jobs training at once (runner threads).
   int64_t max_dataset_bytes = int64_t{1} << 30;          // One dataset.
   int64_t max_tenant_dataset_bytes = int64_t{10} << 30;  // A tenant's datasets; 0: unlimited.
   absl::Duration progress_interval = absl::Seconds(2);   // Progress persisted at most this often.

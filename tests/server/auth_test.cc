@@ -267,8 +267,7 @@ std::map<std::string, Call> Calls() {
     grpc::ClientContext context;
     Attach(&context, cred);
     v1::ListDatasetsResponse response;
-    return Done(s.training->ListDatasets(&context, v1::ListDatasetsRequest(), &response),
-                response);
+    return Done(s.training->ListDatasets(&context, v1::ListDatasetsRequest(), &response), response);
   };
   c["adapterd.v1.Training.DeleteDataset"] = [](AuthServer& s, const Cred& cred) {
     // A fresh dataset of a's each time: a and the admin delete it, b cannot see it.

@@ -1,11 +1,10 @@
 #include "tests/server/fake_engine.h"
 
 #include <algorithm>
-#include <functional>
-#include <utility>
-
 #include <fstream>
+#include <functional>
 #include <sstream>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -361,12 +360,13 @@ absl::StatusOr<DatasetReport> FakeEngine::ValidateTraining(const TrainingSpec& s
                       row.contains("completion") && row["completion"].is_string();
     const bool text = row.is_object() && row.contains("text") && row["text"].is_string();
     if (!pair && !text) {
-      malformed.push_back(absl::StrCat("line ", number, ": not a {prompt, completion} or {text} "
+      malformed.push_back(absl::StrCat("line ", number,
+                                       ": not a {prompt, completion} or {text} "
                                        "JSON object"));
       continue;
     }
-    const std::string target = pair ? row["completion"].get<std::string>()
-                                    : row["text"].get<std::string>();
+    const std::string target =
+        pair ? row["completion"].get<std::string>() : row["text"].get<std::string>();
     if (target.empty()) {
       ++report.skipped_empty;
       continue;
@@ -374,16 +374,17 @@ absl::StatusOr<DatasetReport> FakeEngine::ValidateTraining(const TrainingSpec& s
     ++report.rows_used;
     report.tokens += static_cast<int64_t>(line.size());
   }
-  for (size_t i = 0; i < malformed.size() && i < 5; ++i) report.first_errors.push_back(malformed[i]);
+  for (size_t i = 0; i < malformed.size() && i < 5; ++i)
+    report.first_errors.push_back(malformed[i]);
   if (!malformed.empty() && !spec.dataset_options.skip_invalid_rows) {
-    return absl::InvalidArgumentError(absl::StrCat("the dataset has ", malformed.size(),
-                                                   " malformed lines: ",
-                                                   absl::StrJoin(report.first_errors, "; ")));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the dataset has ", malformed.size(),
+                     " malformed lines: ", absl::StrJoin(report.first_errors, "; ")));
   }
   report.skipped_malformed = static_cast<int64_t>(malformed.size());
   if (report.rows_used == 0) return absl::InvalidArgumentError("the dataset has no usable rows");
-  report.eval_rows = static_cast<int64_t>(static_cast<double>(report.rows_used) *
-                                          spec.hyper.eval_fraction);
+  report.eval_rows =
+      static_cast<int64_t>(static_cast<double>(report.rows_used) * spec.hyper.eval_fraction);
   report.train_rows = report.rows_used - report.eval_rows;
   return report;
 }
@@ -412,10 +413,10 @@ absl::StatusOr<TrainingResult> FakeEngine::Train(const TrainingSpec& spec,
       --engine->trains_running_;
     }
   } running{this};
-  const int64_t batches =
-      (report->train_rows + spec.hyper.batch_size - 1) / spec.hyper.batch_size;
-  const int64_t total =
-      spec.hyper.max_steps > 0 ? spec.hyper.max_steps : std::max<int64_t>(1, spec.hyper.epochs * batches);
+  const int64_t batches = (report->train_rows + spec.hyper.batch_size - 1) / spec.hyper.batch_size;
+  const int64_t total = spec.hyper.max_steps > 0
+                            ? spec.hyper.max_steps
+                            : std::max<int64_t>(1, spec.hyper.epochs * batches);
   TrainingProgress p;
   p.total_steps = total;
   p.resumed_from_step = step;

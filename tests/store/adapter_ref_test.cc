@@ -75,10 +75,9 @@ TEST(AdapterRefTest, AcceptsOnlyAdapterFilesAndRefusesPickle) {
 }
 
 TEST(AdapterRefTest, AcceptsTheFilesTrainingJobsWrite) {
-  for (const char* good :
-       {"prompt_encoder.safetensors", "adapter_fusion_config.json",
-        "model_adapter_fusion.safetensors", "sentiment/adapter_config.json",
-        "sentiment/adapter.safetensors", "nli-v2/adapter_model.safetensors"}) {
+  for (const char* good : {"prompt_encoder.safetensors", "adapter_fusion_config.json",
+                           "model_adapter_fusion.safetensors", "sentiment/adapter_config.json",
+                           "sentiment/adapter.safetensors", "nli-v2/adapter_model.safetensors"}) {
     EXPECT_TRUE(ValidateAdapterFileName(good).ok()) << good;
   }
   EXPECT_TRUE(IsTopLevelConfigFile("adapter_fusion_config.json"));

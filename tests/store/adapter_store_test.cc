@@ -207,13 +207,14 @@ TEST_F(AdapterStoreTest, PublishDirectoryTakesTheFusionLayoutAndNothingElse) {
   WriteFiles(out + "/nli/deeper", {{"adapter.safetensors", "too deep"}});
   WriteFiles(out + "/.hidden", {{"adapter.safetensors", "hidden"}});
   WriteFiles(tmp_ / "outside", {{"secret", "secret"}});
-  ASSERT_EQ(::symlink((tmp_ / "outside/secret").c_str(), (out + "/prompt_encoder.safetensors").c_str()),
-            0);
+  ASSERT_EQ(
+      ::symlink((tmp_ / "outside/secret").c_str(), (out + "/prompt_encoder.safetensors").c_str()),
+      0);
   absl::StatusOr<AdapterRecord> record = store_->PublishDirectory("t", "fused", out, "");
   ASSERT_TRUE(record.ok()) << record.status();
   const std::vector<std::string> expected = {
-      "adapter_fusion_config.json", "model_adapter_fusion.safetensors",
-      "nli/adapter.safetensors",    "nli/adapter_config.json",
+      "adapter_fusion_config.json",    "model_adapter_fusion.safetensors",
+      "nli/adapter.safetensors",       "nli/adapter_config.json",
       "sentiment/adapter.safetensors", "sentiment/adapter_config.json"};
   EXPECT_EQ(validated, expected);
   std::vector<std::string> names;
