@@ -211,6 +211,12 @@ class TrainingService::WatchCall final : public grpc::ServerWriteReactor<v1::Tra
       Pump(core_, std::nullopt, admit);
       return;
     }
+    {
+      absl::MutexLock lock(&service_->watches_mu_);
+      service_->watches_[core_.get()] = [core = core_](const absl::Status& status) {
+        Pump(core, std::nullopt, status);
+      };
+    }
     // The subscription reads the registry: on a worker. The task holds only
     // the core, as the reactor may be gone by the time it runs.
     service_->pool_.Schedule(
@@ -265,6 +271,10 @@ class TrainingService::WatchCall final : public grpc::ServerWriteReactor<v1::Tra
       subscription = core_->subscription;
     }
     if (subscription != 0) service_->runner_->Unsubscribe(job_id_, subscription);
+    {
+      absl::MutexLock lock(&service_->watches_mu_);
+      service_->watches_.erase(core_.get());
+    }
     delete this;
   }
 
@@ -323,7 +333,15 @@ TrainingService::TrainingService(Engine* engine, AdapterStore* store, JobRegistr
 
 TrainingService::~TrainingService() = default;
 
-void TrainingService::StopAccepting() { accepting_.store(false); }
+void TrainingService::StopAccepting() {
+  accepting_.store(false);
+  std::vector<std::function<void(const absl::Status&)>> stoppers;
+  {
+    absl::MutexLock lock(&watches_mu_);
+    for (const auto& [core, stop] : watches_) stoppers.push_back(stop);
+  }
+  for (const auto& stop : stoppers) stop(absl::UnavailableError(kShuttingDown));
+}
 
 absl::Status TrainingService::Admit() const {
   if (!accepting_.load()) return absl::UnavailableError(kShuttingDown);

@@ -22,6 +22,8 @@
 // Thread-safe. Does not own its collaborators (all must outlive it).
 
 #include <atomic>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -46,7 +48,8 @@ class TrainingService final : public v1::Training::CallbackService {
                   int workers = 2);
   ~TrainingService() override;
 
-  // From now on new calls fail with UNAVAILABLE. Idempotent.
+  // From now on new calls fail with UNAVAILABLE, and open WatchTrainingJob
+  // streams end with UNAVAILABLE "server is shutting down". Idempotent.
   void StopAccepting();
 
   // The JobRunner's preparer: the engine spec of a stored job, with its
@@ -102,6 +105,10 @@ class TrainingService final : public v1::Training::CallbackService {
   // Serialises the quota count with the insert of a new job, so that
   // concurrent creates cannot overshoot a tenant's max_concurrent_jobs.
   absl::Mutex create_mu_;
+  absl::Mutex watches_mu_;  // Guards watches_.
+  // Open watch streams, by their core: each function ends its stream.
+  std::map<const void*, std::function<void(const absl::Status&)>> watches_
+      ABSL_GUARDED_BY(watches_mu_);
   WorkerPool pool_;  // Declared last: joined first.
 };
 

@@ -444,6 +444,26 @@ TEST(TrainingServiceTest, ShutdownKeepsARunningJobQueuedAndARestartResumesOrFail
   EXPECT_EQ(none.jobs_size(), 0);
 }
 
+TEST(TrainingServiceTest, ShutdownEndsOpenWatchesWithUnavailableAndKeepsTheJobQueued) {
+  TrainingServer s(absl::Milliseconds(20));
+  const std::string ds = s.Dataset(Rows(8));
+  v1::TrainingJob job;
+  ASSERT_TRUE(s.Create(LoraJob(ds, "stopped", 100000), &job).ok());
+  grpc::Status watched;
+  std::thread watcher([&] {
+    watched = s.client->WatchTrainingJob(job.job_id(), [](const v1::TrainingJob&) { return true; });
+  });
+  s.WaitFor(job.job_id(), [](const v1::TrainingJob& j) { return j.progress().step() >= 2; });
+  s.server->BeginShutdown();
+  watcher.join();
+  EXPECT_EQ(watched.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(watched.error_message(), "server is shutting down");
+  absl::StatusOr<JobRecord> stored = s.server->job_registry()->GetJob(job.job_id());
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->state, JobState::kQueued);
+  EXPECT_GE(stored->progress.step, 2);
+}
+
 TEST(TrainingServiceTest, SeveralRunnersTrainJobsAtOnce) {
   TrainingServer s(absl::Milliseconds(20), /*max_jobs=*/2);
   const std::string ds = s.Dataset(Rows(8));
