@@ -171,7 +171,8 @@ absl::Status Server::StartTraining(const ServerOptions& options, Engine* engine)
         runner_options);
   }
   training_ = std::make_unique<TrainingService>(engine, store_, job_registry_.get(),
-                                                datasets_.get(), job_runner_.get(), auth_.get());
+                                                datasets_.get(), job_runner_.get(), auth_.get(),
+                                                options.training.memory_budget_bytes);
   if (job_runner_ != nullptr) {
     if (absl::Status s = job_runner_->Start(); !s.ok()) return s;
   }

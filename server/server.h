@@ -43,6 +43,8 @@ struct TrainingOptions {
   int64_t max_tenant_dataset_bytes = int64_t{10} << 30;  // A tenant's datasets; 0: unlimited.
   absl::Duration progress_interval = absl::Seconds(2);   // Progress persisted at most this often.
   absl::Duration keep_failed_work_dirs = absl::Hours(72);
+  // Activations and optimizer state one job may use; 0: the engine's default.
+  int64_t memory_budget_bytes = 0;
 };
 
 struct ServerOptions {

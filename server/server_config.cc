@@ -134,6 +134,12 @@ std::optional<ServerConfig> ParseServerConfig(int argc, const char* const* argv,
       ->envname("ADAPTERD_KEEP_FAILED_JOB_DIRS")
       ->check(CLI::Range(0.0, 24.0 * 365))
       ->capture_default_str();
+  app.add_option("--training-memory-bytes", c.training_memory_bytes,
+                 "Activations and optimizer state one training job may use (0: the engine's "
+                 "default); a job that cannot fit is refused at create")
+      ->envname("ADAPTERD_TRAINING_MEMORY_BYTES")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 44))
+      ->capture_default_str();
   app.add_flag("--insecure-no-auth", c.insecure_no_auth,
                "Turn authentication off: every caller is the tenant \"default\" with the admin "
                "role (local trials only)")
@@ -220,6 +226,7 @@ ServerOptions ToServerOptions(const ServerConfig& config) {
   options.training.max_tenant_dataset_bytes = config.max_tenant_dataset_bytes;
   options.training.progress_interval = absl::Seconds(config.training_progress_interval_seconds);
   options.training.keep_failed_work_dirs = absl::Hours(config.keep_failed_job_dirs_hours);
+  options.training.memory_budget_bytes = config.training_memory_bytes;
   options.auth_enabled = !config.insecure_no_auth;
   options.admin_key = config.admin_key;
   options.tls_cert_file = config.tls_cert;

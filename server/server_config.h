@@ -46,6 +46,7 @@ struct ServerConfig {
   int64_t max_tenant_dataset_bytes = int64_t{10} << 30;
   double training_progress_interval_seconds = 2.0;
   double keep_failed_job_dirs_hours = 72.0;
+  int64_t training_memory_bytes = 0;
   // Security: authentication is on unless --insecure-no-auth; the bootstrap
   // admin key comes from --admin-key-file (its first line) or
   // ADAPTERD_ADMIN_KEY; TLS from --tls-cert/--tls-key (+ --tls-client-ca: mTLS).

@@ -322,13 +322,15 @@ class TrainingService::WatchCall final : public grpc::ServerWriteReactor<v1::Tra
 
 TrainingService::TrainingService(Engine* engine, AdapterStore* store, JobRegistry* registry,
                                  DatasetStore* datasets, JobRunner* runner,
-                                 const Authenticator* auth, int workers)
+                                 const Authenticator* auth, int64_t memory_budget_bytes,
+                                 int workers)
     : engine_(engine),
       store_(store),
       registry_(registry),
       datasets_(datasets),
       runner_(runner),
       auth_(auth),
+      memory_budget_bytes_(memory_budget_bytes),
       pool_(workers) {}
 
 TrainingService::~TrainingService() = default;
@@ -379,6 +381,7 @@ absl::StatusOr<TrainingSpec> TrainingService::SpecFor(
     spec->hyper.max_seq_length = static_cast<int>(
         std::min<int64_t>(spec->hyper.max_seq_length, engine_->info().context_length));
   }
+  if (spec.ok()) spec->memory_budget_bytes = memory_budget_bytes_;
   return spec;
 }
 

@@ -43,9 +43,10 @@ class TrainingService final : public v1::Training::CallbackService {
  public:
   // Any of `registry`, `datasets`, `runner`, `store` null: every call fails
   // with FAILED_PRECONDITION (a server without a data dir).
+  // `memory_budget_bytes` goes into every job's TrainingSpec (0: the engine's default).
   TrainingService(Engine* engine, AdapterStore* store, JobRegistry* registry,
                   DatasetStore* datasets, JobRunner* runner, const Authenticator* auth,
-                  int workers = 2);
+                  int64_t memory_budget_bytes = 0, int workers = 2);
   ~TrainingService() override;
 
   // From now on new calls fail with UNAVAILABLE, and open WatchTrainingJob
@@ -89,7 +90,7 @@ class TrainingService final : public v1::Training::CallbackService {
   absl::Status Create(const Principal& who, const v1::CreateTrainingJobRequest& request,
                       v1::TrainingJob* response);
   // TrainingSpecFromProto, with the default max_seq_length capped at the
-  // served model's context length.
+  // served model's context length, and the server's memory budget.
   absl::StatusOr<TrainingSpec> SpecFor(const v1::CreateTrainingJobRequest& request) const;
   // The job if `who` may see it, else NOT_FOUND as for a missing one.
   absl::StatusOr<JobRecord> JobFor(const Principal& who, const std::string& job_id);
@@ -101,6 +102,7 @@ class TrainingService final : public v1::Training::CallbackService {
   DatasetStore* const datasets_;
   JobRunner* const runner_;
   const Authenticator* const auth_;
+  const int64_t memory_budget_bytes_;
   std::atomic<bool> accepting_{true};
   // Serialises the quota count with the insert of a new job, so that
   // concurrent creates cannot overshoot a tenant's max_concurrent_jobs.

@@ -328,15 +328,15 @@ int FakeEngine::trains_running() const {
   return trains_running_;
 }
 
-int FakeEngine::last_max_seq_length() const {
+TrainingSpec FakeEngine::last_validated_spec() const {
   absl::MutexLock lock(&mu_);
-  return last_max_seq_length_;
+  return last_validated_spec_;
 }
 
 absl::StatusOr<DatasetReport> FakeEngine::ValidateTraining(const TrainingSpec& spec) const {
   {
     absl::MutexLock lock(&mu_);
-    last_max_seq_length_ = spec.hyper.max_seq_length;
+    last_validated_spec_ = spec;
   }
   for (const std::string& target : spec.lora.target_modules) {
     if (spec.method == TrainingMethod::kLora && target == "bogus") {

@@ -77,8 +77,8 @@ class FakeEngine final : public Engine {
   // Train calls so far, and the resumed_from_step of each.
   std::vector<int64_t> train_resumes() const;
   int trains_running() const;
-  // The max_seq_length of the last spec ValidateTraining saw.
-  int last_max_seq_length() const;
+  // The last spec ValidateTraining saw.
+  TrainingSpec last_validated_spec() const;
 
  private:
   struct Job {
@@ -112,7 +112,7 @@ class FakeEngine final : public Engine {
   absl::Duration train_step_delay_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> train_resumes_ ABSL_GUARDED_BY(mu_);
   int trains_running_ ABSL_GUARDED_BY(mu_) = 0;
-  mutable int last_max_seq_length_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable TrainingSpec last_validated_spec_ ABSL_GUARDED_BY(mu_);
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };

@@ -84,7 +84,7 @@ TEST(ServerConfigTest, TrainingFlagsAndTheirEnvironmentVariablesReachTheServerOp
   int exit_code = -1;
   std::optional<ServerConfig> c =
       Parse({"--max-dataset-bytes", "1000", "--max-tenant-dataset-bytes", "5000",
-             "--training-progress-interval", "0.5"},
+             "--training-progress-interval", "0.5", "--training-memory-bytes", "123456"},
             &exit_code);
   unsetenv("ADAPTERD_MAX_TRAINING_JOBS");
   unsetenv("ADAPTERD_KEEP_FAILED_JOB_DIRS");
@@ -95,6 +95,7 @@ TEST(ServerConfigTest, TrainingFlagsAndTheirEnvironmentVariablesReachTheServerOp
   EXPECT_EQ(s.training.max_tenant_dataset_bytes, 5000);
   EXPECT_EQ(s.training.progress_interval, absl::Milliseconds(500));
   EXPECT_EQ(s.training.keep_failed_work_dirs, absl::Hours(5));
+  EXPECT_EQ(s.training.memory_budget_bytes, 123456);
   std::optional<ServerConfig> d = Parse({}, &exit_code);
   ASSERT_TRUE(d.has_value());
   EXPECT_EQ(ToServerOptions(*d).training.max_jobs, 1);

@@ -58,6 +58,7 @@ struct TrainingServer {
     options.training.max_jobs = max_jobs;
     options.training.max_dataset_bytes = 1 << 20;
     options.training.progress_interval = absl::Milliseconds(20);
+    options.training.memory_budget_bytes = 64 << 20;
     absl::StatusOr<std::unique_ptr<Server>> started = Server::Start(options, engine.get());
     ASSERT_TRUE(started.ok()) << started.status();
     server = *std::move(started);
@@ -272,17 +273,18 @@ TEST(TrainingServiceTest, AFailingJobIsFailedWithTheEnginesErrorAndKeepsItsCheck
   EXPECT_TRUE(Exists(s.data + "/jobs/" + job.job_id() + "/checkpoint/step"));
 }
 
-TEST(TrainingServiceTest, TheDefaultRowLengthIsCappedAtTheModelsContext) {
+TEST(TrainingServiceTest, TheDefaultRowLengthIsCappedAtTheModelsContextAndTheMemoryBudgetApplies) {
   TrainingServer s;  // The fake model's context is 256 tokens.
   const std::string ds = s.Dataset(Rows(4));
   v1::TrainingJob job;
   ASSERT_TRUE(s.Create(LoraJob(ds, "short", 1), &job).ok());
-  EXPECT_EQ(s.engine->last_max_seq_length(), 256);
+  EXPECT_EQ(s.engine->last_validated_spec().hyper.max_seq_length, 256);
+  EXPECT_EQ(s.engine->last_validated_spec().memory_budget_bytes, 64 << 20);  // The server's.
   s.Watch(job.job_id());  // Its trainer validates too: let it finish first.
   v1::CreateTrainingJobRequest explicit_length = LoraJob(ds, "short", 1);
   explicit_length.mutable_hyperparameters()->set_max_seq_length(1024);
   ASSERT_TRUE(s.Create(explicit_length, &job).ok());
-  EXPECT_EQ(s.engine->last_max_seq_length(), 1024);  // Asked for: the engine decides.
+  EXPECT_EQ(s.engine->last_validated_spec().hyper.max_seq_length, 1024);  // The engine decides.
 }
 
 TEST(TrainingServiceTest, ARetriedCreateWithTheSameClientRequestIdMakesOneJob) {
