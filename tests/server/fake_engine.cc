@@ -32,9 +32,7 @@ int PromptTokens(const GenerateRequest& r) {
 }  // namespace
 
 FakeEngine::FakeEngine(FakeEngineOptions options)
-    : options_(std::move(options)),
-      step_delay_(options_.step_delay),
-      train_step_delay_(options_.train_step_delay) {
+    : options_(std::move(options)), step_delay_(options_.step_delay) {
   info_.name = "fake";
   info_.architecture = "llama";
   info_.model_type = "llama";
@@ -313,11 +311,6 @@ std::string Slurp(const std::string& path) {
 
 }  // namespace
 
-void FakeEngine::set_train_step_delay(absl::Duration delay) {
-  absl::MutexLock lock(&mu_);
-  train_step_delay_ = delay;
-}
-
 std::vector<int64_t> FakeEngine::train_resumes() const {
   absl::MutexLock lock(&mu_);
   return train_resumes_;
@@ -396,11 +389,10 @@ absl::StatusOr<TrainingResult> FakeEngine::Train(const TrainingSpec& spec,
   if (!report.ok()) return report.status();
   const std::string checkpoint = spec.work_dir + "/checkpoint";
   int64_t step = 0;
-  absl::Duration delay;
+  const absl::Duration delay = options_.train_step_delay;
   {
     absl::MutexLock lock(&mu_);
     if (!accepting_) return absl::UnavailableError("the engine is shutting down");
-    delay = train_step_delay_;
     const std::string saved = Slurp(checkpoint + "/step");
     if (!saved.empty() && !absl::SimpleAtoi(saved, &step)) step = 0;
     train_resumes_.push_back(step);

@@ -73,7 +73,6 @@ class FakeEngine final : public Engine {
                                        const TrainingProgressCallback& progress,
                                        const CancellationToken& cancel) override;
 
-  void set_train_step_delay(absl::Duration delay);
   // Train calls so far, and the resumed_from_step of each.
   std::vector<int64_t> train_resumes() const;
   int trains_running() const;
@@ -109,7 +108,6 @@ class FakeEngine final : public Engine {
   int submitted_ ABSL_GUARDED_BY(mu_) = 0;
   int cancellations_ ABSL_GUARDED_BY(mu_) = 0;
   int deadlines_exceeded_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Duration train_step_delay_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> train_resumes_ ABSL_GUARDED_BY(mu_);
   int trains_running_ ABSL_GUARDED_BY(mu_) = 0;
   mutable TrainingSpec last_validated_spec_ ABSL_GUARDED_BY(mu_);
