@@ -90,6 +90,9 @@ struct EngineOptions {
   int64_t adapter_cache_bytes = int64_t{1} << 30;
   int64_t adapter_host_cache_bytes = int64_t{2} << 30;
   int adapter_load_workers = 1;
+  // Activation and optimizer bytes a training job may use when its spec sets
+  // no memory_budget_bytes (the estimate of engine/training/trainer.h).
+  int64_t training_memory_bytes = int64_t{4} << 30;
 };
 
 struct SamplingParams {

@@ -69,7 +69,7 @@ struct FusionTrainConfig {
 struct PrefixTrainConfig {
   int num_virtual_tokens = 20;
   bool prefix_projection = true;  // Train through Embedding → Linear → Tanh → Linear.
-  int encoder_hidden_size = 0;    // 0: the model's hidden size.
+  int encoder_hidden_size = 0;    // 0: PEFT's default, token_dim (the KV width H_kv * head_dim).
 };
 
 struct PTuningTrainConfig {

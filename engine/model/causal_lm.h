@@ -4,8 +4,12 @@
 // the Llama family (Llama 2/3, Mistral, Qwen2) and GPT-2. Engine-internal
 // header (uses ATen); never include it from engine/api or outside engine/.
 //
-// Not thread-safe; owned by the engine thread. Forward may throw c10::Error,
-// which the engine catches at its API boundary.
+// Owned by the engine. Forward may run on several threads at once (the engine
+// thread serving, training jobs on theirs), each with its own KvCache: the
+// weights are only read, and the one lazily filled table (llama.cc's dynamic
+// RoPE frequencies) is guarded. Linear() gives mutable access for merging,
+// which must not overlap any Forward. Forward may throw c10::Error, which the
+// engine catches at its API boundary.
 
 #include <ATen/core/Tensor.h>
 
@@ -83,6 +87,10 @@ class CausalLM {
   // lora_module); weight nullptr if out of range. For adapter checks and
   // merging; never modify while Forward runs.
   virtual LinearRef Linear(int layer, int module) = 0;
+
+  // The input token embeddings [vocab, hidden] in the model's dtype (Llama's
+  // embed_tokens, GPT-2's wte), e.g. for prompt tuning's vocabulary init.
+  virtual const at::Tensor& input_embeddings() const = 0;
 };
 
 }  // namespace adapterd

@@ -64,6 +64,7 @@ class Gpt2Model final : public CausalLM {
   at::ScalarType dtype() const override { return context_.dtype; }
   at::Device device() const override { return context_.device; }
   const std::string& fingerprint() const override { return context_.fingerprint; }
+  const at::Tensor& input_embeddings() const override { return wte_; }
 
   LinearRef Linear(int layer, int module) override {
     if (layer < 0 || layer >= static_cast<int>(layers_.size())) return {};

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -203,6 +204,7 @@ class LlamaModel final : public CausalLM {
   at::ScalarType dtype() const override { return context_.dtype; }
   at::Device device() const override { return context_.device; }
   const std::string& fingerprint() const override { return context_.fingerprint; }
+  const at::Tensor& input_embeddings() const override { return embed_; }
 
   LinearRef Linear(int layer, int module) override {
     if (layer < 0 || layer >= static_cast<int>(layers_.size())) return {};
@@ -304,6 +306,8 @@ class LlamaModel final : public CausalLM {
       if (type == "longrope" && seq_len > c.rope_scaling.original_max_position_embeddings) {
         row = long_inv_freq_;
       } else if (type == "dynamic" && seq_len > c.max_position_embeddings) {
+        // Training jobs run Forward on their own threads beside the engine's.
+        std::lock_guard<std::mutex> lock(dynamic_inv_freq_mu_);
         auto it = dynamic_inv_freq_.find(seq_len);
         if (it == dynamic_inv_freq_.end()) {
           it = dynamic_inv_freq_
@@ -328,6 +332,7 @@ class LlamaModel final : public CausalLM {
   ModelContext context_;
   at::Tensor embed_, norm_, lm_head_, inv_freq_, long_inv_freq_;
   double attention_scaling_ = 1.0;
+  std::mutex dynamic_inv_freq_mu_;  // Guards dynamic_inv_freq_ (Forward runs on several threads).
   std::map<int64_t, at::Tensor> dynamic_inv_freq_;  // "dynamic": by sequence length.
   std::vector<LlamaLayer> layers_;
 };

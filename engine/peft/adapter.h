@@ -48,6 +48,7 @@ struct LoraWeights {
   at::Tensor dora_scale;  // DoRA: m / ||W + s·BA||_row, [out]; undefined otherwise.
   double scaling = 1.0;   // alpha / r, or alpha / sqrt(r) with rsLoRA.
   int64_t rank = 0;
+  double train_dropout = 0.0;  // Training only: dropout on the branch input (PEFT lora_dropout).
 };
 
 // One bottleneck adapter at one site: up(act(down(h))) * scaling.

@@ -91,6 +91,7 @@ void ApplyLoraDelta(const at::Tensor& x, at::Tensor& y, const BatchAdapters& ada
     // As PEFT: the adapter branch in fp32 on the fp32 input, added in fp32,
     // then rounded to the model dtype.
     at::Tensor xr = x.index_select(0, g.rows).to(at::kFloat);
+    if (w->train_dropout > 0) xr = at::dropout(xr, w->train_dropout, /*train=*/true);
     at::Tensor lora = at::linear(at::linear(xr, w->a), w->b, w->b_bias);
     if (!w->dora_scale.defined() && y.scalar_type() == at::kFloat) {
       y.index_add_(0, g.rows, lora.mul_(w->scaling));  // The same single fp32 add per element.

@@ -31,6 +31,7 @@
 #include "engine/runtime/kv_cache.h"
 #include "engine/runtime/sampler.h"
 #include "engine/runtime/sequence.h"
+#include "engine/training/trainer.h"
 
 namespace adapterd {
 namespace {
@@ -350,6 +351,21 @@ class TorchEngine final : public Engine {
     } catch (const std::exception& e) {
       return absl::InvalidArgumentError(absl::StrCat("cannot load the adapter: ", e.what()));
     }
+  }
+
+  // Training (engine/training): jobs run on their callers' threads over the
+  // shared model; serving goes on meanwhile on the engine thread.
+  absl::StatusOr<DatasetReport> ValidateTraining(const TrainingSpec& spec) const override {
+    RETURN_IF_ERROR(CheckTrainable());
+    return ValidateTrainingJob(TrainContext{model_.get(), tokenizer_.get(), &spec}, TrainOptions());
+  }
+
+  absl::StatusOr<TrainingResult> Train(const TrainingSpec& spec,
+                                       const TrainingProgressCallback& progress,
+                                       const CancellationToken& cancel) override {
+    RETURN_IF_ERROR(CheckTrainable());
+    return RunTraining(TrainContext{model_.get(), tokenizer_.get(), &spec}, progress, cancel,
+                       TrainOptions());
   }
 
   absl::Status LoadAdapter(const AdapterHandle& adapter, bool pin) override {
@@ -963,6 +979,28 @@ class TorchEngine final : public Engine {
     size_t index;
     int slot;
   };
+
+  absl::Status CheckTrainable() const {
+    if (!info_.merged_adapter.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "this server is dedicated to adapter \"", info_.merged_adapter,
+          "\" (merged into the weights); it cannot train adapters"));
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!accepting_) return absl::UnavailableError("the server is shutting down");
+    return absl::OkStatus();
+  }
+
+  TrainerOptions TrainOptions() const {
+    TrainerOptions t;
+    t.memory_budget_bytes = options_.training_memory_bytes;
+    t.context_length = info_.context_length;
+    t.serving_busy = [this] {
+      std::lock_guard<std::mutex> lock(mu_);
+      return !queue_.empty() || stats_.running > 0;
+    };
+    return t;
+  }
 
   const EngineOptions options_;
   std::unique_ptr<CausalLM> model_;

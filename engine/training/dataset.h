@@ -26,9 +26,16 @@ struct TrainingRow {
   int64_t line = 0;        // 1-based line in the file.
 };
 
+// A line longer than this is malformed (its bytes are never held at once).
+inline constexpr int64_t kMaxDatasetLineBytes = int64_t{4} << 20;
+
+// Rows in file order. The eval rows are floor(eval_fraction * rows) of the
+// usable rows (at least one when eval_fraction > 0 and there are two rows or
+// more): the first ones of a Fisher-Yates permutation drawn from
+// std::mt19937_64(seed), so the split depends only on the file and the seed.
 struct TrainingDataset {
   std::vector<TrainingRow> train;
-  std::vector<TrainingRow> eval;  // eval_fraction of the rows, chosen by the seed.
+  std::vector<TrainingRow> eval;
   DatasetReport report;
 };
 

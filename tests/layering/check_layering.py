@@ -18,7 +18,8 @@ import tempfile
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
 TORCH = re.compile(r"^(torch|ATen|c10)/")
 SOURCE_EXT = (".h", ".hpp", ".cc", ".cpp", ".cu", ".cuh")
-TORCH_OK = ("engine/", "tests/model/", "tests/runtime/", "tests/peft/", "tests/kernels/", "bench/")
+TORCH_OK = ("engine/", "tests/model/", "tests/runtime/", "tests/peft/", "tests/kernels/", "tests/training/",
+            "bench/")
 PROTO_OK = ("server/", "client/", "tests/server/", "tests/e2e/")
 
 
