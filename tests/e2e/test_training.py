@@ -125,27 +125,39 @@ def test_a_lora_job_through_adapterctl_learns_the_task_and_serves_it(tserver, tc
 
 
 @needs_real_engine
-def test_a_prefix_tuning_job_through_the_python_client_learns_the_task(tserver, tpy, tmp_path):
-    train = parity_rows(300, seed=3)
-    held_out = parity_rows(100, seed=4, exclude={r["prompt"] for r in train})
-    ds = tpy.upload_dataset(write_jsonl(tmp_path / "parity-prefix.jsonl", train))
-    base = exact_match(tpy, held_out)
-    start = time.time()
-    job = tpy.create_training_job(
-        "parity-prefix", ds.dataset_id, method="prefix_tuning",
-        config={"num_virtual_tokens": 8},
-        hyperparameters={"epochs": int(os.environ.get("ADAPTERD_E2E_PREFIX_EPOCHS", "8")),
-                         "batch_size": 16, "warmup_steps": 5, "max_seq_length": 32,
-                         "checkpoint_every": 0,
-                         "learning_rate": float(os.environ.get("ADAPTERD_E2E_PREFIX_LR", "3e-2"))})
-    final = tpy.wait_training_job(job.job_id, timeout=600)
-    assert state(tpy, final) == "SUCCEEDED", final
-    tuned = exact_match(tpy, held_out, adapter=final.result_adapter)
-    print(f"\nprefix tuning parity: held-out exact match base {base:.2f} → {tuned:.2f} "
-          f"({final.result_adapter}, {final.progress.step} steps, loss {final.progress.loss:.4f}, "
-          f"{time.time() - start:.1f} s)")
-    assert tuned >= 0.9 and tuned >= base + 0.5, (base, tuned)
-    assert tpy.get_adapter(final.result_adapter).method == "prefix_tuning"
+def test_a_prefix_tuning_job_through_the_python_client_learns_the_task(tmp_path, client_module):
+    # On the GPT-2 fixture: there prefix tuning learns the task in seconds (held-out 0.98 in
+    # 30 epochs), while on the tiny Llama fixture (GQA) every prompt-learning method stayed at
+    # chance in the configurations tried (see the report of issue 7).
+    s = start_server(extra_args=SERVER_ARGS, model="gpt2", tmp_path=tmp_path / "data")
+    py = client_module.AdapterdClient(s.target, proto_dir=PROTO_DIR, timeout=120)
+    try:
+        train = parity_rows(300, seed=3)
+        held_out = parity_rows(100, seed=4, exclude={r["prompt"] for r in train})
+        ds = py.upload_dataset(write_jsonl(tmp_path / "parity-prefix.jsonl", train))
+        base = exact_match(py, held_out)
+        start = time.time()
+        job = py.create_training_job(
+            "parity-prefix", ds.dataset_id, method="prefix_tuning",
+            config={"num_virtual_tokens": 16},
+            hyperparameters={"epochs": int(os.environ.get("ADAPTERD_E2E_PREFIX_EPOCHS", "30")),
+                             "batch_size": 16, "warmup_steps": 5, "max_seq_length": 64,
+                             "checkpoint_every": 0,
+                             "learning_rate": float(os.environ.get("ADAPTERD_E2E_PREFIX_LR", "1e-2"))})
+        final = py.wait_training_job(job.job_id, timeout=600)
+        assert state(py, final) == "SUCCEEDED", final
+        tuned = exact_match(py, held_out, adapter=final.result_adapter)
+        print(f"\nprefix tuning parity (gpt2 fixture): held-out exact match base {base:.2f} → "
+              f"{tuned:.2f} ({final.result_adapter}, {final.progress.step} steps, "
+              f"{time.time() - start:.1f} s)")
+        assert tuned >= 0.9 and tuned >= base + 0.5, (base, tuned)
+        info = py.get_adapter(final.result_adapter)
+        assert info.method == "prefix_tuning"
+        # The encoder checkpoint comes along, so that training can continue from it.
+        assert "prompt_encoder.safetensors" in {f.name for f in info.files}
+    finally:
+        py.close()
+        assert s.stop() == 0, s.log
 
 
 @needs_real_engine
