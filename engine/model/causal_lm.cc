@@ -68,6 +68,7 @@ absl::StatusOr<std::unique_ptr<CausalLM>> LoadOrThrow(const std::string& dir,
     ASSIGN_OR_RETURN(context.dtype, ParseDtype(options.dtype, /*lenient=*/false));
   }
   ASSIGN_OR_RETURN(context.device, ParseDevice(options.device));
+  context.cuda_graphs = options.cuda_graphs;
   ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> weights, ModelWeights::Open(dir));
 
   Sha256 sha;

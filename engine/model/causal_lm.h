@@ -29,6 +29,9 @@ struct Adapter;
 struct ModelLoadOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N".
   std::string dtype;           // Empty: config's torch_dtype/dtype (float32 if absent).
+  // CUDA: run decode steps (one new token per sequence, no autograd) as CUDA
+  // graph replays where the decoder supports it (Llama family).
+  bool cuda_graphs = true;
 };
 
 // One step's work: for each sequence, the new tokens that extend what its
@@ -81,7 +84,17 @@ class CausalLM {
   // REQUIRES: past_lens[i] + tokens[i].size() <= the cache's max_len.
   // Rows of virtual tokens are left out of all_logits output; the adapters
   // of engine/peft apply per row.
+  //
+  // On CUDA a decode step may run as a replay of a CUDA graph captured over
+  // `cache` (the first step of a shape captures it): every cache slot is a
+  // row of the graph, and rows of slots not in the batch write only to the
+  // cache's scratch slot.
   virtual at::Tensor Forward(const ForwardBatch& batch, KvCache& cache) = 0;
+
+  // Decode steps run as CUDA graph replays so far (tests, benchmarks).
+  virtual int64_t decode_graph_replays() const { return 0; }
+  // Turns ModelLoadOptions::cuda_graphs on or off (benchmarks compare both).
+  virtual void set_cuda_graphs(bool on) {}
 
   // Layer `layer`'s linear module `module` (engine/peft/adapter.h
   // lora_module); weight nullptr if out of range. For adapter checks and

@@ -4,7 +4,9 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <string>
@@ -17,6 +19,16 @@
 #include "engine/peft/batch_adapters.h"
 #include "engine/runtime/kv_cache.h"
 
+#ifdef ADAPTERD_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/core/GradMode.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "engine/kernels/lora_launch.h"
+#endif
+
 namespace adapterd {
 namespace {
 
@@ -24,6 +36,9 @@ struct LlamaLayer {
   at::Tensor input_norm, post_norm;
   at::Tensor q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b;
   at::Tensor gate_w, gate_b, up_w, up_b, down_w, down_b;
+  // On CUDA: q/k/v and gate/up stored as one matrix each (one GEMM instead of
+  // three and two); q_w, k_w, v_w, gate_w and up_w are views into them.
+  at::Tensor qkv_w, gate_up_w;
 };
 
 at::Tensor Activation(const at::Tensor& x, const std::string& name) {
@@ -150,6 +165,35 @@ at::Tensor RotateHalf(const at::Tensor& x) {
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
+#ifdef ADAPTERD_WITH_CUDA
+// A decode step captured as a CUDA graph over one KvCache: every cache slot is
+// a row; its inputs, LoRA index and table live in fixed device buffers that
+// each replay reads.
+struct DecodeGraph {
+  at::cuda::CUDAGraph graph;
+  at::Tensor lora_index;  // int32 [S + 2 * segments + 1]: sorted rows, segment starts, slots.
+  at::Tensor logits;      // float32 [S, V], written by each replay.
+};
+
+// What fixes a decode graph's kernels and launch grids.
+struct DecodeGraphKey {
+  int64_t kv_len = 0;          // Keys attended: the step's longest, rounded up.
+  int modules = 0;             // Bit m: some row has LoRA on module m (its kernels launch).
+  int64_t rank = 0;            // Rank bound (power of two).
+  int64_t segments = 0;        // Distinct adapters bound (power of two; 0: none).
+  int64_t segment_tokens = 0;  // Rows per adapter bound (power of two).
+  auto operator<=>(const DecodeGraphKey&) const = default;
+};
+
+int64_t NextPow2(int64_t v) {
+  int64_t p = 1;
+  while (p < v) p *= 2;
+  return p;
+}
+
+constexpr int64_t kGraphKvBlock = 128;  // Keys attended grow in blocks (one graph per block).
+#endif
+
 class LlamaModel final : public CausalLM {
  public:
   LlamaModel(const ModelContext& context) : context_(context) {}
@@ -192,6 +236,17 @@ class LlamaModel final : public CausalLM {
       layers_.push_back(std::move(l));
     }
     if (!get.status().ok()) return get.status();
+    if (context_.device.is_cuda()) {
+      for (LlamaLayer& l : layers_) {
+        l.qkv_w = at::cat({l.q_w, l.k_w, l.v_w}, 0);
+        l.q_w = l.qkv_w.narrow(0, 0, q_out);
+        l.k_w = l.qkv_w.narrow(0, q_out, kv_out);
+        l.v_w = l.qkv_w.narrow(0, q_out + kv_out, kv_out);
+        l.gate_up_w = at::cat({l.gate_w, l.up_w}, 0);
+        l.gate_w = l.gate_up_w.narrow(0, 0, inter);
+        l.up_w = l.gate_up_w.narrow(0, inter, inter);
+      }
+    }
     absl::StatusOr<RopeTables> rope = ComputeRope(c);
     if (!rope.ok()) return rope.status();
     inv_freq_ = rope->inv_freq.to(context_.device);
@@ -232,55 +287,113 @@ class LlamaModel final : public CausalLM {
     TORCH_CHECK(cache.num_layers() == c.num_layers && cache.kv_heads() == c.num_kv_heads &&
                     cache.head_dim() == c.head_dim,
                 "KV cache does not belong to this model");
+#ifdef ADAPTERD_WITH_CUDA
+    if (at::Tensor logits; TryDecodeGraph(batch, cache, logits)) return logits;
+#endif
     const AttentionStep step = AttentionStep::Build(
         batch, cache.num_slots(), cache.max_len(), c.vocab_size, c.sliding_window, context_.device);
-    const int64_t t = step.num_tokens;
-
-    at::Tensor freqs =
-        step.token_positions.to(at::kFloat).unsqueeze(1) * TokenInverseFrequencies(step);
-    at::Tensor emb = at::cat({freqs, freqs}, -1);
-    at::Tensor cos = (emb.cos() * attention_scaling_).to(context_.dtype).unsqueeze(1);  // [T, 1, D]
-    at::Tensor sin = (emb.sin() * attention_scaling_).to(context_.dtype).unsqueeze(1);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
-
     const BatchAdapters adapters = BatchAdapters::Build(batch, step, context_.device);
     at::Tensor x = embed_.index_select(0, step.token_ids);  // [T, H]
     adapters.ApplyPromptRows(x);
-    for (int64_t i = 0; i < c.num_layers; ++i) {
-      const LlamaLayer& l = layers_[i];
-      const int li = static_cast<int>(i);
-      at::Tensor h = RmsNorm(x, l.input_norm);
-      at::Tensor q = LinearWithLora(h, l.q_w, l.q_b, adapters, li, lora_module::kQ)
-                         .view({t, c.num_heads, c.head_dim});
-      at::Tensor k = LinearWithLora(h, l.k_w, l.k_b, adapters, li, lora_module::kK)
-                         .view({t, c.num_kv_heads, c.head_dim});
-      at::Tensor v = LinearWithLora(h, l.v_w, l.v_b, adapters, li, lora_module::kV)
-                         .view({t, c.num_kv_heads, c.head_dim});
-      q = q * cos + RotateHalf(q) * sin;
-      k = k * cos + RotateHalf(k) * sin;
-      cache.Write(li, step, k, v);
-      at::Tensor attn = cache.Attend(li, step, q, scale, c.sliding_layers[i]);
-      x = AddSubLayerOutput(adapters, li, AdapterSite::kAttention, x,
-                            LinearWithLora(attn, l.o_w, l.o_b, adapters, li, lora_module::kO));
-      h = RmsNorm(x, l.post_norm);
-      at::Tensor mlp =
-          Activation(LinearWithLora(h, l.gate_w, l.gate_b, adapters, li, lora_module::kGate),
-                     c.hidden_act) *
-          LinearWithLora(h, l.up_w, l.up_b, adapters, li, lora_module::kUp);
-      x = AddSubLayerOutput(adapters, li, AdapterSite::kFfn, x,
-                            LinearWithLora(mlp, l.down_w, l.down_b, adapters, li,
-                                           lora_module::kDown));
-    }
+    x = Layers(x, step, adapters, cache);
     if (!batch.all_logits) {
       x = x.index_select(0, step.last_rows);
     } else if (adapters.output_rows().defined()) {
       x = x.index_select(0, adapters.output_rows());
     }
-    x = RmsNorm(x, norm_);
-    return at::linear(x, lm_head_).to(at::kFloat);
+    return Logits(x);
   }
 
+  int64_t decode_graph_replays() const override { return graph_replays_; }
+  void set_cuda_graphs(bool on) override { context_.cuda_graphs = on; }
+
  private:
+  // The decoder blocks over the step's rows x [T, H].
+  at::Tensor Layers(at::Tensor x, const AttentionStep& step, const BatchAdapters& adapters,
+                    KvCache& cache) {
+    const ModelConfig& c = context_.config;
+    const int64_t t = step.num_tokens;
+    at::Tensor freqs =
+        step.token_positions.to(at::kFloat).unsqueeze(1) * TokenInverseFrequencies(step);
+    at::Tensor emb = at::cat({freqs, freqs}, -1);
+    at::Tensor cos = (emb.cos() * attention_scaling_).to(context_.dtype).unsqueeze(1);  // [T, 1, D]
+    at::Tensor sin = (emb.sin() * attention_scaling_).to(context_.dtype).unsqueeze(1);
+    // CUDA: rotate_half(x)·sin as flip(x halves)·(−sin | sin), the sign folded
+    // into the table once per step (three kernels per layer instead of five).
+    at::Tensor signed_sin;
+    if (context_.device.is_cuda()) {
+      const int64_t half = c.head_dim / 2;
+      signed_sin = at::cat({-sin.narrow(-1, 0, half), sin.narrow(-1, half, half)}, -1);
+    }
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+    const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      const LlamaLayer& l = layers_[i];
+      const int li = static_cast<int>(i);
+      at::Tensor h = RmsNorm(x, l.input_norm);
+      at::Tensor q, k, v;
+      if (l.qkv_w.defined()) {
+        at::Tensor qkv = at::linear(h, l.qkv_w);  // [T, q_out + 2 kv_out]
+        const std::array<at::Tensor, 3> ys = {qkv.narrow(1, 0, q_out), qkv.narrow(1, q_out, kv_out),
+                                              qkv.narrow(1, q_out + kv_out, kv_out)};
+        const std::array<at::Tensor, 3> biases = {l.q_b, l.k_b, l.v_b};
+        for (size_t j = 0; j < ys.size(); ++j) {
+          if (biases[j].defined()) ys[j].add_(biases[j]);
+        }
+        ApplyLoraDeltas(h, ys, adapters, li, lora_module::kQ, biases);
+        // q and k are adjacent in qkv: rotate both heads in one pass.
+        at::Tensor qk =
+            qkv.narrow(1, 0, q_out + kv_out).view({t, c.num_heads + c.num_kv_heads, c.head_dim});
+        const int64_t half = c.head_dim / 2;
+        at::Tensor flipped =
+            qk.view({t, c.num_heads + c.num_kv_heads, 2, half}).flip(2).view(qk.sizes());
+        qk = at::addcmul(qk * cos, flipped, signed_sin);
+        q = qk.narrow(1, 0, c.num_heads);
+        k = qk.narrow(1, c.num_heads, c.num_kv_heads);
+        v = ys[2].view({t, c.num_kv_heads, c.head_dim});
+      } else {
+        q = LinearWithLora(h, l.q_w, l.q_b, adapters, li, lora_module::kQ)
+                .view({t, c.num_heads, c.head_dim});
+        k = LinearWithLora(h, l.k_w, l.k_b, adapters, li, lora_module::kK)
+                .view({t, c.num_kv_heads, c.head_dim});
+        v = LinearWithLora(h, l.v_w, l.v_b, adapters, li, lora_module::kV)
+                .view({t, c.num_kv_heads, c.head_dim});
+        q = q * cos + RotateHalf(q) * sin;
+        k = k * cos + RotateHalf(k) * sin;
+      }
+      cache.Write(li, step, k, v);
+      at::Tensor attn = cache.Attend(li, step, q, scale, c.sliding_layers[i]);
+      x = AddSubLayerOutput(adapters, li, AdapterSite::kAttention, x,
+                            LinearWithLora(attn, l.o_w, l.o_b, adapters, li, lora_module::kO));
+      h = RmsNorm(x, l.post_norm);
+      at::Tensor mlp;
+      if (l.gate_up_w.defined()) {
+        at::Tensor gate_up = at::linear(h, l.gate_up_w);  // [T, 2 inter]
+        const int64_t inter = c.intermediate_size;
+        const std::array<at::Tensor, 2> ys = {gate_up.narrow(1, 0, inter),
+                                              gate_up.narrow(1, inter, inter)};
+        const std::array<at::Tensor, 2> biases = {l.gate_b, l.up_b};
+        for (size_t j = 0; j < ys.size(); ++j) {
+          if (biases[j].defined()) ys[j].add_(biases[j]);
+        }
+        ApplyLoraDeltas(h, ys, adapters, li, lora_module::kGate, biases);
+        mlp = Activation(ys[0], c.hidden_act).mul_(ys[1]);
+      } else {
+        mlp = Activation(LinearWithLora(h, l.gate_w, l.gate_b, adapters, li, lora_module::kGate),
+                         c.hidden_act) *
+              LinearWithLora(h, l.up_w, l.up_b, adapters, li, lora_module::kUp);
+      }
+      x = AddSubLayerOutput(adapters, li, AdapterSite::kFfn, x,
+                            LinearWithLora(mlp, l.down_w, l.down_b, adapters, li,
+                                           lora_module::kDown));
+    }
+    return x;
+  }
+
+  at::Tensor Logits(const at::Tensor& x) const {
+    return at::linear(RmsNorm(x, norm_), lm_head_).to(at::kFloat);
+  }
+
   // [T, D/2], or [D/2] where every token uses the same frequencies.
   //
   // transformers' dynamic_rope_update picks "dynamic" and "longrope"
@@ -324,14 +437,224 @@ class LlamaModel final : public CausalLM {
   }
 
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+    if (x.is_cuda()) {
+      // One fused kernel (fp32 inside). In fp16/bf16 the weight is applied
+      // before the one rounding, where transformers rounds, multiplies and
+      // rounds again: within the bf16 argmax parity of docs/gpu.md.
+      return at::rms_norm(x, {x.size(-1)}, weight, context_.config.norm_eps);
+    }
     at::Tensor xf = x.to(at::kFloat);
     at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
     return weight * (xf * at::rsqrt(variance + context_.config.norm_eps)).to(x.scalar_type());
   }
 
+#ifdef ADAPTERD_WITH_CUDA
+  // Runs a decode step as a CUDA graph replay when it can: CUDA, no autograd,
+  // one new token per sequence, LoRA only through the batched kernels, rotary
+  // frequencies fixed at load. Returns false (nothing run) otherwise, and
+  // for anything the eager path must reject with its own error.
+  bool TryDecodeGraph(const ForwardBatch& batch, KvCache& cache, at::Tensor& logits) {
+    namespace li = lora_internal;
+    const ModelConfig& c = context_.config;
+    constexpr int64_t kModules = lora_module::kMaxModules;
+    if (!context_.cuda_graphs || !context_.device.is_cuda() || c10::GradMode::is_enabled()) {
+      return false;
+    }
+    if (c.rope_scaling.type == "dynamic" || c.rope_scaling.type == "longrope") return false;
+    const int64_t slots = cache.num_slots();
+    const size_t n = batch.slots.size();
+    if (n == 0 || batch.past_lens.size() != n || batch.tokens.size() != n ||
+        (!batch.adapters.empty() && batch.adapters.size() != n) ||
+        (!batch.virtual_tokens.empty() && batch.virtual_tokens.size() != n)) {
+      return false;
+    }
+    // Host inputs: [4, S] ids, positions, cache slot written, and (first n)
+    // the rows returned in batch order. Padded rows: token 0 at position 0,
+    // written to the scratch slot S.
+    at::Tensor host =
+        at::empty({4, slots}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    int64_t* ids = host.data_ptr<int64_t>();
+    int64_t* pos = ids + slots;
+    int64_t* kv_slot = pos + slots;
+    int64_t* rows = kv_slot + slots;
+    std::fill(ids, ids + 4 * slots, 0);
+    std::fill(kv_slot, kv_slot + slots, slots);
+    std::vector<int32_t> token_slot(slots, -1);
+    std::vector<const LoraKernelWeights*> kernels;
+    std::vector<int64_t> kernel_rows;
+    int64_t max_past = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t slot = batch.slots[i];
+      if (slot < 0 || slot >= slots || kv_slot[slot] != slots || batch.tokens[i].size() != 1 ||
+          (!batch.virtual_tokens.empty() && batch.virtual_tokens[i] != 0)) {
+        return false;
+      }
+      const int64_t past = batch.past_lens[i];
+      const int32_t id = batch.tokens[i][0];
+      if (past < 0 || past + 1 > cache.max_len() || id < 0 || id >= c.vocab_size) return false;
+      const Adapter* a = batch.adapters.empty() ? nullptr : batch.adapters[i];
+      if (a != nullptr && !(a->lora.empty() && a->attn_site.empty() && a->fusion.empty())) {
+        const LoraKernelWeights* k = a->lora_kernels.get();
+        if (k == nullptr || k->dtype != context_.dtype || !a->attn_site.empty() ||
+            !a->fusion.empty()) {
+          return false;
+        }
+        auto it = std::find(kernels.begin(), kernels.end(), k);
+        if (it == kernels.end()) {
+          kernels.push_back(k);
+          kernel_rows.push_back(0);
+          it = kernels.end() - 1;
+        }
+        const int64_t ks = it - kernels.begin();
+        token_slot[slot] = static_cast<int32_t>(ks);
+        ++kernel_rows[ks];
+      }
+      ids[slot] = id;
+      pos[slot] = past;
+      kv_slot[slot] = slot;
+      rows[i] = slot;
+      max_past = std::max(max_past, past);
+    }
+    DecodeGraphKey key;
+    key.kv_len = std::min(cache.max_len(), (max_past / kGraphKvBlock + 1) * kGraphKvBlock);
+    int64_t max_rank = 0;
+    for (size_t ks = 0; ks < kernels.size(); ++ks) {
+      for (size_t r = 0; r < kernels[ks]->rank.size(); ++r) {
+        if (kernels[ks]->rank[r] == 0) continue;
+        key.modules |= 1 << (r % kModules);
+        max_rank = std::max(max_rank, kernels[ks]->rank[r]);
+      }
+      key.segment_tokens = std::max(key.segment_tokens, NextPow2(kernel_rows[ks]));
+    }
+    if (key.modules != 0) {
+      key.rank = NextPow2(max_rank);
+      key.segments = NextPow2(static_cast<int64_t>(kernels.size()));
+    } else {
+      key.segment_tokens = 0;
+    }
+
+    const at::TensorOptions on_device = at::TensorOptions().device(context_.device);
+    // The graphs and their input buffers are one set per model; Forward may
+    // run on a training thread too (never a decode graph there: autograd or
+    // multi-token rows), but the state stays consistent whoever gets here.
+    std::lock_guard<std::mutex> lock(graph_mu_);
+    if (graph_cache_id_ != cache.id()) {
+      graphs_.clear();
+      graph_inputs_ = at::zeros({4, slots}, on_device.dtype(at::kLong));
+      graph_meta_ =
+          at::zeros({c.num_layers, kModules, slots, li::kMetaFields}, on_device.dtype(at::kLong));
+      graph_cache_id_ = cache.id();
+    }
+    graph_inputs_.copy_(host, /*non_blocking=*/true);
+    at::Tensor host_index;
+    if (key.segments > 0) {
+      absl::StatusOr<LoraBatchIndex> index =
+          BuildLoraBatchIndex(token_slot, static_cast<int64_t>(kernels.size()), key.segments,
+                              at::kCPU, key.segment_tokens);
+      TORCH_CHECK(index.ok(), index.status().ToString());
+      host_index = at::empty({slots + 2 * key.segments + 1},
+                             at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+      int32_t* p = host_index.data_ptr<int32_t>();
+      p = std::copy(index->host_sorted_tokens.begin(), index->host_sorted_tokens.end(), p);
+      p = std::copy(index->host_segment_start.begin(), index->host_segment_start.end(), p);
+      std::copy(index->host_segment_slot.begin(), index->host_segment_slot.end(), p);
+      std::vector<at::Tensor> metas;
+      for (const LoraKernelWeights* k : kernels) metas.push_back(k->meta);
+      graph_meta_.narrow(2, 0, static_cast<int64_t>(metas.size())).copy_(at::stack(metas, 2));
+    }
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) it = graphs_.emplace(key, CaptureDecodeGraph(key, cache)).first;
+    DecodeGraph& g = *it->second;
+    if (host_index.defined()) g.lora_index.copy_(host_index, /*non_blocking=*/true);
+    g.graph.replay();
+    ++graph_replays_;
+    logits = g.logits.index_select(0, graph_inputs_[3].narrow(0, 0, static_cast<int64_t>(n)));
+    return true;
+  }
+
+  // Captures the decode step of `key` over `cache`, reading graph_inputs_,
+  // graph_meta_ and its own LoRA index (filled before each replay).
+  std::unique_ptr<DecodeGraph> CaptureDecodeGraph(const DecodeGraphKey& key, KvCache& cache) {
+    const ModelConfig& c = context_.config;
+    constexpr int64_t kModules = lora_module::kMaxModules;
+    const int64_t slots = cache.num_slots();
+    auto g = std::make_unique<DecodeGraph>();
+    AttentionStep step;
+    step.num_tokens = slots;
+    step.all_decode = true;
+    step.max_kv_len = key.kv_len;
+    step.consecutive_first_slot = 0;
+    step.lens.assign(slots, 1);
+    step.token_ids = graph_inputs_[0];
+    step.token_positions = graph_inputs_[1];
+    step.token_slots = graph_inputs_[2];
+    BatchAdapters adapters;
+    if (key.segments > 0) {
+      g->lora_index = at::zeros({slots + 2 * key.segments + 1},
+                                at::TensorOptions().dtype(at::kInt).device(context_.device));
+      LoraBatchIndex index;
+      index.sorted_tokens = g->lora_index.narrow(0, 0, slots);
+      index.segment_start = g->lora_index.narrow(0, slots, key.segments + 1);
+      index.segment_slot = g->lora_index.narrow(0, slots + key.segments + 1, key.segments);
+      index.num_tokens = slots;
+      index.max_segments = key.segments;
+      index.max_segment_tokens = key.segment_tokens;
+      std::vector<int64_t> max_rank(c.num_layers * kModules, 0);
+      for (size_t r = 0; r < max_rank.size(); ++r) {
+        if (key.modules & (1 << (r % kModules))) max_rank[r] = key.rank;
+      }
+      adapters = BatchAdapters::ForKernels(std::move(index), graph_meta_, static_cast<int>(slots),
+                                           std::move(max_rank), context_.dtype);
+    }
+    auto body = [&] {
+      at::Tensor k_pos =
+          at::arange(key.kv_len, at::TensorOptions().dtype(at::kLong).device(context_.device))
+              .unsqueeze(0);
+      at::Tensor q_pos = step.token_positions.unsqueeze(1);
+      // Additive masks in the model dtype, made once per step (a boolean mask
+      // is converted by every layer's attention call).
+      const double neg_inf = -std::numeric_limits<double>::infinity();
+      at::Tensor allowed = k_pos.le(q_pos).view({slots, 1, 1, key.kv_len});
+      auto bias = [&](const at::Tensor& ok) {
+        return at::zeros(ok.sizes(), at::TensorOptions().dtype(context_.dtype).device(ok.device()))
+            .masked_fill_(ok.logical_not(), neg_inf);
+      };
+      step.decode_allowed = bias(allowed);
+      if (c.sliding_window > 0) {
+        step.decode_allowed_sliding = bias(allowed.logical_and(
+            k_pos.gt(q_pos - c.sliding_window).view({slots, 1, 1, key.kv_len})));
+      }
+      return Logits(Layers(embed_.index_select(0, step.token_ids), step, adapters, cache));
+    };
+    // Inputs of this step are in place: the warm-up run on the capture
+    // stream computes and writes what the first replay writes again.
+    c10::cuda::device_synchronize();
+    c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, context_.device.index());
+    {
+      c10::cuda::CUDAStreamGuard guard(stream);
+      body();
+      stream.synchronize();
+      // Thread-local capture: a training job's CUDA calls on its own
+      // thread and stream must neither break nor join this capture.
+      g->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+      g->logits = body();
+      g->graph.capture_end();
+    }
+    c10::cuda::device_synchronize();
+    return g;
+  }
+
+  uint64_t graph_cache_id_ = 0;  // The KvCache the graphs were captured over.
+  at::Tensor graph_inputs_;      // int64 [4, S] on the device; see TryDecodeGraph.
+  at::Tensor graph_meta_;        // int64 [layers, kMaxModules, S, kMetaFields].
+  std::map<DecodeGraphKey, std::unique_ptr<DecodeGraph>> graphs_;
+#endif
+  int64_t graph_replays_ = 0;
+
   ModelContext context_;
   at::Tensor embed_, norm_, lm_head_, inv_freq_, long_inv_freq_;
   double attention_scaling_ = 1.0;
+  std::mutex graph_mu_;  // Guards the decode graphs and their buffers.
   std::mutex dynamic_inv_freq_mu_;  // Guards dynamic_inv_freq_ (Forward runs on several threads).
   std::map<int64_t, at::Tensor> dynamic_inv_freq_;  // "dynamic": by sequence length.
   std::vector<LlamaLayer> layers_;

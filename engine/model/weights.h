@@ -73,6 +73,7 @@ struct ModelContext {
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
   std::string fingerprint;
+  bool cuda_graphs = true;  // ModelLoadOptions::cuda_graphs.
 };
 
 // Builders of the concrete decoders (llama.cc, gpt2.cc), called by

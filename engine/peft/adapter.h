@@ -20,6 +20,7 @@
 namespace adapterd {
 
 class CausalLM;
+struct LoraKernelWeights;  // engine/peft/batch_adapters.h
 
 enum class AdapterMethod {
   kLora,
@@ -74,6 +75,9 @@ struct Adapter {
 
   // LoRA: [layer][module]; nullopt where the module has no LoRA.
   std::vector<std::vector<std::optional<LoraWeights>>> lora;
+  // LoRA on CUDA: the batched kernels' copy of `lora` (WithLoraKernels), or
+  // null (the ATen path).
+  std::shared_ptr<const LoraKernelWeights> lora_kernels;
 
   // Prompt tuning / P-tuning: [P, hidden] in the model dtype, the input
   // rows at positions 0..P-1.

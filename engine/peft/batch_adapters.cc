@@ -1,11 +1,13 @@
 #include "engine/peft/batch_adapters.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <cstring>
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "engine/kernels/lora_launch.h"
 #include "engine/model/causal_lm.h"
 #include "engine/runtime/kv_cache.h"
 
@@ -35,7 +37,112 @@ at::Tensor Bottleneck(const at::Tensor& h, const BottleneckWeights& w) {
   return at::linear(down, w.up_w, w.up_b) * w.scaling;
 }
 
+int64_t FloatBits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return static_cast<int64_t>(u);
+}
+
+int64_t Ptr(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<int64_t>(t.data_ptr()) : 0;
+}
+
+// The ATen path of ApplyLoraDelta for one module; with skip_kernel_groups the
+// groups the kernels handled are left out.
+void ApplyLoraGroups(const at::Tensor& x, const at::Tensor& y, const BatchAdapters& adapters,
+                     int layer, int module, const at::Tensor& base_bias, bool skip_kernel_groups) {
+  for (const BatchAdapters::Group& g : adapters.groups()) {
+    if (skip_kernel_groups && g.kernel_slot >= 0) continue;
+    const Adapter& a = *g.adapter;
+    if (a.lora.empty()) continue;
+    const std::optional<LoraWeights>& w = a.lora[layer][module];
+    if (!w.has_value()) continue;
+    // As PEFT: the adapter branch in fp32 on the fp32 input, added in fp32,
+    // then rounded to the model dtype.
+    at::Tensor xr = x.index_select(0, g.rows).to(at::kFloat);
+    if (w->train_dropout > 0) xr = at::dropout(xr, w->train_dropout, /*train=*/true);
+    at::Tensor lora = at::linear(at::linear(xr, w->a), w->b, w->b_bias);
+    if (!w->dora_scale.defined() && y.scalar_type() == at::kFloat) {
+      y.index_add_(0, g.rows, lora.mul_(w->scaling));  // The same single fp32 add per element.
+      continue;
+    }
+    at::Tensor yr = y.index_select(0, g.rows).to(at::kFloat);
+    at::Tensor out;
+    if (w->dora_scale.defined()) {
+      at::Tensor base = base_bias.defined() ? yr - base_bias.to(at::kFloat) : yr;
+      out = yr + ((w->dora_scale - 1) * base + w->dora_scale * lora * w->scaling);
+    } else {
+      out = yr + lora * w->scaling;
+    }
+    y.index_copy_(0, g.rows, out.to(y.scalar_type()));
+  }
+}
+
+// Whether autograd may need to flow into the adapter's LoRA weights (then the
+// ATen path applies it: the kernels compute no gradient).
+bool LoraRequiresGrad(const Adapter& a) {
+  for (const auto& layer : a.lora) {
+    for (const std::optional<LoraWeights>& w : layer) {
+      if (w.has_value() && (w->a.requires_grad() || w->b.requires_grad() ||
+                            (w->b_bias.defined() && w->b_bias.requires_grad()))) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
 }  // namespace
+
+std::shared_ptr<const Adapter> WithLoraKernels(std::shared_ptr<const Adapter> adapter,
+                                               at::ScalarType dtype) {
+  namespace li = lora_internal;
+  const Adapter& a = *adapter;
+  if (a.lora.empty()) return adapter;
+  constexpr int64_t kModules = lora_module::kMaxModules;
+  auto k = std::make_shared<LoraKernelWeights>();
+  k->dtype = dtype;
+  k->num_layers = static_cast<int64_t>(a.lora.size());
+  k->rank.assign(k->num_layers * kModules, 0);
+  std::vector<int64_t> meta(k->num_layers * kModules * li::kMetaFields, 0);
+  int64_t extra_bytes = 0;
+  at::Device device = at::kCPU;
+  for (int64_t l = 0; l < k->num_layers; ++l) {
+    for (int64_t m = 0; m < static_cast<int64_t>(a.lora[l].size()) && m < kModules; ++m) {
+      const std::optional<LoraWeights>& w = a.lora[l][m];
+      if (!w.has_value()) continue;
+      if (w->dora_scale.defined() || !w->a.is_cuda()) return adapter;
+      device = w->a.device();
+      const at::Tensor wa = w->a.to(dtype).contiguous();
+      const at::Tensor wb = w->b.to(dtype).contiguous();
+      const at::Tensor bias = w->b_bias.defined() ? w->b_bias.to(dtype).contiguous() : at::Tensor();
+      for (const at::Tensor* t : {&wa, &wb, &bias}) {
+        if (!t->defined()) continue;
+        k->held.push_back(*t);
+        if (!t->is_same(w->a) && !t->is_same(w->b) && !t->is_same(w->b_bias)) {
+          extra_bytes += t->numel() * static_cast<int64_t>(t->element_size());
+        }
+      }
+      int64_t* r = meta.data() + (l * kModules + m) * li::kMetaFields;
+      r[li::kMetaA] = Ptr(wa);
+      r[li::kMetaB] = Ptr(wb);
+      r[li::kMetaBBias] = Ptr(bias);
+      r[li::kMetaRank] = wa.size(0);
+      r[li::kMetaOut] = wb.size(0);
+      r[li::kMetaScale] = FloatBits(static_cast<float>(w->scaling));
+      r[li::kMetaAct] = static_cast<int64_t>(LoraActivation::kNone);
+      k->rank[l * kModules + m] = wa.size(0);
+    }
+  }
+  if (k->held.empty()) return adapter;
+  at::Tensor host = at::empty({k->num_layers, kModules, li::kMetaFields}, at::kLong);
+  std::memcpy(host.data_ptr<int64_t>(), meta.data(), meta.size() * sizeof(int64_t));
+  k->meta = host.to(device);
+  auto out = std::make_shared<Adapter>(a);
+  out->lora_kernels = std::move(k);
+  out->num_bytes += extra_bytes;
+  return out;
+}
 
 BatchAdapters BatchAdapters::Build(const ForwardBatch& batch, const AttentionStep& step,
                                    at::Device device) {
@@ -67,6 +174,38 @@ BatchAdapters BatchAdapters::Build(const ForwardBatch& batch, const AttentionSte
     for (int64_t j = 0; j < step.lens[i]; ++j) rows.push_back(step.offsets[i] + j);
   }
   for (Group& g : out.groups_) g.rows = LongTensor(g.host_rows, device);
+  if (device.is_cuda()) {
+    // One kernel slot per LoRA group with kernel weights in one dtype; the
+    // index and the table serve every layer of the step.
+    std::vector<int32_t> token_slot(step.num_tokens, -1);
+    std::vector<at::Tensor> metas;
+    std::vector<const LoraKernelWeights*> weights;
+    const bool grad = c10::GradMode::is_enabled();
+    for (Group& g : out.groups_) {
+      const LoraKernelWeights* k = g.adapter->lora_kernels.get();
+      if (k == nullptr || (!weights.empty() && k->dtype != weights[0]->dtype)) continue;
+      if (grad && LoraRequiresGrad(*g.adapter)) continue;
+      g.kernel_slot = static_cast<int>(metas.size());
+      metas.push_back(k->meta);
+      weights.push_back(k);
+      for (int64_t r : g.host_rows) token_slot[r] = g.kernel_slot;
+    }
+    if (!metas.empty()) {
+      const int64_t n = static_cast<int64_t>(metas.size());
+      absl::StatusOr<LoraBatchIndex> index = BuildLoraBatchIndex(token_slot, n, n, device);
+      TORCH_CHECK(index.ok(), index.status().ToString());
+      out.kernel_index_ = *std::move(index);
+      out.kernel_meta_ = at::stack(metas, 2);  // [layers, modules, slots, fields]
+      out.kernel_slots_ = static_cast<int>(n);
+      out.kernel_dtype_ = weights[0]->dtype;
+      out.kernel_max_rank_.assign(weights[0]->rank.size(), 0);
+      for (const LoraKernelWeights* k : weights) {
+        for (size_t i = 0; i < k->rank.size(); ++i) {
+          out.kernel_max_rank_[i] = std::max(out.kernel_max_rank_[i], k->rank[i]);
+        }
+      }
+    }
+  }
   if (!virtual_rows.empty()) {
     out.has_virtual_ = true;
     out.virtual_rows_ = LongTensor(virtual_rows, device);
@@ -81,31 +220,59 @@ void BatchAdapters::ApplyPromptRows(at::Tensor& x) const {
   x.index_copy_(0, virtual_rows_, virtual_values_.to(x.scalar_type()));
 }
 
+BatchAdapters BatchAdapters::ForKernels(LoraBatchIndex index, at::Tensor meta, int num_slots,
+                                        std::vector<int64_t> max_rank, at::ScalarType dtype) {
+  BatchAdapters out;
+  out.kernel_index_ = std::move(index);
+  out.kernel_meta_ = std::move(meta);
+  out.kernel_slots_ = num_slots;
+  out.kernel_max_rank_ = std::move(max_rank);
+  out.kernel_dtype_ = dtype;
+  return out;
+}
+
+bool BatchAdapters::UsesKernels(const at::Tensor& x) const {
+  return kernel_slots_ > 0 && x.scalar_type() == kernel_dtype_ &&
+         !(c10::GradMode::is_enabled() && x.requires_grad());
+}
+
+void BatchAdapters::ApplyKernels(const at::Tensor& x, std::span<const at::Tensor> ys, int layer,
+                                 int first_module) const {
+  constexpr int64_t kModules = lora_module::kMaxModules;
+  const int64_t n = static_cast<int64_t>(ys.size());
+  int64_t max_rank = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    max_rank = std::max(max_rank, kernel_max_rank_[layer * kModules + first_module + i]);
+  }
+  if (max_rank == 0) return;  // No kernel-slot adapter has LoRA on these modules.
+  LoraWeightTable table;
+  table.meta = kernel_meta_.select(0, layer).narrow(0, first_module, n);
+  table.num_slices = n;
+  table.num_slots = kernel_slots_;
+  table.in_features = x.size(1);
+  table.max_rank = max_rank;
+  table.dtype = kernel_dtype_;
+  for (const at::Tensor& y : ys) table.out_features.push_back(y.size(1));
+  const absl::Status status =
+      LoraApply(x.stride(-1) == 1 ? x : x.contiguous(), table, kernel_index_, ys);
+  TORCH_CHECK(status.ok(), "batched LoRA kernels: ", status.ToString());
+}
+
 void ApplyLoraDelta(const at::Tensor& x, at::Tensor& y, const BatchAdapters& adapters, int layer,
                     int module, const at::Tensor& base_bias) {
-  for (const BatchAdapters::Group& g : adapters.groups()) {
-    const Adapter& a = *g.adapter;
-    if (a.lora.empty()) continue;
-    const std::optional<LoraWeights>& w = a.lora[layer][module];
-    if (!w.has_value()) continue;
-    // As PEFT: the adapter branch in fp32 on the fp32 input, added in fp32,
-    // then rounded to the model dtype.
-    at::Tensor xr = x.index_select(0, g.rows).to(at::kFloat);
-    if (w->train_dropout > 0) xr = at::dropout(xr, w->train_dropout, /*train=*/true);
-    at::Tensor lora = at::linear(at::linear(xr, w->a), w->b, w->b_bias);
-    if (!w->dora_scale.defined() && y.scalar_type() == at::kFloat) {
-      y.index_add_(0, g.rows, lora.mul_(w->scaling));  // The same single fp32 add per element.
-      continue;
-    }
-    at::Tensor yr = y.index_select(0, g.rows).to(at::kFloat);
-    at::Tensor out;
-    if (w->dora_scale.defined()) {
-      at::Tensor base = base_bias.defined() ? yr - base_bias.to(at::kFloat) : yr;
-      out = yr + ((w->dora_scale - 1) * base + w->dora_scale * lora * w->scaling);
-    } else {
-      out = yr + lora * w->scaling;
-    }
-    y.index_copy_(0, g.rows, out.to(y.scalar_type()));
+  const bool kernels = adapters.UsesKernels(x);
+  if (kernels) adapters.ApplyKernels(x, std::span<const at::Tensor>(&y, 1), layer, module);
+  ApplyLoraGroups(x, y, adapters, layer, module, base_bias, kernels);
+}
+
+void ApplyLoraDeltas(const at::Tensor& x, std::span<const at::Tensor> ys,
+                     const BatchAdapters& adapters, int layer, int first_module,
+                     std::span<const at::Tensor> base_biases) {
+  const bool kernels = adapters.UsesKernels(x);
+  if (kernels) adapters.ApplyKernels(x, ys, layer, first_module);
+  for (size_t i = 0; i < ys.size(); ++i) {
+    ApplyLoraGroups(x, ys[i], adapters, layer, first_module + static_cast<int>(i), base_biases[i],
+                    kernels);
   }
 }
 

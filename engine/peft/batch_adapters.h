@@ -3,14 +3,20 @@
 // Per-row application of adapters in one mixed batch: the decoders compute
 // the base model once for all tokens and call these hooks, which add each
 // adapter's contribution on its own rows (tokens grouped by adapter; no
-// padding, heterogeneous ranks). Engine-internal header (uses ATen).
-// Not thread-safe; built and used on the engine thread for one step.
+// padding, heterogeneous ranks). On CUDA, LoRA runs through the batched
+// kernels of engine/kernels when autograd is not recording; the ATen path
+// serves the CPU, autograd, DoRA and adapters without kernel weights.
+// Engine-internal header (uses ATen). Not thread-safe; built and used on the
+// engine thread for one step.
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
+#include <span>
 #include <vector>
 
+#include "engine/kernels/lora_kernels.h"
 #include "engine/peft/adapter.h"
 
 namespace adapterd {
@@ -21,6 +27,28 @@ class KvCache;
 
 enum class AdapterSite { kAttention, kFfn };
 
+// One LoRA adapter's weights as the batched CUDA kernels read them, built once
+// when the adapter becomes device-resident (WithLoraKernels) and held by the
+// Adapter, so by every lease on it: copies of A and B (and lora_bias) in the
+// model's dtype (the fp32 tensors themselves on an fp32 model) and their
+// kernel records.
+struct LoraKernelWeights {
+  at::ScalarType dtype = at::kFloat;
+  int64_t num_layers = 0;
+  // int64 [num_layers, lora_module::kMaxModules, kMetaFields] on the device:
+  // one kernel record per (layer, module), A pointer 0 where there is no LoRA.
+  at::Tensor meta;
+  std::vector<int64_t> rank;     // [num_layers * kMaxModules]; 0 where there is no LoRA.
+  std::vector<at::Tensor> held;  // What the records point to.
+};
+
+// `adapter` with kernel weights for a model of `dtype`, when it is a LoRA
+// adapter on a CUDA device without DoRA (DoRA, other methods and CPU adapters
+// come back unchanged: the ATen path applies them). The copies add to
+// num_bytes. Throws c10::Error on a failed copy.
+std::shared_ptr<const Adapter> WithLoraKernels(std::shared_ptr<const Adapter> adapter,
+                                               at::ScalarType dtype);
+
 // The adapters of one Forward step, grouped by adapter.
 class BatchAdapters {
  public:
@@ -28,14 +56,37 @@ class BatchAdapters {
     const Adapter* adapter;
     at::Tensor rows;  // [n] int64 on the device: the group's token rows, ascending.
     std::vector<int64_t> host_rows;
+    int kernel_slot = -1;  // The group's slot in the kernels' tables; -1: ATen path.
   };
 
-  // Groups `batch.adapters` over the step's token rows. Throws c10::Error if
+  // Groups `batch.adapters` over the step's token rows. On CUDA, LoRA groups
+  // with kernel weights (WithLoraKernels) also get a slot in one per-step
+  // kernel index and weight table, shared by every layer, unless autograd is
+  // on and their LoRA weights require grad (training: the ATen path). Throws c10::Error if
   // the adapter or virtual-token lists do not match the batch.
   static BatchAdapters Build(const ForwardBatch& batch, const AttentionStep& step,
                              at::Device device);
 
-  bool empty() const { return groups_.empty() && !has_virtual_; }
+  // True when this step's kernel-slot groups go through the batched kernels
+  // for input `x` (autograd not recording through x); ApplyLoraDeltas then
+  // leaves them to the kernels.
+  bool UsesKernels(const at::Tensor& x) const;
+  int num_kernel_slots() const { return kernel_slots_; }
+
+  // The kernels' half of ApplyLoraDeltas: ys[i] += the LoRA delta of module
+  // first_module + i for every kernel-slot group, in one launch pair.
+  // REQUIRES: UsesKernels(x). Throws c10::Error on a kernel error.
+  void ApplyKernels(const at::Tensor& x, std::span<const at::Tensor> ys, int layer,
+                    int first_module) const;
+
+  // A step whose adapted rows all take the kernels, their index and table in
+  // caller-owned device buffers (CUDA-graph decode steps): `meta` int64
+  // [layers, kMaxModules, num_slots, kMetaFields]; max_rank[layer *
+  // kMaxModules + module] bounds the ranks there (0: no launch).
+  static BatchAdapters ForKernels(LoraBatchIndex index, at::Tensor meta, int num_slots,
+                                  std::vector<int64_t> max_rank, at::ScalarType dtype);
+
+  bool empty() const { return groups_.empty() && !has_virtual_ && kernel_slots_ == 0; }
   const std::vector<Group>& groups() const { return groups_; }
 
   // Replaces the embedding rows of virtual tokens with their adapter's prompt
@@ -52,6 +103,13 @@ class BatchAdapters {
   at::Tensor virtual_rows_;    // [V] rows of x to replace.
   at::Tensor virtual_values_;  // [V, hidden] their prompt rows.
   at::Tensor output_rows_;
+
+  // Batched kernels (CUDA only; kernel_slots_ == 0 otherwise).
+  int kernel_slots_ = 0;
+  at::ScalarType kernel_dtype_ = at::kFloat;
+  LoraBatchIndex kernel_index_;
+  at::Tensor kernel_meta_;  // int64 [layers, kMaxModules, kernel_slots_, kMetaFields].
+  std::vector<int64_t> kernel_max_rank_;  // [layers * kMaxModules] over the slots.
 };
 
 // y += the LoRA deltas of layer `layer`'s `module` for every adapter of the
@@ -62,6 +120,14 @@ class BatchAdapters {
 // the batched kernels of engine/kernels may replace its body.
 void ApplyLoraDelta(const at::Tensor& x, at::Tensor& y, const BatchAdapters& adapters, int layer,
                     int module, const at::Tensor& base_bias);
+
+// ApplyLoraDelta for modules first_module, first_module + 1, ... that share
+// the input x (q/k/v, gate/up), ys[i] the base output of module
+// first_module + i (views into one fused output are fine) and base_biases[i]
+// its bias (or undefined): one kernel launch pair for all of them on CUDA.
+void ApplyLoraDeltas(const at::Tensor& x, std::span<const at::Tensor> ys,
+                     const BatchAdapters& adapters, int layer, int first_module,
+                     std::span<const at::Tensor> base_biases);
 
 // at::linear(x, weight, bias) followed by ApplyLoraDelta.
 at::Tensor LinearWithLora(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/TensorIndexing.h>
 
+#include <atomic>
 #include <cstring>
 #include <limits>
 #include <unordered_set>
@@ -80,6 +81,15 @@ AttentionStep AttentionStep::Build(const ForwardBatch& batch, int num_slots, int
       step.blocked_sliding.push_back(
           Blocked(q_pos, k_pos.unsqueeze(0), sliding_window).view({-1, 1, 1, step.max_kv_len}));
     }
+    if (device.is_cuda()) {
+      step.decode_allowed = step.blocked[0].logical_not();
+      if (sliding_window > 0) step.decode_allowed_sliding = step.blocked_sliding[0].logical_not();
+      bool consecutive = true;
+      for (size_t i = 1; i < n && consecutive; ++i) {
+        consecutive = step.slots[i] == step.slots[0] + static_cast<int64_t>(i);
+      }
+      if (consecutive) step.consecutive_first_slot = step.slots[0];
+    }
   } else {
     for (size_t i = 0; i < n; ++i) {
       const int64_t kv_len = step.past_lens[i] + step.lens[i];
@@ -95,10 +105,13 @@ AttentionStep AttentionStep::Build(const ForwardBatch& batch, int num_slots, int
 KvCache::KvCache(int num_layers, int num_slots, int64_t max_len, int64_t kv_heads, int64_t head_dim,
                  at::ScalarType dtype, at::Device device)
     : num_slots_(num_slots), max_len_(max_len), kv_heads_(kv_heads), head_dim_(head_dim) {
+  static std::atomic<uint64_t> next_id{1};
+  id_ = next_id++;
   const auto options = at::TensorOptions().dtype(dtype).device(device);
+  const int64_t slots = device.is_cuda() ? num_slots + 1 : num_slots;
   for (int i = 0; i < num_layers; ++i) {
-    keys_.push_back(at::zeros({num_slots, kv_heads, max_len, head_dim}, options));
-    values_.push_back(at::zeros({num_slots, kv_heads, max_len, head_dim}, options));
+    keys_.push_back(at::zeros({slots, kv_heads, max_len, head_dim}, options));
+    values_.push_back(at::zeros({slots, kv_heads, max_len, head_dim}, options));
   }
 }
 
@@ -118,6 +131,28 @@ at::Tensor KvCache::Attend(int layer, const AttentionStep& step, const at::Tenso
       sliding && !step.blocked_sliding.empty() ? step.blocked_sliding : step.blocked;
   const double neg_inf = -std::numeric_limits<double>::infinity();
 
+  if (step.all_decode && q.is_cuda()) {
+    // Fused attention over the cache (read in place when the slots are
+    // consecutive); scores and softmax in fp32 inside the kernel.
+    const int64_t b = q.size(0);
+    const int64_t len = step.max_kv_len;
+    at::Tensor k = keys_[layer].narrow(2, 0, len);
+    at::Tensor v = values_[layer].narrow(2, 0, len);
+    if (step.consecutive_first_slot >= 0) {
+      k = k.narrow(0, step.consecutive_first_slot, b);
+      v = v.narrow(0, step.consecutive_first_slot, b);
+    } else {
+      k = k.index_select(0, step.slots_tensor);
+      v = v.index_select(0, step.slots_tensor);
+    }
+    const at::Tensor& allowed = sliding && step.decode_allowed_sliding.defined()
+                                    ? step.decode_allowed_sliding
+                                    : step.decode_allowed;
+    at::Tensor out = at::scaled_dot_product_attention(q.unsqueeze(2), k, v, allowed, 0.0,
+                                                      /*is_causal=*/false, scale,
+                                                      /*enable_gqa=*/group > 1);
+    return out.reshape({b, heads * d});  // [B, H, 1, D]
+  }
   if (step.all_decode) {
     const int64_t b = q.size(0);
     const int64_t len = step.max_kv_len;
@@ -135,6 +170,18 @@ at::Tensor KvCache::Attend(int layer, const AttentionStep& step, const at::Tenso
   for (size_t i = 0; i < step.slots.size(); ++i) {
     const int64_t n = step.lens[i];
     const int64_t len = step.past_lens[i] + n;
+    if (q.is_cuda() && step.past_lens[i] == 0 && n > 1 && !sliding) {
+      // A prompt from position 0: plain causal attention over its own keys,
+      // which the fused kernels (flash for fp16/bf16) do without a mask.
+      at::Tensor qi = q.narrow(0, step.offsets[i], n).transpose(0, 1).unsqueeze(0);  // [1, H, n, D]
+      at::Tensor k = keys_[layer][step.slots[i]].narrow(1, 0, n).unsqueeze(0);  // [1, kv, n, D]
+      at::Tensor v = values_[layer][step.slots[i]].narrow(1, 0, n).unsqueeze(0);
+      at::Tensor out = at::scaled_dot_product_attention(qi, k, v, std::nullopt, 0.0,
+                                                        /*is_causal=*/true, scale,
+                                                        /*enable_gqa=*/group > 1);
+      outs.push_back(out.squeeze(0).transpose(0, 1).reshape({n, heads * d}));
+      continue;
+    }
     at::Tensor qi =
         q.narrow(0, step.offsets[i], n).transpose(0, 1).reshape({kv_heads_, group, n, d});
     at::Tensor k = keys_[layer][step.slots[i]].narrow(1, 0, len).unsqueeze(1);    // [kv, 1, L, D]

@@ -33,6 +33,12 @@ struct AttentionStep {
   std::vector<at::Tensor> blocked;
   std::vector<at::Tensor> blocked_sliding;  // Same, with the sliding window applied.
   at::Tensor slots_tensor;                  // [B] int64 on the device.
+  // CUDA decode steps (fused attention): blocked and blocked_sliding negated
+  // (true = attend; or an additive mask in the model dtype, 0 or -inf), and
+  // the first slot when the slots are consecutive (the cache is read in
+  // place), else -1.
+  at::Tensor decode_allowed, decode_allowed_sliding;
+  int64_t consecutive_first_slot = -1;
 
   // Validates the batch against the cache and the vocabulary (throws
   // c10::Error on a violated REQUIRES) and builds the step on `device`.
@@ -57,9 +63,13 @@ class KvCache {
   int64_t kv_heads() const { return kv_heads_; }
   int64_t head_dim() const { return head_dim_; }
 
-  // [num_slots, kv_heads, max_len, head_dim]; writable (e.g. prefix KV).
+  // [num_slots, kv_heads, max_len, head_dim] (on CUDA one more slot: a
+  // scratch slot that padded rows of CUDA-graph decode steps write into);
+  // writable (e.g. prefix KV).
   at::Tensor& keys(int layer) { return keys_[layer]; }
   at::Tensor& values(int layer) { return values_[layer]; }
+  // Unique per cache object (CUDA graphs are captured over one cache).
+  uint64_t id() const { return id_; }
 
   // Stores the step's new keys/values `k`, `v` ([T, kv_heads, head_dim]) at
   // their slots and positions.
@@ -72,6 +82,7 @@ class KvCache {
                     bool sliding) const;
 
  private:
+  uint64_t id_;
   int num_slots_;
   int64_t max_len_;
   int64_t kv_heads_;

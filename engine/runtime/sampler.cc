@@ -97,9 +97,13 @@ int32_t Sampler::Draw(const float* logits, int64_t vocab_size) {
 }
 
 SampledToken Sampler::Sample(const float* logits, int64_t vocab_size) {
+  return Sample(logits, vocab_size, LogSumExp(logits, vocab_size));
+}
+
+SampledToken Sampler::Sample(const float* logits, int64_t vocab_size, double log_sum_exp) {
   SampledToken out;
   out.id = params_.temperature == 0.0f ? Argmax(logits, vocab_size) : Draw(logits, vocab_size);
-  out.logprob = Logprob(logits, vocab_size, out.id);
+  out.logprob = static_cast<float>(logits[out.id] - log_sum_exp);
   out.top = TopLogprobs(logits, vocab_size, params_.top_logprobs);
   return out;
 }

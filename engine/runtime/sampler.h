@@ -25,6 +25,10 @@ class Sampler {
   Sampler(const SamplingParams& params, uint64_t seed);
 
   SampledToken Sample(const float* logits, int64_t vocab_size);
+  // The same, with log(sum(exp(logits))) of the row given (computed for the
+  // whole batch on the GPU: the host pass over the vocabulary dominates a
+  // GPU decode step otherwise).
+  SampledToken Sample(const float* logits, int64_t vocab_size, double log_sum_exp);
 
   // The top `k` log-probs of a row, most likely first (ties: lower id first).
   static std::vector<TokenLogprob> TopLogprobs(const float* logits, int64_t vocab_size, int k);

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 #ifdef ADAPTERD_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -95,6 +96,7 @@ std::shared_ptr<const Adapter> MapTensors(const Adapter& a,
                                           const std::function<at::Tensor(const at::Tensor&)>& fn) {
   auto f = [&fn](const at::Tensor& t) { return t.defined() ? fn(t) : t; };
   auto out = std::make_shared<Adapter>(a);
+  out->lora_kernels.reset();  // Points into a's tensors; WithLoraKernels makes new ones.
   for (auto& layer : out->lora) {
     for (auto& w : layer) {
       if (!w.has_value()) continue;
@@ -167,7 +169,9 @@ class TorchEngine final : public Engine {
     };
     if (on_device) {
       const at::Device device = model_->device();
-      cache.to_device = [device](const Adapter& a) -> absl::StatusOr<std::shared_ptr<const Adapter>> {
+      const at::ScalarType dtype = model_->dtype();
+      cache.to_device =
+          [device, dtype](const Adapter& a) -> absl::StatusOr<std::shared_ptr<const Adapter>> {
         try {
 #ifdef ADAPTERD_WITH_CUDA
           if (device.is_cuda()) {
@@ -178,9 +182,10 @@ class TorchEngine final : public Engine {
             // (which ends in a host sync) that used it.
             c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, device.index());
             c10::cuda::CUDAStreamGuard guard(stream);
-            auto copy = MapTensors(a, [device](const at::Tensor& t) {
+            auto copied = MapTensors(a, [device](const at::Tensor& t) {
               return t.to(device, /*non_blocking=*/true);
             });
+            auto copy = WithLoraKernels(std::move(copied), dtype);
             stream.synchronize();
             return copy;
           }
@@ -756,6 +761,9 @@ class TorchEngine final : public Engine {
       Admit();
       DropDead();
       try {
+        // Serving records no autograd graph (the LoRA kernels need none, and
+        // the dispatcher does less per op).
+        const c10::NoGradGuard no_grad;
         if (!scoring_.empty()) StepScore();
         if (!running_.empty()) StepGenerate();
       } catch (const std::exception& e) {
@@ -879,21 +887,54 @@ class TorchEngine final : public Engine {
       }
       AddRow(batch, seq->slot(), seq->cached_tokens(), std::move(pending));
     }
-    at::Tensor logits = model_->Forward(batch, *cache_).to(at::kCPU).contiguous();
-    const int64_t vocab = logits.size(1);
+    const at::Tensor device_logits = model_->Forward(batch, *cache_);
+    // On a GPU, when every sequence is greedy with no alternatives and no
+    // ensemble, the argmax and its log-prob are taken there and only two
+    // numbers per row come back; else the logits do, with the rows'
+    // log-sum-exp (one device pass instead of a host pass per row).
+    bool host_sampling = device_logits.is_cpu();
+    for (size_t i = 0; i < running_.size() && !host_sampling; ++i) {
+      const SamplingParams& p = running_[i]->request().sampling;
+      host_sampling = p.temperature != 0.0f || p.top_logprobs > 0 ||
+                      ensemble_slots_.count(running_[i].get()) > 0;
+    }
+    at::Tensor logits, lse, greedy;
+    if (host_sampling) {
+      logits = device_logits.to(at::kCPU).contiguous();
+      if (!device_logits.is_cpu()) {
+        lse = at::logsumexp(device_logits, -1).to(at::kCPU, at::kDouble);
+      }
+    } else {
+      const auto [best, id] = device_logits.max(-1);
+      greedy = at::stack({id.to(at::kDouble),
+                          best.to(at::kDouble) - at::logsumexp(device_logits, -1).to(at::kDouble)},
+                         1)
+                   .cpu();  // [rows, 2]: id, log-prob.
+    }
+    const int64_t vocab = device_logits.size(1);
     int64_t generated = 0;
     for (size_t i = 0; i < running_.size(); ++i) {
       Sequence& seq = *running_[i];
       const size_t rows =
           (i + 1 < running_.size() ? first_row[i + 1] : batch.slots.size()) - first_row[i];
-      at::Tensor row = logits[first_row[i] + rows - 1];  // The sequence's own row.
-      if (rows > 1) {
-        // Prompt ensembling: the mean of the rows' distributions, as log-probs.
-        row = at::log(at::softmax(logits.narrow(0, first_row[i], rows), -1).mean(0));
-      }
-      row = row.contiguous();
       seq.MarkCached();
-      SampledToken token = seq.sampler().Sample(row.data_ptr<float>(), vocab);
+      SampledToken token;
+      if (greedy.defined()) {
+        const double* g = greedy.const_data_ptr<double>() + 2 * first_row[i];
+        token.id = static_cast<int32_t>(g[0]);
+        token.logprob = static_cast<float>(g[1]);
+      } else {
+        at::Tensor row = logits[first_row[i] + rows - 1];  // The sequence's own row.
+        if (rows > 1) {
+          // Prompt ensembling: the mean of the rows' distributions, as log-probs.
+          row = at::log(at::softmax(logits.narrow(0, first_row[i], rows), -1).mean(0));
+        }
+        row = row.contiguous();
+        token = lse.defined() && rows == 1
+                    ? seq.sampler().Sample(row.data_ptr<float>(), vocab,
+                                           lse.data_ptr<double>()[first_row[i]])
+                    : seq.sampler().Sample(row.data_ptr<float>(), vocab);
+      }
       NameAlternatives(token.top);
       const bool done = seq.Append(token);
       ++generated;
@@ -1106,6 +1147,7 @@ absl::StatusOr<std::unique_ptr<Engine>> CreateEngineImpl(const EngineOptions& in
     }
     ASSIGN_OR_RETURN(std::shared_ptr<const Adapter> adapter,
                      LoadAdapter(spec.name, spec.dir, *model, adapter_options));
+    adapter = WithLoraKernels(std::move(adapter), model->dtype());
     AdapterInfo a;
     a.name = spec.name;
     a.method = AdapterMethodName(adapter->method);

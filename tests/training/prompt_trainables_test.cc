@@ -25,7 +25,6 @@
 #include "engine/model/safetensors.h"
 #include "engine/model/tokenizer.h"
 #include "engine/peft/adapter.h"
-#include "engine/training/optim.h"
 #include "engine/peft/batch_adapters.h"
 #include "engine/runtime/kv_cache.h"
 #include "engine/training/optim.h"
