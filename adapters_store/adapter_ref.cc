@@ -61,10 +61,28 @@ bool IsPickleFileName(absl::string_view file_name) {
   return false;
 }
 
+bool IsTopLevelConfigFile(absl::string_view file_name) {
+  return file_name == kAdapterConfigFile || file_name == kAdapterFusionConfigFile;
+}
+
 absl::Status ValidateAdapterFileName(absl::string_view file_name) {
   if (file_name == kAdapterConfigFile || file_name == kPeftWeightsFile ||
-      file_name == kAdapterHubWeightsFile) {
+      file_name == kAdapterHubWeightsFile || file_name == kPromptEncoderFile ||
+      file_name == kAdapterFusionConfigFile || file_name == kAdapterFusionWeightsFile) {
     return absl::OkStatus();
+  }
+  const size_t slash = file_name.find('/');
+  if (slash != absl::string_view::npos && !IsPickleFileName(file_name)) {
+    const absl::string_view dir = file_name.substr(0, slash);
+    const absl::string_view leaf = file_name.substr(slash + 1);
+    if (ValidateAdapterName(dir).ok() &&
+        (leaf == kAdapterConfigFile || leaf == kAdapterHubWeightsFile ||
+         leaf == kPeftWeightsFile)) {
+      return absl::OkStatus();
+    }
+    return absl::InvalidArgumentError(
+        "unexpected adapter file; a subdirectory may only be a fused adapter's "
+        "<adapter-name>/adapter_config.json, adapter.safetensors or adapter_model.safetensors");
   }
   if (IsPickleFileName(file_name)) {
     return absl::InvalidArgumentError(
@@ -72,7 +90,8 @@ absl::Status ValidateAdapterFileName(absl::string_view file_name) {
   }
   return absl::InvalidArgumentError(
       "unexpected adapter file; accepted: adapter_config.json, adapter_model.safetensors, "
-      "adapter.safetensors");
+      "adapter.safetensors, prompt_encoder.safetensors, adapter_fusion_config.json, "
+      "model_adapter_fusion.safetensors, <fused-adapter>/<adapter file>");
 }
 
 }  // namespace adapterd

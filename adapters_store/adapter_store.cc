@@ -13,12 +13,13 @@
 #include <optional>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "adapters_store/file_util.h"
-#include "common/sha256.h"
 #include "adapters_store/sqlite_registry.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 
 namespace adapterd {
@@ -42,6 +43,17 @@ bool IsUnder(const std::string& path, const std::string& root) {
   if (root == "/") return true;
   return path == root || (path.size() > root.size() && path.compare(0, root.size(), root) == 0 &&
                           path[root.size()] == '/');
+}
+
+// Creates `dir/file` for writing; `file` may be "<sub>/<name>"
+// (ValidateAdapterFileName allows one level), whose directory is made first.
+int CreateUnder(const std::string& dir, const std::string& file) {
+  const size_t slash = file.find('/');
+  if (slash != std::string::npos && !MakeDirs(absl::StrCat(dir, "/", file.substr(0, slash))).ok()) {
+    return -1;
+  }
+  return ::open(absl::StrCat(dir, "/", file).c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                0644);
 }
 
 absl::Status CopyFile(const std::string& from, const std::string& to) {
@@ -141,6 +153,9 @@ absl::Status AdapterStore::BuildVersionDir(const AdapterRecord& record) {
   for (const AdapterFile& f : record.files) {
     const std::string blob = blobs_->PathOf(f.sha256);
     const std::string target = absl::StrCat(temp, "/", f.name);
+    if (const size_t slash = f.name.find('/'); slash != std::string::npos) {
+      RETURN_IF_ERROR(MakeDirs(absl::StrCat(temp, "/", f.name.substr(0, slash))));
+    }
     if (::link(blob.c_str(), target.c_str()) != 0) {
       if (errno == ENOENT) {
         return absl::DataLossError(
@@ -283,9 +298,9 @@ absl::StatusOr<std::string> AdapterStore::BeginUpload(const UploadSpec& spec) {
           absl::StrCat("file ", f.name, ": sha256 must be 64 lowercase hex characters"));
     }
     if (f.size < 0) return absl::InvalidArgumentError(absl::StrCat("file ", f.name, ": size < 0"));
-    if (f.name == kAdapterConfigFile && f.size > options_.max_config_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          kAdapterConfigFile, " is ", f.size, " bytes; the limit is ", options_.max_config_bytes));
+    if (absl::EndsWith(f.name, ".json") && f.size > options_.max_config_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(f.name, " is ", f.size, " bytes; the limit is ", options_.max_config_bytes));
     }
     if (f.size > options_.max_adapter_bytes - total) {
       return absl::ResourceExhaustedError(absl::StrCat("the adapter exceeds the size limit of ",
@@ -293,8 +308,10 @@ absl::StatusOr<std::string> AdapterStore::BeginUpload(const UploadSpec& spec) {
     }
     total += f.size;
   }
-  if (names.count(kAdapterConfigFile) == 0) {
-    return absl::InvalidArgumentError("an adapter needs adapter_config.json");
+  if (std::none_of(names.begin(), names.end(),
+                   [](const std::string& n) { return IsTopLevelConfigFile(n); })) {
+    return absl::InvalidArgumentError(
+        "an adapter needs adapter_config.json (or adapter_fusion_config.json)");
   }
   RETURN_IF_ERROR(CheckQuota(spec.owner, spec.quota, total));
   if (spec.version > 0) {
@@ -364,9 +381,8 @@ absl::Status AdapterStore::AppendUpload(const std::string& upload_id, const std:
             "file ", file, " is longer than its declared size of ", spec->size, " bytes"));
       } else {
         if (f.fd < 0) {
-          const std::string path = absl::StrCat(upload->dir, "/", file);
-          f.fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-          if (f.fd < 0) status = StorageError(absl::StrCat("create ", path), errno);
+          f.fd = CreateUnder(upload->dir, file);
+          if (f.fd < 0) status = StorageError(absl::StrCat("create ", file), errno);
         }
         if (status.ok()) status = WriteAll(f.fd, data, file);
         if (status.ok()) {
@@ -407,10 +423,9 @@ absl::StatusOr<AdapterRecord> AdapterStore::CommitUpload(const std::string& uplo
         break;
       }
       if (f.fd < 0) {  // An empty file never saw an append.
-        const std::string path = absl::StrCat(upload->dir, "/", spec.name);
-        f.fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        f.fd = CreateUnder(upload->dir, spec.name);
         if (f.fd < 0) {
-          status = StorageError(absl::StrCat("create ", path), errno);
+          status = StorageError(absl::StrCat("create ", spec.name), errno);
           break;
         }
       }
@@ -539,7 +554,8 @@ absl::StatusOr<AdapterRecord> AdapterStore::RegisterFromPath(
   spec.version = version;
   spec.method_hint = method_hint;
   std::vector<std::string> sources;
-  for (const char* file : {kAdapterConfigFile, kPeftWeightsFile, kAdapterHubWeightsFile}) {
+  for (const char* file :
+       {kAdapterConfigFile, kPeftWeightsFile, kAdapterHubWeightsFile, kPromptEncoderFile}) {
     const std::string candidate = absl::StrCat(*real, "/", file);
     struct stat fst;
     if (::lstat(candidate.c_str(), &fst) != 0) continue;
@@ -559,6 +575,11 @@ absl::StatusOr<AdapterRecord> AdapterStore::RegisterFromPath(
     return absl::InvalidArgumentError(
         "pickle/TorchScript weight files (.bin, .pt, ...) are not accepted; use safetensors");
   }
+  return CopyAndCommit(spec, sources);
+}
+
+absl::StatusOr<AdapterRecord> AdapterStore::CopyAndCommit(const UploadSpec& spec,
+                                                          const std::vector<std::string>& sources) {
   ASSIGN_OR_RETURN(std::string upload_id, BeginUpload(spec));
   for (size_t i = 0; i < spec.files.size(); ++i) {
     const int fd = ::open(sources[i].c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
@@ -586,6 +607,50 @@ absl::StatusOr<AdapterRecord> AdapterStore::RegisterFromPath(
     }
   }
   return CommitUpload(upload_id);
+}
+
+absl::StatusOr<AdapterRecord> AdapterStore::PublishDirectory(const std::string& owner,
+                                                             const std::string& name,
+                                                             const std::string& dir,
+                                                             const std::string& method_hint,
+                                                             const StorageQuota& quota) {
+  RETURN_IF_ERROR(ValidateOwner(owner));
+  RETURN_IF_ERROR(ValidateAdapterName(name));
+  UploadSpec spec;
+  spec.owner = owner;
+  spec.quota = quota;
+  spec.name = name;
+  spec.method_hint = method_hint;
+  std::vector<std::string> sources;
+  // Regular files only (lstat: a symlink is never followed), at the top and
+  // one level down; names outside the accepted set are left behind.
+  std::function<absl::Status(const std::string&, const std::string&, int)> scan =
+      [&](const std::string& path, const std::string& prefix, int depth) -> absl::Status {
+    DIR* d = ::opendir(path.c_str());
+    if (d == nullptr) return StorageError(absl::StrCat("open ", path), errno);
+    std::vector<std::string> entries;
+    while (dirent* e = ::readdir(d)) {
+      if (e->d_name[0] != '.') entries.emplace_back(e->d_name);
+    }
+    ::closedir(d);
+    std::sort(entries.begin(), entries.end());
+    for (const std::string& entry : entries) {
+      const std::string full = absl::StrCat(path, "/", entry);
+      const std::string file = prefix + entry;
+      struct stat st;
+      if (::lstat(full.c_str(), &st) != 0) return StorageError(absl::StrCat("stat ", full), errno);
+      if (S_ISDIR(st.st_mode) && depth == 0 && ValidateAdapterName(entry).ok()) {
+        RETURN_IF_ERROR(scan(full, file + "/", depth + 1));
+      } else if (S_ISREG(st.st_mode) && ValidateAdapterFileName(file).ok()) {
+        ASSIGN_OR_RETURN(FileDigest digest, DigestFile(full));
+        spec.files.push_back({file, digest.size, digest.sha256});
+        sources.push_back(full);
+      }
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(scan(dir, "", 0));
+  return CopyAndCommit(spec, sources);
 }
 
 absl::Status AdapterStore::CheckQuota(const std::string& owner, const StorageQuota& quota,

@@ -147,6 +147,18 @@ class AdapterStore {
                                                  const std::string& method_hint,
                                                  const StorageQuota& quota = {});
 
+  // Publishes the adapter files a server component wrote into `dir` (a
+  // training job's output) as a new version of `owner`'s `name`: the files
+  // are copied in and committed like an upload (validator, quota, crash
+  // safety). For the server's own directories only: no allowed-roots check.
+  // Takes regular files with accepted names (ValidateAdapterFileName) at the
+  // top and in subdirectories one level down; symlinks and other names are
+  // left behind. Errors as RegisterFromPath.
+  absl::StatusOr<AdapterRecord> PublishDirectory(const std::string& owner, const std::string& name,
+                                                 const std::string& dir,
+                                                 const std::string& method_hint,
+                                                 const StorageQuota& quota = {});
+
   // The READY version `ref` ("name" = latest, "name@N") of `owner`, or else
   // a public one of that name. INVALID_ARGUMENT for a malformed ref;
   // NOT_FOUND if absent, deleted or another tenant's private adapter (one
@@ -198,6 +210,9 @@ class AdapterStore {
   std::shared_ptr<Upload> TakeUpload(const std::string& upload_id);
   std::shared_ptr<Upload> FindUpload(const std::string& upload_id);
   absl::StatusOr<AdapterRecord> Publish(Upload& upload);
+  // Begins an upload of `spec`, copies sources[i] into spec.files[i] and commits.
+  absl::StatusOr<AdapterRecord> CopyAndCommit(const UploadSpec& spec,
+                                              const std::vector<std::string>& sources);
   // RESOURCE_EXHAUSTED if adding `bytes` (and one more adapter) to owner's
   // usage would exceed `quota`.
   absl::Status CheckQuota(const std::string& owner, const StorageQuota& quota, int64_t bytes);

@@ -3,6 +3,8 @@
 //   adapterctl [--target HOST:PORT] [--token T] [--json] [--timeout S] COMMAND ...
 //   COMMAND: generate | stream | score | info | stats
 //          | adapters upload|register|list|get|delete|load|unload
+//          | datasets upload|list|delete | train create|get|list|cancel|watch
+//            (client/adapterctl_training.h)
 //
 // Errors print "adapterctl: CODE: message" on stderr and exit with the gRPC
 // status code number (e.g. 3 for INVALID_ARGUMENT).
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "client/adapterctl_training.h"
 #include "client/client.h"
 
 namespace {
@@ -653,6 +656,8 @@ int main_impl(int argc, char** argv) {
   CLI::App* krevoke = keys->add_subcommand("revoke", "Revoke a key");
   krevoke->add_option("key_id", tf.key_id, "Key id (from keys list)")->required();
 
+  adapterd::ctl::TrainingCommands training(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -669,6 +674,7 @@ int main_impl(int argc, char** argv) {
   adapterd::Client client(options);
 
   if (*tenants || *keys) return RunTenants(client, *tenants ? tenants : keys, tf);
+  if (training.Selected()) return training.Run(client, as_json, Fail);
   if (*gen) return RunGenerate(client, gen_flags, as_json);
   if (*adapters) return RunAdapters(client, adapters, af, as_json);
   if (*stream) return RunStream(client, stream_flags, as_json);

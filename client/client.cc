@@ -94,6 +94,7 @@ Client::Client(ClientOptions options) : options_(std::move(options)) {
   inference_ = v1::Inference::NewStub(channel_);
   admin_ = v1::Admin::NewStub(channel_);
   adapters_ = v1::Adapters::NewStub(channel_);
+  training_ = v1::Training::NewStub(channel_);
 }
 
 void Client::Prepare(grpc::ClientContext* context) const {
@@ -274,6 +275,106 @@ grpc::Status Client::UnloadAdapter(const v1::UnloadAdapterRequest& request,
   grpc::ClientContext context;
   Prepare(&context);
   return adapters_->UnloadAdapter(&context, request, response);
+}
+
+grpc::Status Client::UploadDataset(const std::string& path, const std::string& name,
+                                   v1::DatasetInfo* response, const UploadProgress& progress,
+                                   int64_t chunk_bytes) {
+  std::string sha;
+  int64_t size = 0;
+  if (!HashFile(path, &sha, &size)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "cannot read " + path);
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "cannot read " + path);
+  grpc::ClientContext context;
+  Prepare(&context);
+  std::unique_ptr<grpc::ClientWriter<v1::UploadDatasetRequest>> writer =
+      training_->UploadDataset(&context, response);
+  v1::UploadDatasetRequest message;
+  v1::DatasetHeader* header = message.mutable_header();
+  header->set_name(name);
+  header->set_size(size);
+  header->set_sha256(sha);
+  bool open = writer->Write(message);
+  std::string buffer(static_cast<size_t>(chunk_bytes > 0 ? chunk_bytes : (1 << 20)), '\0');
+  int64_t offset = 0;
+  while (open) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    const std::streamsize n = in.gcount();
+    if (n <= 0) break;
+    v1::DatasetChunk* chunk = message.mutable_chunk();
+    chunk->set_offset(offset);
+    chunk->set_data(buffer.data(), static_cast<size_t>(n));
+    open = writer->Write(message);
+    offset += n;
+    if (progress) progress(offset, size);
+  }
+  if (open) writer->WritesDone();
+  return writer->Finish();
+}
+
+grpc::Status Client::ListDatasets(const v1::ListDatasetsRequest& request,
+                                  v1::ListDatasetsResponse* response) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  return training_->ListDatasets(&context, request, response);
+}
+
+grpc::Status Client::DeleteDataset(const std::string& dataset_id, v1::DatasetInfo* response) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::DeleteDatasetRequest request;
+  request.set_dataset_id(dataset_id);
+  return training_->DeleteDataset(&context, request, response);
+}
+
+grpc::Status Client::CreateTrainingJob(const v1::CreateTrainingJobRequest& request,
+                                       v1::TrainingJob* response) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  return training_->CreateTrainingJob(&context, request, response);
+}
+
+grpc::Status Client::GetTrainingJob(const std::string& job_id, v1::TrainingJob* response) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::GetTrainingJobRequest request;
+  request.set_job_id(job_id);
+  return training_->GetTrainingJob(&context, request, response);
+}
+
+grpc::Status Client::ListTrainingJobs(const v1::ListTrainingJobsRequest& request,
+                                      v1::ListTrainingJobsResponse* response) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  return training_->ListTrainingJobs(&context, request, response);
+}
+
+grpc::Status Client::CancelTrainingJob(const std::string& job_id, v1::TrainingJob* response) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::CancelTrainingJobRequest request;
+  request.set_job_id(job_id);
+  return training_->CancelTrainingJob(&context, request, response);
+}
+
+grpc::Status Client::WatchTrainingJob(const std::string& job_id, const JobCallback& on_update) {
+  grpc::ClientContext context;
+  if (!options_.token.empty()) context.AddMetadata("authorization", "Bearer " + options_.token);
+  v1::WatchTrainingJobRequest request;
+  request.set_job_id(job_id);
+  std::unique_ptr<grpc::ClientReader<v1::TrainingJob>> reader =
+      training_->WatchTrainingJob(&context, request);
+  v1::TrainingJob job;
+  while (reader->Read(&job)) {
+    if (!on_update(job)) {
+      context.TryCancel();
+      reader->Finish().IgnoreError();
+      return grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled");
+    }
+  }
+  return reader->Finish();
 }
 
 }  // namespace adapterd

@@ -17,6 +17,7 @@
 #include "adapterd/v1/adapters.grpc.pb.h"
 #include "adapterd/v1/admin.grpc.pb.h"
 #include "adapterd/v1/inference.grpc.pb.h"
+#include "adapterd/v1/training.grpc.pb.h"
 
 namespace adapterd {
 
@@ -92,6 +93,27 @@ class Client {
   grpc::Status UnloadAdapter(const v1::UnloadAdapterRequest& request,
                              v1::UnloadAdapterResponse* response);
 
+  // Training. UploadDataset streams a local JSONL file (size and sha256
+  // computed here) in chunks of `chunk_bytes`; a local read error is
+  // INVALID_ARGUMENT "cannot read <path>".
+  grpc::Status UploadDataset(const std::string& path, const std::string& name,
+                             v1::DatasetInfo* response, const UploadProgress& progress = nullptr,
+                             int64_t chunk_bytes = 1 << 20);
+  grpc::Status ListDatasets(const v1::ListDatasetsRequest& request,
+                            v1::ListDatasetsResponse* response);
+  grpc::Status DeleteDataset(const std::string& dataset_id, v1::DatasetInfo* response);
+  grpc::Status CreateTrainingJob(const v1::CreateTrainingJobRequest& request,
+                                 v1::TrainingJob* response);
+  grpc::Status GetTrainingJob(const std::string& job_id, v1::TrainingJob* response);
+  grpc::Status ListTrainingJobs(const v1::ListTrainingJobsRequest& request,
+                                v1::ListTrainingJobsResponse* response);
+  grpc::Status CancelTrainingJob(const std::string& job_id, v1::TrainingJob* response);
+  // Calls `on_update` with each streamed state until the final one (then OK)
+  // or until it returns false (then CANCELLED). No per-call deadline: a job
+  // may run for hours.
+  using JobCallback = std::function<bool(const v1::TrainingJob&)>;
+  grpc::Status WatchTrainingJob(const std::string& job_id, const JobCallback& on_update);
+
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   // The Admin stub for the tenant/key RPCs; call Prepare on each context.
   v1::Admin::Stub* admin() const { return admin_.get(); }
@@ -105,6 +127,7 @@ class Client {
   std::unique_ptr<v1::Inference::Stub> inference_;
   std::unique_ptr<v1::Admin::Stub> admin_;
   std::unique_ptr<v1::Adapters::Stub> adapters_;
+  std::unique_ptr<v1::Training::Stub> training_;
 };
 
 }  // namespace adapterd

@@ -81,6 +81,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   spdlog::info("adapterd {} listening on {}", ADAPTERD_VERSION, (*server)->address());
+  spdlog::info("training: up to {} job(s) at once; jobs and datasets under {}",
+               server_options.training.max_jobs, server_options.adapter_store.root);
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);

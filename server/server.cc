@@ -19,6 +19,7 @@
 #include "server/adapters_service.h"
 #include "server/admin_service.h"
 #include "server/inference_service.h"
+#include "server/training_service.h"
 #include "spdlog/spdlog.h"
 
 namespace adapterd {
@@ -134,8 +135,49 @@ absl::Status Server::StartAuth(const ServerOptions& options) {
   return absl::OkStatus();
 }
 
-const char* const Server::kServiceNames[3] = {"adapterd.v1.Inference", "adapterd.v1.Admin",
-                                              "adapterd.v1.Adapters"};
+const char* const Server::kServiceNames[4] = {"adapterd.v1.Inference", "adapterd.v1.Admin",
+                                              "adapterd.v1.Adapters", "adapterd.v1.Training"};
+
+absl::Status Server::StartTraining(const ServerOptions& options, Engine* engine) {
+  if (store_ != nullptr) {
+    const std::string root = store_->options().root;
+    absl::StatusOr<std::unique_ptr<JobRegistry>> registry =
+        JobRegistry::Open(root + "/training.db");
+    if (!registry.ok()) return registry.status();
+    job_registry_ = *std::move(registry);
+    DatasetStoreOptions dataset_options;
+    dataset_options.root = root;
+    dataset_options.max_dataset_bytes = options.training.max_dataset_bytes;
+    dataset_options.max_tenant_bytes = options.training.max_tenant_dataset_bytes;
+    absl::StatusOr<std::unique_ptr<DatasetStore>> datasets =
+        DatasetStore::Open(dataset_options, job_registry_.get());
+    if (!datasets.ok()) return datasets.status();
+    datasets_ = *std::move(datasets);
+    JobRunnerOptions runner_options;
+    runner_options.max_jobs = options.training.max_jobs;
+    runner_options.jobs_dir = root + "/jobs";
+    runner_options.persist_interval = options.training.progress_interval;
+    runner_options.keep_failed_work_dirs = options.training.keep_failed_work_dirs;
+    job_runner_ = std::make_unique<JobRunner>(
+        engine, job_registry_.get(), store_,
+        [this](const JobRecord& job) { return training_->Prepare(job); },
+        [tenants = tenants_.get()](const std::string& owner) {
+          StorageQuota quota;
+          if (tenants == nullptr) return quota;
+          absl::StatusOr<Tenant> tenant = tenants->GetTenant(owner);
+          if (tenant.ok()) quota = {tenant->quotas.max_adapters, tenant->quotas.max_adapter_bytes};
+          return quota;
+        },
+        runner_options);
+  }
+  training_ = std::make_unique<TrainingService>(engine, store_, job_registry_.get(),
+                                                datasets_.get(), job_runner_.get(), auth_.get(),
+                                                options.training.memory_budget_bytes);
+  if (job_runner_ != nullptr) {
+    if (absl::Status s = job_runner_->Start(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, Engine* engine,
                                                       AdapterStore* store) {
@@ -160,6 +202,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     }
   }
   if (absl::Status s = server->StartAuth(options); !s.ok()) return s;
+  if (absl::Status s = server->StartTraining(options, engine); !s.ok()) return s;
   server->quotas_ = std::make_unique<QuotaManager>();
   server->adapters_ = std::make_unique<AdaptersService>(server->store_, server->auth_.get());
   server->inference_ =
@@ -192,6 +235,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   builder.RegisterService(server->inference_.get());
   builder.RegisterService(server->admin_.get());
   builder.RegisterService(server->adapters_.get());
+  builder.RegisterService(server->training_.get());
   const int max_message = static_cast<int>(
       std::min<int64_t>(options.max_message_bytes, std::numeric_limits<int>::max()));
   builder.SetMaxReceiveMessageSize(max_message);
@@ -230,6 +274,8 @@ void Server::BeginShutdown() {
   began_shutdown_ = true;
   if (inference_ != nullptr) inference_->StopAccepting();
   if (adapters_ != nullptr) adapters_->StopAccepting();
+  if (training_ != nullptr) training_->StopAccepting();
+  if (job_runner_ != nullptr) job_runner_->Shutdown();
   if (server_ == nullptr) return;
   // Sets every service NOT_SERVING and keeps it so.
   server_->GetHealthCheckService()->Shutdown();
@@ -245,6 +291,7 @@ void Server::Shutdown(absl::Duration grace) {
   server_->Wait();
   // Every call is done: write the registry's WAL back before the files close.
   if (tenants_ != nullptr) tenants_->Checkpoint().IgnoreError();
+  if (job_registry_ != nullptr) job_registry_->Checkpoint().IgnoreError();
 }
 
 }  // namespace adapterd

@@ -1,6 +1,6 @@
 #pragma once
 
-// Builds and runs the gRPC server: the Inference, Admin and Adapters services, the
+// Builds and runs the gRPC server: the Inference, Admin, Adapters and Training services, the
 // standard health service (grpc.health.v1) and server reflection, with message
 // size limits and keepalive settings. Shutdown is two-phase so that the caller
 // can drain the engine in between:
@@ -19,10 +19,13 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "adapters_store/adapter_store.h"
+#include "adapters_store/dataset_store.h"
+#include "adapters_store/job_registry.h"
 #include "adapters_store/tenant_registry.h"
 #include "engine/api/engine.h"
 #include "server/adapter_resolver.h"
 #include "server/auth.h"
+#include "server/job_runner.h"
 #include "server/quota.h"
 
 namespace adapterd {
@@ -30,6 +33,19 @@ namespace adapterd {
 class AdaptersService;
 class AdminService;
 class InferenceService;
+class TrainingService;
+
+// Fine-tuning jobs and datasets (server/training_service.h, job_runner.h),
+// under the adapter store's data dir.
+struct TrainingOptions {
+  int max_jobs = 1;                                      // Jobs training at once (runner threads).
+  int64_t max_dataset_bytes = int64_t{1} << 30;          // One dataset.
+  int64_t max_tenant_dataset_bytes = int64_t{10} << 30;  // A tenant's datasets; 0: unlimited.
+  absl::Duration progress_interval = absl::Seconds(2);   // Progress persisted at most this often.
+  absl::Duration keep_failed_work_dirs = absl::Hours(72);
+  // Activations and optimizer state one job may use; 0: the engine's default.
+  int64_t memory_budget_bytes = 0;
+};
 
 struct ServerOptions {
   std::string listen = "127.0.0.1:50051";  // host:port; port 0 picks a free one.
@@ -59,6 +75,9 @@ struct ServerOptions {
   // FAILED_PRECONDITION). Without a validator, the torch-free format check
   // (adapters_store/format_check.h) validates adapters.
   StoreOptions adapter_store;
+  // Training (needs the adapter store's data dir; without it the Training
+  // service answers FAILED_PRECONDITION).
+  TrainingOptions training;
 };
 
 // Thread-safe. Does not own the engine, which must outlive the server.
@@ -76,8 +95,10 @@ class Server {
   const std::string& address() const { return address_; }
   int port() const { return port_; }
 
-  // Marks every health entry NOT_SERVING and makes new inference calls fail
-  // with UNAVAILABLE. Idempotent.
+  // Marks every health entry NOT_SERVING and makes new calls fail with
+  // UNAVAILABLE; cancels running training jobs (they checkpoint and stay
+  // QUEUED for the next start) and waits for their trainers to return, so
+  // call it before the engine's Shutdown. Idempotent.
   void BeginShutdown();
 
   // BeginShutdown, then stops the listener and waits up to `grace` for calls
@@ -85,19 +106,24 @@ class Server {
   void Shutdown(absl::Duration grace);
 
   // Health service names this server reports (besides "").
-  static const char* const kServiceNames[3];
+  static const char* const kServiceNames[4];
 
   // The store the Adapters service uses (null if none).
   AdapterStore* adapter_store() const { return store_; }
   // Tenants and keys (null in insecure mode).
   TenantRegistry* tenant_registry() const { return tenants_.get(); }
   QuotaManager* quotas() const { return quotas_.get(); }
+  // Training jobs (null without a data dir).
+  JobRegistry* job_registry() const { return job_registry_.get(); }
+  JobRunner* job_runner() const { return job_runner_.get(); }
 
  private:
   Server() = default;
 
   // Sets up tenants_ and auth_ (see ServerOptions::auth_enabled).
   absl::Status StartAuth(const ServerOptions& options);
+  // Opens the job registry and dataset store and starts the job runner.
+  absl::Status StartTraining(const ServerOptions& options, Engine* engine);
 
   std::unique_ptr<AdapterStore> owned_store_;  // When Start opened it.
   AdapterStore* store_ = nullptr;
@@ -111,6 +137,11 @@ class Server {
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<AdminService> admin_;
   std::unique_ptr<AdaptersService> adapters_;
+  std::unique_ptr<JobRegistry> job_registry_;
+  std::unique_ptr<DatasetStore> datasets_;
+  std::unique_ptr<TrainingService> training_;
+  // After training_: destroyed (joined) before the service its preparer calls.
+  std::unique_ptr<JobRunner> job_runner_;
   std::unique_ptr<grpc::Server> server_;  // Declared last: destroyed first.
   std::string address_;
   int port_ = 0;

@@ -108,6 +108,38 @@ std::optional<ServerConfig> ParseServerConfig(int argc, const char* const* argv,
                  "Merge this LoRA adapter (one of --adapter) into the weights: a dedicated "
                  "single-adapter deployment where every request must name it")
       ->envname("ADAPTERD_MERGE_ADAPTER");
+  app.add_option("--max-training-jobs", c.max_training_jobs,
+                 "Training jobs that run at once (each on its own thread); more wait QUEUED")
+      ->envname("ADAPTERD_MAX_TRAINING_JOBS")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option("--max-dataset-bytes", c.max_dataset_bytes, "Largest training dataset upload")
+      ->envname("ADAPTERD_MAX_DATASET_BYTES")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40))
+      ->capture_default_str();
+  app.add_option("--max-tenant-dataset-bytes", c.max_tenant_dataset_bytes,
+                 "Bytes of datasets one tenant may store (0: unlimited)")
+      ->envname("ADAPTERD_MAX_TENANT_DATASET_BYTES")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 44))
+      ->capture_default_str();
+  app.add_option("--training-progress-interval", c.training_progress_interval_seconds,
+                 "Seconds between writes of a running job's progress to the database (watchers "
+                 "see every step)")
+      ->envname("ADAPTERD_TRAINING_PROGRESS_INTERVAL")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
+  app.add_option("--keep-failed-job-dirs", c.keep_failed_job_dirs_hours,
+                 "Hours a failed job's work dir (its last checkpoint) is kept under "
+                 "DATA_DIR/jobs")
+      ->envname("ADAPTERD_KEEP_FAILED_JOB_DIRS")
+      ->check(CLI::Range(0.0, 24.0 * 365))
+      ->capture_default_str();
+  app.add_option("--training-memory-bytes", c.training_memory_bytes,
+                 "Activations and optimizer state one training job may use (0: the engine's "
+                 "default); a job that cannot fit is refused at create")
+      ->envname("ADAPTERD_TRAINING_MEMORY_BYTES")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 44))
+      ->capture_default_str();
   app.add_flag("--insecure-no-auth", c.insecure_no_auth,
                "Turn authentication off: every caller is the tenant \"default\" with the admin "
                "role (local trials only)")
@@ -189,6 +221,12 @@ ServerOptions ToServerOptions(const ServerConfig& config) {
   options.adapter_store.root = config.data_dir;
   options.adapter_store.allowed_roots = config.allowed_adapter_roots;
   options.adapter_store.max_adapter_bytes = config.max_adapter_bytes;
+  options.training.max_jobs = config.max_training_jobs;
+  options.training.max_dataset_bytes = config.max_dataset_bytes;
+  options.training.max_tenant_dataset_bytes = config.max_tenant_dataset_bytes;
+  options.training.progress_interval = absl::Seconds(config.training_progress_interval_seconds);
+  options.training.keep_failed_work_dirs = absl::Hours(config.keep_failed_job_dirs_hours);
+  options.training.memory_budget_bytes = config.training_memory_bytes;
   options.auth_enabled = !config.insecure_no_auth;
   options.admin_key = config.admin_key;
   options.tls_cert_file = config.tls_cert;

@@ -38,6 +38,15 @@ struct ServerConfig {
   // merged into the weights for a dedicated deployment (--merge-adapter).
   std::vector<AdapterSpec> adapters;
   std::string merge_adapter;
+  // Training: jobs training at once, dataset size limits, how often a
+  // running job's progress is persisted, how long a failed job's work dir
+  // (its checkpoint) is kept.
+  int max_training_jobs = 1;
+  int64_t max_dataset_bytes = int64_t{1} << 30;
+  int64_t max_tenant_dataset_bytes = int64_t{10} << 30;
+  double training_progress_interval_seconds = 2.0;
+  double keep_failed_job_dirs_hours = 72.0;
+  int64_t training_memory_bytes = 0;
   // Security: authentication is on unless --insecure-no-auth; the bootstrap
   // admin key comes from --admin-key-file (its first line) or
   // ADAPTERD_ADMIN_KEY; TLS from --tls-cert/--tls-key (+ --tls-client-ca: mTLS).

@@ -17,6 +17,12 @@ As a library::
     print(info.name, info.version, info.sha256)
     for a in client.list_adapters():
         print(a.name, a.version, a.method)
+    ds = client.upload_dataset("train.jsonl")
+    job = client.create_training_job("parity", ds.dataset_id, method="lora",
+                                     config={"rank": 8, "target_modules": ["all-linear"]},
+                                     hyperparameters={"epochs": 3, "learning_rate": 2e-2})
+    for update in client.watch_training_job(job.job_id):
+        print(client.job_state_name(update.state), update.progress.step, update.progress.loss)
 
 From the shell::
 
@@ -39,7 +45,8 @@ import tempfile
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_PROTO_DIR = os.path.normpath(os.path.join(_HERE, "..", "..", "proto"))
-_PROTOS = ("adapterd/v1/inference.proto", "adapterd/v1/admin.proto", "adapterd/v1/adapters.proto")
+_PROTOS = ("adapterd/v1/inference.proto", "adapterd/v1/admin.proto", "adapterd/v1/adapters.proto",
+           "adapterd/v1/training.proto")
 # The files an adapter upload may carry (the server refuses anything else).
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter.safetensors")
 
@@ -87,6 +94,24 @@ def load_adapter_modules(proto_dir=None, out_dir=None):
                  ("adapters_pb2", "adapters_pb2_grpc"))
 
 
+def load_training_modules(proto_dir=None, out_dir=None):
+    """Returns (training_pb2, training_pb2_grpc)."""
+    ensure_stubs(proto_dir, out_dir)
+    return tuple(importlib.import_module(f"adapterd.v1.{name}") for name in
+                 ("training_pb2", "training_pb2_grpc"))
+
+
+# CreateTrainingJobRequest's method field and config message, by method name.
+TRAINING_METHODS = {
+    "lora": ("lora", "LoraConfig"),
+    "bottleneck": ("bottleneck", "BottleneckConfig"),
+    "fusion": ("fusion", "FusionConfig"),
+    "prefix_tuning": ("prefix_tuning", "PrefixTuningConfig"),
+    "p_tuning": ("p_tuning", "PTuningConfig"),
+    "prompt_tuning": ("prompt_tuning", "PromptTuningConfig"),
+}
+
+
 def adapter_files_in(directory):
     """[(file name, path)] of the adapter files in a local directory."""
     return [(name, os.path.join(directory, name)) for name in ADAPTER_FILES
@@ -123,6 +148,8 @@ class AdapterdClient:
         self.admin = admin_grpc.AdminStub(self.channel)
         self.adapters_pb, adapters_grpc = load_adapter_modules(proto_dir)
         self.adapters = adapters_grpc.AdaptersStub(self.channel)
+        self.training_pb, training_grpc = load_training_modules(proto_dir)
+        self.training = training_grpc.TrainingStub(self.channel)
         self.metadata = [("authorization", f"Bearer {token}")] if token else None
         self.timeout = timeout
 
@@ -260,6 +287,102 @@ class AdapterdClient:
         """Releases a pin made by load_adapter(pin=True)."""
         req = self.adapters_pb.UnloadAdapterRequest(adapter=adapter)
         return self.adapters.UnloadAdapter(req, timeout=self.timeout, metadata=self.metadata)
+
+    def upload_dataset(self, source, name=None, chunk_bytes=1 << 20, progress=None):
+        """Uploads a JSONL dataset: `source` is a local path or bytes. Returns its DatasetInfo."""
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                data = f.read()
+            name = name or "".join(c if c.isalnum() or c in "._-" else "_"
+                                   for c in os.path.splitext(os.path.basename(source))[0]).lstrip(".")
+        else:
+            data = bytes(source)
+        pb = self.training_pb
+
+        def messages():
+            yield pb.UploadDatasetRequest(header=pb.DatasetHeader(
+                name=name or "dataset", size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+            for offset in range(0, len(data), chunk_bytes):
+                yield pb.UploadDatasetRequest(chunk=pb.DatasetChunk(
+                    offset=offset, data=data[offset:offset + chunk_bytes]))
+                if progress:
+                    progress(min(offset + chunk_bytes, len(data)), len(data))
+
+        return self.training.UploadDataset(messages(), timeout=self.timeout, metadata=self.metadata)
+
+    def list_datasets(self, all_tenants=False, page_size=100):
+        """Yields every DatasetInfo (newest first), following the pages."""
+        token = ""
+        while True:
+            req = self.training_pb.ListDatasetsRequest(page_size=page_size, page_token=token,
+                                                       all_tenants=all_tenants)
+            resp = self.training.ListDatasets(req, timeout=self.timeout, metadata=self.metadata)
+            yield from resp.datasets
+            token = resp.next_page_token
+            if not token:
+                return
+
+    def delete_dataset(self, dataset_id):
+        req = self.training_pb.DeleteDatasetRequest(dataset_id=dataset_id)
+        return self.training.DeleteDataset(req, timeout=self.timeout, metadata=self.metadata)
+
+    def create_training_job(self, output_adapter, dataset_id, method="lora", config=None,
+                            hyperparameters=None, init_adapter="", client_request_id=""):
+        """Creates a job; returns its TrainingJob (QUEUED).
+
+        `config` is a dict of the method's config message (e.g. LoraConfig:
+        rank, alpha, target_modules), `hyperparameters` a dict of
+        Hyperparameters (epochs, max_steps, batch_size, learning_rate, ...).
+        """
+        pb = self.training_pb
+        field, message = TRAINING_METHODS[method]
+        req = pb.CreateTrainingJobRequest(
+            output_adapter=output_adapter, dataset_id=dataset_id, init_adapter=init_adapter,
+            client_request_id=client_request_id,
+            hyperparameters=pb.Hyperparameters(**(hyperparameters or {})))
+        getattr(req, field).CopyFrom(getattr(pb, message)(**(config or {})))
+        return self.training.CreateTrainingJob(req, timeout=self.timeout, metadata=self.metadata)
+
+    def get_training_job(self, job_id):
+        req = self.training_pb.GetTrainingJobRequest(job_id=job_id)
+        return self.training.GetTrainingJob(req, timeout=self.timeout, metadata=self.metadata)
+
+    def list_training_jobs(self, state=None, all_tenants=False, page_size=50):
+        """Yields every TrainingJob (newest first); `state` e.g. "RUNNING"."""
+        pb = self.training_pb
+        token = ""
+        while True:
+            req = pb.ListTrainingJobsRequest(
+                page_size=page_size, page_token=token, all_tenants=all_tenants,
+                state=pb.TrainingJobState.Value("TRAINING_JOB_STATE_" + state.upper()) if state else 0)
+            resp = self.training.ListTrainingJobs(req, timeout=self.timeout, metadata=self.metadata)
+            yield from resp.jobs
+            token = resp.next_page_token
+            if not token:
+                return
+
+    def cancel_training_job(self, job_id):
+        req = self.training_pb.CancelTrainingJobRequest(job_id=job_id)
+        return self.training.CancelTrainingJob(req, timeout=self.timeout, metadata=self.metadata)
+
+    def watch_training_job(self, job_id, timeout=None):
+        """Yields the job's states as they change, ending with the final one.
+
+        No deadline unless `timeout` (seconds) is given: jobs may run long.
+        """
+        req = self.training_pb.WatchTrainingJobRequest(job_id=job_id)
+        yield from self.training.WatchTrainingJob(req, timeout=timeout, metadata=self.metadata)
+
+    def wait_training_job(self, job_id, timeout=None):
+        """The job's final TrainingJob (SUCCEEDED, FAILED or CANCELLED)."""
+        last = None
+        for last in self.watch_training_job(job_id, timeout=timeout):
+            pass
+        return last
+
+    def job_state_name(self, value):
+        """"QUEUED", "RUNNING", "SUCCEEDED", "FAILED" or "CANCELLED"."""
+        return self.training_pb.TrainingJobState.Name(value).removeprefix("TRAINING_JOB_STATE_")
 
     def finish_reason_name(self, value):
         """"length", "stop", "eos" or "context_length"."""

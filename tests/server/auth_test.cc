@@ -248,6 +248,81 @@ std::map<std::string, Call> Calls() {
     v1::UnloadAdapterResponse response;
     return Done(s.adapters->UnloadAdapter(&context, r, &response), response);
   };
+  c["adapterd.v1.Training.UploadDataset"] = [](AuthServer& s, const Cred& cred) {
+    grpc::ClientContext context;
+    Attach(&context, cred);
+    v1::DatasetInfo response;
+    auto writer = s.training->UploadDataset(&context, &response);
+    const std::string data = "{\"text\": \"hello\"}\n";
+    v1::UploadDatasetRequest header;
+    header.mutable_header()->set_name("up-data");
+    header.mutable_header()->set_size(static_cast<int64_t>(data.size()));
+    header.mutable_header()->set_sha256(Sha256::Hex(data));
+    v1::UploadDatasetRequest chunk;
+    chunk.mutable_chunk()->set_data(data);
+    if (writer->Write(header) && writer->Write(chunk)) writer->WritesDone();
+    return Done(writer->Finish(), response);
+  };
+  c["adapterd.v1.Training.ListDatasets"] = [](AuthServer& s, const Cred& cred) {
+    grpc::ClientContext context;
+    Attach(&context, cred);
+    v1::ListDatasetsResponse response;
+    return Done(s.training->ListDatasets(&context, v1::ListDatasetsRequest(), &response), response);
+  };
+  c["adapterd.v1.Training.DeleteDataset"] = [](AuthServer& s, const Cred& cred) {
+    // A fresh dataset of a's each time: a and the admin delete it, b cannot see it.
+    const std::string id = s.UploadDataset(s.key_a, "a-data");
+    grpc::ClientContext context;
+    Attach(&context, cred);
+    v1::DeleteDatasetRequest r;
+    r.set_dataset_id(id);
+    v1::DatasetInfo response;
+    return Done(s.training->DeleteDataset(&context, r, &response), response);
+  };
+  c["adapterd.v1.Training.CreateTrainingJob"] = [](AuthServer& s, const Cred& cred) {
+    grpc::ClientContext context;
+    Attach(&context, cred);
+    v1::CreateTrainingJobRequest r;
+    r.set_output_adapter("made");
+    r.set_dataset_id(s.dataset_a);
+    r.mutable_lora();
+    r.mutable_hyperparameters()->set_max_steps(1);
+    v1::TrainingJob response;
+    return Done(s.training->CreateTrainingJob(&context, r, &response), response);
+  };
+  c["adapterd.v1.Training.GetTrainingJob"] = [](AuthServer& s, const Cred& cred) {
+    grpc::ClientContext context;
+    Attach(&context, cred);
+    v1::GetTrainingJobRequest r;
+    r.set_job_id(s.job_a);
+    v1::TrainingJob response;
+    return Done(s.training->GetTrainingJob(&context, r, &response), response);
+  };
+  c["adapterd.v1.Training.ListTrainingJobs"] = [](AuthServer& s, const Cred& cred) {
+    grpc::ClientContext context;
+    Attach(&context, cred);
+    v1::ListTrainingJobsResponse response;
+    return Done(s.training->ListTrainingJobs(&context, v1::ListTrainingJobsRequest(), &response),
+                response);
+  };
+  c["adapterd.v1.Training.CancelTrainingJob"] = [](AuthServer& s, const Cred& cred) {
+    grpc::ClientContext context;
+    Attach(&context, cred);
+    v1::CancelTrainingJobRequest r;
+    r.set_job_id(s.job_a);
+    v1::TrainingJob response;
+    return Done(s.training->CancelTrainingJob(&context, r, &response), response);
+  };
+  c["adapterd.v1.Training.WatchTrainingJob"] = [](AuthServer& s, const Cred& cred) {
+    grpc::ClientContext context;
+    Attach(&context, cred);
+    v1::WatchTrainingJobRequest r;
+    r.set_job_id(s.job_a);
+    auto reader = s.training->WatchTrainingJob(&context, r);
+    v1::TrainingJob update, last;
+    while (reader->Read(&update)) last = update;
+    return Done(reader->Finish(), last);
+  };
   return c;
 }
 
@@ -269,6 +344,14 @@ grpc::StatusCode Authorized(const std::string& method, const std::string& tenant
   if (method == "adapterd.v1.Adapters.RegisterAdapter") {
     return grpc::StatusCode::FAILED_PRECONDITION;  // No --allowed-adapter-root.
   }
+  // A tenant's datasets and jobs: b meets NOT_FOUND, the admin sees them.
+  if (method == "adapterd.v1.Training.DeleteDataset" ||
+      method == "adapterd.v1.Training.CreateTrainingJob" ||
+      method == "adapterd.v1.Training.GetTrainingJob" ||
+      method == "adapterd.v1.Training.CancelTrainingJob" ||
+      method == "adapterd.v1.Training.WatchTrainingJob") {
+    return tenant == "b" ? grpc::StatusCode::NOT_FOUND : grpc::StatusCode::OK;
+  }
   if (method == "adapterd.v1.Adapters.GetAdapter" ||
       method == "adapterd.v1.Adapters.DeleteAdapter") {
     return tenant == "a" ? grpc::StatusCode::OK : grpc::StatusCode::NOT_FOUND;
@@ -285,7 +368,7 @@ std::vector<std::string> AllMethods() {
   std::vector<std::string> out;
   const google::protobuf::DescriptorPool* pool = google::protobuf::DescriptorPool::generated_pool();
   for (const char* name : {v1::Inference::service_full_name(), v1::Admin::service_full_name(),
-                           v1::Adapters::service_full_name()}) {
+                           v1::Adapters::service_full_name(), v1::Training::service_full_name()}) {
     const google::protobuf::ServiceDescriptor* service = pool->FindServiceByName(name);
     EXPECT_NE(service, nullptr) << name;
     if (service == nullptr) continue;
@@ -305,12 +388,27 @@ TEST(AuthTest, TheMatrixCoversEveryMethodOfEveryService) {
 }
 
 TEST(AuthTest, EveryRpcTimesEveryCallerGivesTheExpectedCodeAndNoOtherTenantsData) {
-  AuthServer s;
+  FakeEngineOptions engine_options;
+  engine_options.train_step_delay = absl::Milliseconds(20);
+  AuthServer s(engine_options);
   v1::AdapterInfo info;
   ASSERT_TRUE(s.Upload(s.key_a, "a-private", &info).ok());
   // The Delete cells run for "b" and the admin first (NOT_FOUND), then for "a".
   ASSERT_TRUE(s.Upload(s.key_a, "a-doomed", &info).ok());
   ASSERT_TRUE(s.Upload(s.key_b, "b-private", &info).ok());
+  // a's job runs until the admin's CancelTrainingJob cell; the Watch cells
+  // after it end with its final state.
+  s.dataset_a = s.UploadDataset(s.key_a, "a-data");
+  {
+    v1::CreateTrainingJobRequest r;
+    r.set_output_adapter("a-job-out");
+    r.set_dataset_id(s.dataset_a);
+    r.mutable_lora();
+    r.mutable_hyperparameters()->set_max_steps(1000000);
+    v1::TrainingJob job;
+    ASSERT_TRUE(s.ClientFor(s.key_a)->CreateTrainingJob(r, &job).ok());
+    s.job_a = job.job_id();
+  }
 
   struct Caller {
     Cred cred;

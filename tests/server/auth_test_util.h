@@ -13,6 +13,7 @@
 #include "adapterd/v1/adapters.grpc.pb.h"
 #include "adapterd/v1/admin.grpc.pb.h"
 #include "adapterd/v1/inference.grpc.pb.h"
+#include "adapterd/v1/training.grpc.pb.h"
 #include "client/client.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
@@ -67,6 +68,7 @@ struct AuthServer {
     inference = v1::Inference::NewStub(channel);
     admin = v1::Admin::NewStub(channel);
     adapters = v1::Adapters::NewStub(channel);
+    training = v1::Training::NewStub(channel);
   }
 
   ~AuthServer() {
@@ -81,6 +83,15 @@ struct AuthServer {
     o.target = server->address();
     o.token = key;
     return std::make_unique<Client>(o);
+  }
+
+  // Uploads a small JSONL dataset as the holder of `key`; returns its id.
+  std::string UploadDataset(const std::string& key, const std::string& name) {
+    const std::string path = tmp / ("ds_" + name + std::to_string(counter++) + ".jsonl");
+    std::ofstream(path) << "{\"prompt\": \"1\", \"completion\": \" odd\"}\n";
+    v1::DatasetInfo info;
+    EXPECT_TRUE(ClientFor(key)->UploadDataset(path, name, &info).ok());
+    return info.dataset_id();
   }
 
   grpc::Status Upload(const std::string& key, const std::string& name, v1::AdapterInfo* info,
@@ -102,6 +113,11 @@ struct AuthServer {
   std::unique_ptr<v1::Inference::Stub> inference;
   std::unique_ptr<v1::Admin::Stub> admin;
   std::unique_ptr<v1::Adapters::Stub> adapters;
+  std::unique_ptr<v1::Training::Stub> training;
+  // Tenant a's dataset and long-running job, for the Training cells of the
+  // authorization matrix.
+  std::string dataset_a;
+  std::string job_a;
 };
 
 }  // namespace adapterd::testing

@@ -1,6 +1,7 @@
 // adapterd's server in front of the FakeEngine: the same flags, no model.
 // Lets the client tools (adapterctl, the Python example) be tested end to end
-// without torch. Extra environment: FAKE_ENGINE_STEP_MS (default 1).
+// without torch. Extra environment: FAKE_ENGINE_STEP_MS (default 1),
+// FAKE_TRAIN_STEP_MS (default 2; a training step of the fake trainer).
 
 #include <signal.h>
 
@@ -30,6 +31,8 @@ int main(int argc, char** argv) {
   adapterd::testing::FakeEngineOptions options;
   const char* step = std::getenv("FAKE_ENGINE_STEP_MS");
   options.step_delay = absl::Milliseconds(step != nullptr ? std::atoi(step) : 1);
+  const char* train_step = std::getenv("FAKE_TRAIN_STEP_MS");
+  options.train_step_delay = absl::Milliseconds(train_step != nullptr ? std::atoi(train_step) : 2);
   options.limits = adapterd::ToEngineOptions(*config).limits;
   auto engine = std::make_unique<adapterd::testing::FakeEngine>(options);
   absl::StatusOr<std::unique_ptr<adapterd::Server>> server =
@@ -42,7 +45,7 @@ int main(int argc, char** argv) {
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   spdlog::info("received {}: draining", strsignal(signal_number));
-  (*server)->BeginShutdown();
+  (*server)->BeginShutdown();  // Also stops training jobs (they stay QUEUED).
   engine->Shutdown(absl::Seconds(config->drain_timeout_seconds));
   (*server)->Shutdown(absl::Seconds(5));
   spdlog::info("stopped");

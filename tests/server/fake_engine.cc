@@ -1,11 +1,18 @@
 #include "tests/server/fake_engine.h"
 
 #include <algorithm>
+#include <fstream>
 #include <functional>
+#include <sstream>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "adapters_store/file_util.h"
+#include "tests/store/store_test_util.h"
 
 namespace adapterd::testing {
 namespace {
@@ -288,6 +295,158 @@ void FakeEngine::Run() {
     for (auto& call : calls) call();
     absl::SleepFor(delay);
   }
+}
+
+}  // namespace adapterd::testing
+
+namespace adapterd::testing {
+namespace {
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+}  // namespace
+
+std::vector<int64_t> FakeEngine::train_resumes() const {
+  absl::MutexLock lock(&mu_);
+  return train_resumes_;
+}
+
+int FakeEngine::trains_running() const {
+  absl::MutexLock lock(&mu_);
+  return trains_running_;
+}
+
+TrainingSpec FakeEngine::last_validated_spec() const {
+  absl::MutexLock lock(&mu_);
+  return last_validated_spec_;
+}
+
+absl::StatusOr<DatasetReport> FakeEngine::ValidateTraining(const TrainingSpec& spec) const {
+  {
+    absl::MutexLock lock(&mu_);
+    last_validated_spec_ = spec;
+  }
+  for (const std::string& target : spec.lora.target_modules) {
+    if (spec.method == TrainingMethod::kLora && target == "bogus") {
+      return absl::FailedPreconditionError("lora target module \"bogus\" is not in the model");
+    }
+  }
+  if (spec.hyper.batch_size <= 0) return absl::InvalidArgumentError("batch_size must be >= 1");
+  std::ifstream in(spec.dataset_path, std::ios::binary);
+  if (!in) return absl::NotFoundError("dataset file not found");
+  DatasetReport report;
+  std::string line;
+  int64_t number = 0;
+  std::vector<std::string> malformed;
+  while (std::getline(in, line)) {
+    ++number;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    ++report.lines;
+    // nlohmann's parser refuses invalid UTF-8 inside strings.
+    const nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    const bool pair = row.is_object() && row.contains("prompt") && row["prompt"].is_string() &&
+                      row.contains("completion") && row["completion"].is_string();
+    const bool text = row.is_object() && row.contains("text") && row["text"].is_string();
+    if (!pair && !text) {
+      malformed.push_back(absl::StrCat("line ", number,
+                                       ": not a {prompt, completion} or {text} "
+                                       "JSON object"));
+      continue;
+    }
+    const std::string target =
+        pair ? row["completion"].get<std::string>() : row["text"].get<std::string>();
+    if (target.empty()) {
+      ++report.skipped_empty;
+      continue;
+    }
+    ++report.rows_used;
+    report.tokens += static_cast<int64_t>(line.size());
+  }
+  for (size_t i = 0; i < malformed.size() && i < 5; ++i)
+    report.first_errors.push_back(malformed[i]);
+  if (!malformed.empty() && !spec.dataset_options.skip_invalid_rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the dataset has ", malformed.size(),
+                     " malformed lines: ", absl::StrJoin(report.first_errors, "; ")));
+  }
+  report.skipped_malformed = static_cast<int64_t>(malformed.size());
+  if (report.rows_used == 0) return absl::InvalidArgumentError("the dataset has no usable rows");
+  report.eval_rows =
+      static_cast<int64_t>(static_cast<double>(report.rows_used) * spec.hyper.eval_fraction);
+  report.train_rows = report.rows_used - report.eval_rows;
+  return report;
+}
+
+absl::StatusOr<TrainingResult> FakeEngine::Train(const TrainingSpec& spec,
+                                                 const TrainingProgressCallback& progress,
+                                                 const CancellationToken& cancel) {
+  absl::StatusOr<DatasetReport> report = ValidateTraining(spec);
+  if (!report.ok()) return report.status();
+  const std::string checkpoint = spec.work_dir + "/checkpoint";
+  int64_t step = 0;
+  const absl::Duration delay = options_.train_step_delay;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!accepting_) return absl::UnavailableError("the engine is shutting down");
+    const std::string saved = Slurp(checkpoint + "/step");
+    if (!saved.empty() && !absl::SimpleAtoi(saved, &step)) step = 0;
+    train_resumes_.push_back(step);
+    ++trains_running_;
+  }
+  struct Running {
+    FakeEngine* engine;
+    ~Running() {
+      absl::MutexLock lock(&engine->mu_);
+      --engine->trains_running_;
+    }
+  } running{this};
+  const int64_t batches = (report->train_rows + spec.hyper.batch_size - 1) / spec.hyper.batch_size;
+  const int64_t total = spec.hyper.max_steps > 0
+                            ? spec.hyper.max_steps
+                            : std::max<int64_t>(1, spec.hyper.epochs * batches);
+  TrainingProgress p;
+  p.total_steps = total;
+  p.resumed_from_step = step;
+  p.phase = TrainingPhase::kTraining;
+  while (step < total) {
+    if (cancel.cancelled()) {
+      return absl::CancelledError(absl::StrCat("training cancelled at step ", step));
+    }
+    absl::SleepFor(delay);
+    ++step;
+    if (spec.hyper.learning_rate >= 10 && step == 3) {
+      return absl::InternalError("step 3: the loss is not finite");
+    }
+    p.step = step;
+    p.epoch = static_cast<int>((step - 1) / std::max<int64_t>(1, batches));
+    p.loss = 2.0 / static_cast<double>(step + 1);
+    p.learning_rate = spec.hyper.learning_rate;
+    p.tokens_seen += report->tokens / std::max<int64_t>(1, batches);
+    p.tokens_per_second = 1000.0;
+    p.eta_seconds = absl::ToDoubleSeconds(delay) * static_cast<double>(total - step);
+    if (spec.hyper.checkpoint_every > 0 && step % spec.hyper.checkpoint_every == 0) {
+      absl::Status made = MakeDirs(checkpoint);
+      if (made.ok()) made = WriteFileAtomically(checkpoint + "/step", absl::StrCat(step));
+      if (!made.ok()) return made;
+    }
+    progress(p);
+  }
+  p.phase = TrainingPhase::kSaving;
+  progress(p);
+  TrainingResult result;
+  result.output_dir = spec.work_dir + "/output";
+  WriteFiles(result.output_dir, LoraFiles(spec.hyper.seed));
+  result.method = "lora";
+  result.steps = step;
+  result.final_loss = p.loss;
+  result.dataset = *report;
+  result.resumed_from_step = p.resumed_from_step;
+  return result;
 }
 
 }  // namespace adapterd::testing

@@ -5,6 +5,15 @@
 // like the real one, advances every running request by one token per step
 // (continuous batching), honours cancellation tokens and deadlines, queues
 // beyond max_batch_size and refuses beyond max_queue. It records what it saw.
+//
+// Training (ValidateTraining/Train) is a stand-in too: it reads the JSONL
+// dataset per the dataset policy of engine/api/training.h (malformed lines,
+// empty completions), steps on the calling thread with a delay per step,
+// reports progress, honours the cancellation token, checkpoints its step
+// into work_dir/checkpoint every checkpoint_every steps and resumes from it,
+// and writes a real small PEFT LoRA adapter into work_dir/output. A lora
+// target named "bogus" is FAILED_PRECONDITION; a learning rate >= 10 fails
+// the job at step 3 with INTERNAL (a diverging loss).
 
 #include <cstdint>
 #include <set>
@@ -25,6 +34,7 @@ struct FakeEngineOptions {
   int eos_after = -1;                         // Finish with kEos after this many tokens; -1: never.
   std::set<std::string> adapters = {"demo"};  // Known adapter names.
   EngineLimits limits;
+  absl::Duration train_step_delay = absl::Milliseconds(2);
 };
 
 // Thread-safe.
@@ -58,6 +68,16 @@ class FakeEngine final : public Engine {
   absl::Status SubmitScore(ScoreRequest request, ScoreCallback done) override;
   EngineStats Stats() const override;
   void Shutdown(absl::Duration drain) override;
+  absl::StatusOr<DatasetReport> ValidateTraining(const TrainingSpec& spec) const override;
+  absl::StatusOr<TrainingResult> Train(const TrainingSpec& spec,
+                                       const TrainingProgressCallback& progress,
+                                       const CancellationToken& cancel) override;
+
+  // Train calls so far, and the resumed_from_step of each.
+  std::vector<int64_t> train_resumes() const;
+  int trains_running() const;
+  // The last spec ValidateTraining saw.
+  TrainingSpec last_validated_spec() const;
 
  private:
   struct Job {
@@ -88,6 +108,9 @@ class FakeEngine final : public Engine {
   int submitted_ ABSL_GUARDED_BY(mu_) = 0;
   int cancellations_ ABSL_GUARDED_BY(mu_) = 0;
   int deadlines_exceeded_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<int64_t> train_resumes_ ABSL_GUARDED_BY(mu_);
+  int trains_running_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable TrainingSpec last_validated_spec_ ABSL_GUARDED_BY(mu_);
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };

@@ -78,6 +78,30 @@ TEST(ServerConfigTest, EnvironmentVariablesApplyAndFlagsWin) {
   EXPECT_EQ(c->listen, "127.0.0.1:5678");
 }
 
+TEST(ServerConfigTest, TrainingFlagsAndTheirEnvironmentVariablesReachTheServerOptions) {
+  setenv("ADAPTERD_MAX_TRAINING_JOBS", "3", 1);
+  setenv("ADAPTERD_KEEP_FAILED_JOB_DIRS", "5", 1);
+  int exit_code = -1;
+  std::optional<ServerConfig> c =
+      Parse({"--max-dataset-bytes", "1000", "--max-tenant-dataset-bytes", "5000",
+             "--training-progress-interval", "0.5", "--training-memory-bytes", "123456"},
+            &exit_code);
+  unsetenv("ADAPTERD_MAX_TRAINING_JOBS");
+  unsetenv("ADAPTERD_KEEP_FAILED_JOB_DIRS");
+  ASSERT_TRUE(c.has_value());
+  const ServerOptions s = ToServerOptions(*c);
+  EXPECT_EQ(s.training.max_jobs, 3);
+  EXPECT_EQ(s.training.max_dataset_bytes, 1000);
+  EXPECT_EQ(s.training.max_tenant_dataset_bytes, 5000);
+  EXPECT_EQ(s.training.progress_interval, absl::Milliseconds(500));
+  EXPECT_EQ(s.training.keep_failed_work_dirs, absl::Hours(5));
+  EXPECT_EQ(s.training.memory_budget_bytes, 123456);
+  std::optional<ServerConfig> d = Parse({}, &exit_code);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(ToServerOptions(*d).training.max_jobs, 1);
+  EXPECT_FALSE(Parse({"--max-training-jobs", "0"}, &exit_code).has_value());
+}
+
 TEST(ServerConfigTest, BadValuesStopWithANonZeroExitCode) {
   int exit_code = 0;
   EXPECT_FALSE(Parse({"--dtype", "int3"}, &exit_code).has_value());

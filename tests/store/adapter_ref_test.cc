@@ -65,9 +65,23 @@ TEST(AdapterRefTest, AcceptsOnlyAdapterFilesAndRefusesPickle) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("pickle"), std::string::npos);
   for (const char* bad :
-       {"pytorch_adapter.bin", "x.pt", "../adapter_config.json", "a/b", "config.json", ""}) {
+       {"pytorch_adapter.bin", "x.pt", "../adapter_config.json", "a/b", "config.json", "",
+        "../adapter.safetensors", "./adapter.safetensors", "a/b/adapter.safetensors",
+        "/adapter.safetensors", "a//adapter.safetensors", ".hidden/adapter.safetensors",
+        "x/adapter_fusion_config.json", "x/prompt_encoder.safetensors", "x/pytorch_adapter.bin",
+        "x/", "/"}) {
     EXPECT_EQ(ValidateAdapterFileName(bad).code(), absl::StatusCode::kInvalidArgument) << bad;
   }
+}
+
+TEST(AdapterRefTest, AcceptsTheFilesTrainingJobsWrite) {
+  for (const char* good : {"prompt_encoder.safetensors", "adapter_fusion_config.json",
+                           "model_adapter_fusion.safetensors", "sentiment/adapter_config.json",
+                           "sentiment/adapter.safetensors", "nli-v2/adapter_model.safetensors"}) {
+    EXPECT_TRUE(ValidateAdapterFileName(good).ok()) << good;
+  }
+  EXPECT_TRUE(IsTopLevelConfigFile("adapter_fusion_config.json"));
+  EXPECT_FALSE(IsTopLevelConfigFile("x/adapter_config.json"));
 }
 
 }  // namespace

@@ -184,6 +184,61 @@ TEST_F(AdapterStoreTest, PickleAndUnknownFilesAreRefusedAtBegin) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// The AdapterFusion layout a training job writes: two files at the top and
+// one subdirectory per fused adapter. Published through the internal path,
+// kept through a restart, and nothing outside the accepted names comes along.
+TEST_F(AdapterStoreTest, PublishDirectoryTakesTheFusionLayoutAndNothingElse) {
+  StoreOptions options = OptionsAt(tmp_ / "data");
+  std::vector<std::string> validated;
+  options.validator = [&validated](const std::string& dir) -> absl::StatusOr<AdapterMeta> {
+    validated = FilesUnder(dir);
+    return AdapterMeta{"fusion", ""};
+  };
+  Reopen(options);
+  const std::string out = tmp_ / "job/output";
+  const Files child = LoraFiles(3);
+  WriteFiles(out, {{"adapter_fusion_config.json", "{\"key\": true}"},
+                   {"model_adapter_fusion.safetensors", child.at("adapter_model.safetensors")},
+                   {"README.md", "not an adapter file"},
+                   {"pytorch_model_adapter_fusion.bin", "pickle"}});
+  WriteFiles(out + "/sentiment", {{"adapter_config.json", child.at("adapter_config.json")},
+                                  {"adapter.safetensors", child.at("adapter_model.safetensors")}});
+  WriteFiles(out + "/nli", {{"adapter_config.json", "{}"}, {"adapter.safetensors", "w"}});
+  WriteFiles(out + "/nli/deeper", {{"adapter.safetensors", "too deep"}});
+  WriteFiles(out + "/.hidden", {{"adapter.safetensors", "hidden"}});
+  WriteFiles(tmp_ / "outside", {{"secret", "secret"}});
+  ASSERT_EQ(
+      ::symlink((tmp_ / "outside/secret").c_str(), (out + "/prompt_encoder.safetensors").c_str()),
+      0);
+  absl::StatusOr<AdapterRecord> record = store_->PublishDirectory("t", "fused", out, "");
+  ASSERT_TRUE(record.ok()) << record.status();
+  const std::vector<std::string> expected = {
+      "adapter_fusion_config.json",    "model_adapter_fusion.safetensors",
+      "nli/adapter.safetensors",       "nli/adapter_config.json",
+      "sentiment/adapter.safetensors", "sentiment/adapter_config.json"};
+  EXPECT_EQ(validated, expected);
+  std::vector<std::string> names;
+  for (const AdapterFile& f : record->files) names.push_back(f.name);
+  EXPECT_EQ(names, expected);
+  EXPECT_EQ(record->method, "fusion");
+  absl::StatusOr<ResolvedAdapter> resolved = store_->Resolve("t", "fused");
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(FilesUnder(resolved->dir), expected);
+  EXPECT_EQ(Slurp(resolved->dir + "/sentiment/adapter.safetensors"),
+            child.at("adapter_model.safetensors"));
+  const std::string dir = resolved->dir;
+  resolved->pin.reset();
+  // A lost version directory is rebuilt, subdirectories included.
+  std::filesystem::remove_all(dir);
+  Reopen(options);
+  EXPECT_EQ(report_.dirs_rebuilt, 1);
+  EXPECT_EQ(FilesUnder(dir), expected);
+  // The same directory again is the next version; a bad name is refused.
+  EXPECT_EQ(store_->PublishDirectory("t", "fused", out, "")->version, 2);
+  EXPECT_EQ(store_->PublishDirectory("t", "../x", out, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(AdapterStoreTest, ADuplicateVersionIsAlreadyExistsAndKeepsTheOriginal) {
   const Files v3 = LoraFiles(3);
   ASSERT_EQ(Upload(*store_, SpecFor("t", "a", v3, 3), v3)->version, 3);
