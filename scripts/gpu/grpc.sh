@@ -72,7 +72,7 @@ echo "adapterd exit: $?"
 echo "== gRPC / in-process tokens/s"
 for c in "(a)" "(c)"; do
   ours=$(grep -F "ours $c" "$OUT/inprocess.log" | awk '{print $(NF-5)}')
-  grpc=$(grep -F "grpc $c" "$OUT/grpc.log" | awk '{print $(NF-7)}')
+  grpc=$(grep -F "grpc $c" "$OUT/grpc.log" | awk '{print $(NF-6)}')
   awk -v c="$c" -v a="$grpc" -v b="$ours" \
     'BEGIN { printf "%s grpc %s / in-process %s = %.2fx\n", c, a, b, (b > 0 ? a / b : 0) }'
 done
