@@ -514,7 +514,8 @@ absl::Status LoraExpand(const at::Tensor& v, const LoraWeightTable& table,
 }
 
 absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
-                       const LoraBatchIndex& index, std::span<const at::Tensor> y) {
+                       const LoraBatchIndex& index, std::span<const at::Tensor> y,
+                       [[maybe_unused]] LoraPath path) {
   if (x.defined() && x.is_cpu()) {
     // Validate through the two-step path's checks on an empty v, then fuse.
     try {
@@ -535,6 +536,37 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("lora: ", e.what_without_backtrace()));
   }
+#ifdef ADAPTERD_WITH_CUDA
+  if (path != LoraPath::kSplit && x.defined() && x.is_cuda()) {
+    try {
+      if (auto s = ValidateShrink(x, table, index, v); !s.ok()) return s;
+      if (auto s = ValidateExpand(v, table, index, y); !s.ok()) return s;
+      const c10::cuda::CUDAGuard guard(x.device());
+      if (index.num_tokens == 0 || index.max_segment_tokens == 0) return absl::OkStatus();
+      LoraLaunchArgs args = MakeLaunchArgs(table, index);
+      args.x = x.const_data_ptr();
+      args.ld_x = x.stride(0);
+      for (int64_t s = 0; s < table.num_slices; ++s) {
+        args.y[s] = y[s].data_ptr();
+        args.ld_y[s] = y[s].stride(0);
+      }
+      if (lora_internal::LoraFusedFits(args)) {
+        const std::string err =
+            lora_internal::LaunchLoraFusedCuda(args, c10::cuda::getCurrentCUDAStream().stream());
+        if (!err.empty()) return absl::InternalError(absl::StrCat("lora fused: ", err));
+        return absl::OkStatus();
+      }
+      if (path == LoraPath::kFused) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "lora: the fused kernel does not serve this batch (", index.max_segment_tokens,
+            " tokens for one adapter, at most ", lora_internal::kFusedMaxTokens,
+            "; max rank ", table.max_rank, "; it needs an sm_90+ device)"));
+      }
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("lora: ", e.what_without_backtrace()));
+    }
+  }
+#endif
   if (auto s = LoraShrink(x, table, index, v); !s.ok()) return s;
   try {
     return ExpandImpl(v, table, index, y, /*after_shrink=*/true);
