@@ -149,7 +149,8 @@ int Main(int argc, char** argv) {
       const v1::GenerateRequest req = MakeRequest(o, k);
       RunOne(*clients[k], req, o.new_tokens);  // Warm-up, untimed.
       start_line.arrive_and_wait();
-      for (int r = 0; r < o.requests; ++r) samples[k].push_back(RunOne(*clients[k], req, o.new_tokens));
+      for (int r = 0; r < o.requests; ++r)
+        samples[k].push_back(RunOne(*clients[k], req, o.new_tokens));
       finish_line.arrive_and_wait();
     });
   }
@@ -175,11 +176,11 @@ int Main(int argc, char** argv) {
     tpot.push_back((latency[i] - ttft[i]) / std::max(1, o.new_tokens - 1));
   }
   const std::string label = o.label.empty() ? o.adapters : o.label;
-  std::printf(
-      "grpc %-28s %10.1f %8lld %9.1f %9.1f %9.1f %9.1f %9.2f\n", label.c_str(),
-      static_cast<double>(tokens) / wall, static_cast<long long>(latency.size()),
-      1e3 * Percentile(latency, 0.5), 1e3 * Percentile(latency, 0.99), 1e3 * Percentile(ttft, 0.5),
-      1e3 * Percentile(ttft, 0.99), 1e3 * Percentile(tpot, 0.5));
+  std::printf("grpc %-28s %10.1f %8lld %9.1f %9.1f %9.1f %9.1f %9.2f\n", label.c_str(),
+              static_cast<double>(tokens) / wall, static_cast<long long>(latency.size()),
+              1e3 * Percentile(latency, 0.5), 1e3 * Percentile(latency, 0.99),
+              1e3 * Percentile(ttft, 0.5), 1e3 * Percentile(ttft, 0.99),
+              1e3 * Percentile(tpot, 0.5));
   return 0;
 }
 

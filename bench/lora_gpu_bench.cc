@@ -110,11 +110,11 @@ int Main(bool quick) {
       "LoraApply(kFused),\none launch (- where it does not serve the shape: > 8 tokens per "
       "adapter); overlap = base GEMM\nwith the shrink on a side stream, then the expand; "
       "ovl_add = (overlap - base) / base;\nbw_frac = of the faster of lora and fused\n");
-  std::printf("\n%6s %5s %5s | %9s %9s %7s | %9s %7s | %9s %7s | %9s %7s | %8s %7s | %9s %9s | "
-              "%8s %8s\n",
-              "T", "N", "Neff", "base_us", "lora_us", "lora/b", "fused_us", "fused/b", "overlap",
-              "ovl_add", "torch_us", "torch/b", "MB", "bw_frac", "shrink_us", "expand_us",
-              "relerr", "f_relerr");
+  std::printf(
+      "\n%6s %5s %5s | %9s %9s %7s | %9s %7s | %9s %7s | %9s %7s | %8s %7s | %9s %9s | "
+      "%8s %8s\n",
+      "T", "N", "Neff", "base_us", "lora_us", "lora/b", "fused_us", "fused/b", "overlap", "ovl_add",
+      "torch_us", "torch/b", "MB", "bw_frac", "shrink_us", "expand_us", "relerr", "f_relerr");
   std::mt19937 rng(1);
   for (int64_t t_count : token_counts) {
     for (int64_t n : adapter_counts) {
@@ -145,13 +145,13 @@ int Main(bool quick) {
         ok &= LoraApply(xs[i], *table, indexes[i], ys, LoraPath::kSplit).ok();
       });
       const bool fusable = LoraApply(xs[0], *table, indexes[0], ys, LoraPath::kFused).ok();
-      const double fused_ms = fusable ? TimeGraph(iters,
-                                                  [&](int i) {
-                                                    ok &= LoraApply(xs[i], *table, indexes[i], ys,
-                                                                    LoraPath::kFused)
-                                                              .ok();
-                                                  })
-                                      : 0.0;
+      const double fused_ms =
+          fusable
+              ? TimeGraph(iters,
+                          [&](int i) {
+                            ok &= LoraApply(xs[i], *table, indexes[i], ys, LoraPath::kFused).ok();
+                          })
+              : 0.0;
       // How the model runs it: the shrink on a side stream alongside the base
       // GEMM (it needs only x), the expand after the GEMM (it adds into y).
       std::vector<at::Tensor> vbufs;

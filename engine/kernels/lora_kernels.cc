@@ -218,6 +218,18 @@ void ApplyCpu(const at::Tensor& x, const LoraWeightTable& table, const LoraBatch
 }
 
 #ifdef ADAPTERD_WITH_CUDA
+// Where LoraPath::kAuto takes the fused launch: where it beat the split
+// kernels on the H200 (docs/kernels.md, 2026-11-29): at most 4 tokens per
+// adapter over 8..32 (segment, slice) clusters (T=32 over 8 or 32 adapters,
+// T=128 over 32: 3-7% faster). Outside that it was slower or even: one
+// segment leaves 8 CTAs to stream the weights (T=8 on one adapter: 10.9
+// against 8.4 us), and at 128 clusters (T=128 or 512 over 128 adapters; in
+// the model, q/k/v over 32 adapters) it lost 1-6% (not profiled why).
+bool FusedPreferred(const LoraLaunchArgs& args) {
+  const int64_t clusters = int64_t{args.num_slices} * args.max_segments;
+  return args.max_segment_tokens <= 4 && clusters >= 8 && clusters <= 32;
+}
+
 LoraLaunchArgs MakeLaunchArgs(const LoraWeightTable& table, const LoraBatchIndex& index) {
   LoraLaunchArgs args;
   args.dtype = ToLaunchDtype(table.dtype);
@@ -550,7 +562,8 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
         args.y[s] = y[s].data_ptr();
         args.ld_y[s] = y[s].stride(0);
       }
-      if (lora_internal::LoraFusedFits(args)) {
+      if ((path == LoraPath::kFused || FusedPreferred(args)) &&
+          lora_internal::LoraFusedFits(args)) {
         const std::string err =
             lora_internal::LaunchLoraFusedCuda(args, c10::cuda::getCurrentCUDAStream().stream());
         if (!err.empty()) return absl::InternalError(absl::StrCat("lora fused: ", err));
@@ -559,8 +572,8 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
       if (path == LoraPath::kFused) {
         return absl::InvalidArgumentError(absl::StrCat(
             "lora: the fused kernel does not serve this batch (", index.max_segment_tokens,
-            " tokens for one adapter, at most ", lora_internal::kFusedMaxTokens,
-            "; max rank ", table.max_rank, "; it needs an sm_90+ device)"));
+            " tokens for one adapter, at most ", lora_internal::kFusedMaxTokens, "; max rank ",
+            table.max_rank, "; it needs an sm_90+ device)"));
       }
     } catch (const c10::Error& e) {
       return absl::InternalError(absl::StrCat("lora: ", e.what_without_backtrace()));

@@ -25,9 +25,9 @@ constexpr int kShrinkThreads = 256;
 constexpr int kCols = 4;        // Expand: output columns per thread.
 constexpr int kShrinkRows = 4;  // Rank rows per shrink CTA.
 constexpr int kMaxSmemBytes = 48 * 1024;
-constexpr int kPre = 2;  // Expand: B vectors per column kept in registers.
-constexpr int kClusterCtas = 8;      // Fused: CTAs per (segment, slice), one cluster.
-constexpr int kFusedRows = 4;        // Fused shrink: rank rows per warp pass.
+constexpr int kPre = 2;          // Expand: B vectors per column kept in registers.
+constexpr int kClusterCtas = 8;  // Fused: CTAs per (segment, slice), one cluster.
+constexpr int kFusedRows = 4;    // Fused shrink: rank rows per warp pass.
 
 __device__ __forceinline__ float ToF(float x) { return x; }
 __device__ __forceinline__ float ToF(__half x) { return __half2float(x); }
@@ -451,8 +451,8 @@ __global__ void __launch_bounds__(kThreads) FusedKernel(const LoraLaunchArgs p) 
   const int mcount = min(BM, s1 - s0);
   const int K = p.in_features;
   const T* x = static_cast<const T*>(p.x);
-  float* part = smem;                                        // [BM][rank] partial sums.
-  float* vs = smem + FusedPartFloats(BM, p.max_rank);        // [mcount][rank] act(v + a_bias).
+  float* part = smem;                                  // [BM][rank] partial sums.
+  float* vs = smem + FusedPartFloats(BM, p.max_rank);  // [mcount][rank] act(v + a_bias).
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   if (threadIdx.x < BM)

@@ -29,9 +29,9 @@ struct CaseSpec {
   int64_t adapters = 4;
   double none_fraction = 0.2;
   bool bottleneck = false;
-  int64_t x_pad = 0;       // Extra columns in x's row stride.
-  bool use_apply = false;  // LoraApply instead of LoraShrink + LoraExpand (v is not checked).
-  bool blocked = false;    // Each adapter's tokens form one consecutive run.
+  int64_t x_pad = 0;         // Extra columns in x's row stride.
+  bool use_apply = false;    // LoraApply instead of LoraShrink + LoraExpand (v is not checked).
+  bool blocked = false;      // Each adapter's tokens form one consecutive run.
   bool round_robin = false;  // Adapted token t uses adapter t % adapters (decode-like spread).
   LoraPath path = LoraPath::kAuto;  // With use_apply.
 };
@@ -493,8 +493,7 @@ void ExpectGraphReplayFollowsIndex(bool fused) {
   }
   for (int round = 0; round < 3; ++round) {
     const std::vector<int32_t> slots = make_slots();
-    absl::StatusOr<LoraBatchIndex> fresh =
-        BuildLoraBatchIndex(slots, kSlots, kMaxSeg, gpu, bound);
+    absl::StatusOr<LoraBatchIndex> fresh = BuildLoraBatchIndex(slots, kSlots, kMaxSeg, gpu, bound);
     ASSERT_TRUE(fresh.ok());
     index->sorted_tokens.copy_(fresh->sorted_tokens);
     index->segment_start.copy_(fresh->segment_start);
@@ -580,8 +579,7 @@ TEST(LoraKernelsCudaTest, FusedKernelMatchesFloat64) {
   ASSERT_TRUE(builder.Set(0, 0, w).ok());
   absl::StatusOr<LoraWeightTable> table = builder.Build();
   ASSERT_TRUE(table.ok());
-  absl::StatusOr<LoraBatchIndex> index =
-      BuildLoraBatchIndex(std::vector<int32_t>(9, 0), 1, 1, gpu);
+  absl::StatusOr<LoraBatchIndex> index = BuildLoraBatchIndex(std::vector<int32_t>(9, 0), 1, 1, gpu);
   ASSERT_TRUE(index.ok());
   const at::Tensor x = at::randn({9, 64}, opts);
   const std::vector<at::Tensor> ys = {at::zeros({9, 32}, opts)};
