@@ -2,7 +2,9 @@
 // 4096x4096 bf16 projection with T tokens over N distinct rank-16 adapters,
 // the base GEMM, our shrink+expand, and torch gather+bmm, each timed as CUDA
 // graph replays over rotating inputs (so that weights come from HBM, not L2),
-// and our achieved fraction of measured copy bandwidth.
+// and our achieved fraction of measured copy bandwidth. Ours twice, side by
+// side: the split kernels (shrink, then expand as a dependent launch) and the
+// fused single launch where it serves the shape (<= 8 tokens per adapter).
 //   lora_gpu_bench [--quick]
 
 #include <ATen/ATen.h>
@@ -104,12 +106,15 @@ int Main(bool quick) {
   const std::vector<int64_t> adapter_counts =
       quick ? std::vector<int64_t>{32, 128} : std::vector<int64_t>{1, 8, 32, 128};
   std::printf(
-      "\nlora = LoraApply (shrink, then expand as a dependent launch); overlap = base GEMM with "
-      "the shrink\n"
-      "on a side stream, then the expand; ovl_add = (overlap - base) / base\n");
-  std::printf("\n%6s %5s %5s | %9s %9s %7s | %9s %7s | %9s %7s | %8s %7s | %9s %9s | %8s\n", "T",
-              "N", "Neff", "base_us", "lora_us", "lora/b", "overlap", "ovl_add", "torch_us",
-              "torch/b", "MB", "bw_frac", "shrink_us", "expand_us", "relerr");
+      "\nlora = LoraApply(kSplit): shrink, then expand as a dependent launch; fused = "
+      "LoraApply(kFused),\none launch (- where it does not serve the shape: > 8 tokens per "
+      "adapter); overlap = base GEMM\nwith the shrink on a side stream, then the expand; "
+      "ovl_add = (overlap - base) / base;\nbw_frac = of the faster of lora and fused\n");
+  std::printf(
+      "\n%6s %5s %5s | %9s %9s %7s | %9s %7s | %9s %7s | %9s %7s | %8s %7s | %9s %9s | "
+      "%8s %8s\n",
+      "T", "N", "Neff", "base_us", "lora_us", "lora/b", "fused_us", "fused/b", "overlap", "ovl_add",
+      "torch_us", "torch/b", "MB", "bw_frac", "shrink_us", "expand_us", "relerr", "f_relerr");
   std::mt19937 rng(1);
   for (int64_t t_count : token_counts) {
     for (int64_t n : adapter_counts) {
@@ -136,8 +141,17 @@ int Main(bool quick) {
       const double base_ms =
           TimeGraph(iters, [&](int i) { at::mm_out(y, xs[i], base_w[i % 8].t()); });
       bool ok = true;
-      const double lora_ms =
-          TimeGraph(iters, [&](int i) { ok &= LoraApply(xs[i], *table, indexes[i], ys).ok(); });
+      const double lora_ms = TimeGraph(iters, [&](int i) {
+        ok &= LoraApply(xs[i], *table, indexes[i], ys, LoraPath::kSplit).ok();
+      });
+      const bool fusable = LoraApply(xs[0], *table, indexes[0], ys, LoraPath::kFused).ok();
+      const double fused_ms =
+          fusable
+              ? TimeGraph(iters,
+                          [&](int i) {
+                            ok &= LoraApply(xs[i], *table, indexes[i], ys, LoraPath::kFused).ok();
+                          })
+              : 0.0;
       // How the model runs it: the shrink on a side stream alongside the base
       // GEMM (it needs only x), the expand after the GEMM (it adds into y).
       std::vector<at::Tensor> vbufs;
@@ -174,25 +188,39 @@ int Main(bool quick) {
         return 1;
       }
       // Correctness of one iteration against the torch path in fp32.
-      y.zero_();
-      if (!LoraApply(xs[0], *table, indexes[0], ys).ok()) return 1;
       const at::Tensor want =
           at::bmm(at::bmm(xs[0].unsqueeze(1).to(at::kFloat),
                           a_pool.index_select(0, slot_ids[0]).to(at::kFloat).transpose(1, 2)),
                   b_pool.index_select(0, slot_ids[0]).to(at::kFloat).transpose(1, 2))
               .squeeze(1) *
           scale;
-      const double err = ((y.to(at::kFloat) - want).norm() / want.norm()).item<double>();
+      auto rel_err = [&](LoraPath path) {
+        y.zero_();
+        if (!LoraApply(xs[0], *table, indexes[0], ys, path).ok()) return -1.0;
+        return ((y.to(at::kFloat) - want).norm() / want.norm()).item<double>();
+      };
+      const double err = rel_err(LoraPath::kSplit);
+      const double fused_err = fusable ? rel_err(LoraPath::kFused) : 0.0;
+      if (err < 0 || fused_err < 0) return 1;
 
       const double bytes =
           static_cast<double>(n_eff) * 2 * kRank * kHidden * 2 + 3.0 * t_count * kHidden * 2;
-      const double frac = bytes / (lora_ms * 1e-3) / copy_bw;
+      const double best_ms = fusable ? std::min(lora_ms, fused_ms) : lora_ms;
+      const double frac = bytes / (best_ms * 1e-3) / copy_bw;
+      char fused_cols[64] = "        -       - ";
+      char fused_err_col[16] = "       -";
+      if (fusable) {
+        std::snprintf(fused_cols, sizeof(fused_cols), "%9.2f %6.0f%%", fused_ms * 1e3,
+                      100 * fused_ms / base_ms);
+        std::snprintf(fused_err_col, sizeof(fused_err_col), "%8.1e", fused_err);
+      }
       std::printf(
-          "%6ld %5ld %5ld | %9.2f %9.2f %6.0f%% | %9.2f %6.0f%% | %9.2f %6.0f%% | %8.2f %6.0f%% | "
-          "%9.2f %9.2f | %8.1e\n",
-          t_count, n, n_eff, base_ms * 1e3, lora_ms * 1e3, 100 * lora_ms / base_ms,
+          "%6ld %5ld %5ld | %9.2f %9.2f %6.0f%% | %s | %9.2f %6.0f%% | %9.2f %6.0f%% | %8.2f "
+          "%6.0f%% | %9.2f %9.2f | %8.1e %s\n",
+          t_count, n, n_eff, base_ms * 1e3, lora_ms * 1e3, 100 * lora_ms / base_ms, fused_cols,
           overlap_ms * 1e3, 100 * (overlap_ms - base_ms) / base_ms, torch_ms * 1e3,
-          100 * torch_ms / base_ms, bytes / 1e6, 100 * frac, shrink_ms * 1e3, expand_ms * 1e3, err);
+          100 * torch_ms / base_ms, bytes / 1e6, 100 * frac, shrink_ms * 1e3, expand_ms * 1e3, err,
+          fused_err_col);
       std::fflush(stdout);
     }
   }

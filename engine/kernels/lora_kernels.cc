@@ -218,6 +218,18 @@ void ApplyCpu(const at::Tensor& x, const LoraWeightTable& table, const LoraBatch
 }
 
 #ifdef ADAPTERD_WITH_CUDA
+// Where LoraPath::kAuto takes the fused launch: where it beat the split
+// kernels on the H200 (docs/kernels.md, 2026-11-29): at most 4 tokens per
+// adapter over 8..32 (segment, slice) clusters (T=32 over 8 or 32 adapters,
+// T=128 over 32: 3-7% faster). Outside that it was slower or even: one
+// segment leaves 8 CTAs to stream the weights (T=8 on one adapter: 10.9
+// against 8.4 us), and at 128 clusters (T=128 or 512 over 128 adapters; in
+// the model, q/k/v over 32 adapters) it lost 1-6% (not profiled why).
+bool FusedPreferred(const LoraLaunchArgs& args) {
+  const int64_t clusters = int64_t{args.num_slices} * args.max_segments;
+  return args.max_segment_tokens <= 4 && clusters >= 8 && clusters <= 32;
+}
+
 LoraLaunchArgs MakeLaunchArgs(const LoraWeightTable& table, const LoraBatchIndex& index) {
   LoraLaunchArgs args;
   args.dtype = ToLaunchDtype(table.dtype);
@@ -514,7 +526,8 @@ absl::Status LoraExpand(const at::Tensor& v, const LoraWeightTable& table,
 }
 
 absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
-                       const LoraBatchIndex& index, std::span<const at::Tensor> y) {
+                       const LoraBatchIndex& index, std::span<const at::Tensor> y,
+                       [[maybe_unused]] LoraPath path) {
   if (x.defined() && x.is_cpu()) {
     // Validate through the two-step path's checks on an empty v, then fuse.
     try {
@@ -535,6 +548,38 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("lora: ", e.what_without_backtrace()));
   }
+#ifdef ADAPTERD_WITH_CUDA
+  if (path != LoraPath::kSplit && x.defined() && x.is_cuda()) {
+    try {
+      if (auto s = ValidateShrink(x, table, index, v); !s.ok()) return s;
+      if (auto s = ValidateExpand(v, table, index, y); !s.ok()) return s;
+      const c10::cuda::CUDAGuard guard(x.device());
+      if (index.num_tokens == 0 || index.max_segment_tokens == 0) return absl::OkStatus();
+      LoraLaunchArgs args = MakeLaunchArgs(table, index);
+      args.x = x.const_data_ptr();
+      args.ld_x = x.stride(0);
+      for (int64_t s = 0; s < table.num_slices; ++s) {
+        args.y[s] = y[s].data_ptr();
+        args.ld_y[s] = y[s].stride(0);
+      }
+      if ((path == LoraPath::kFused || FusedPreferred(args)) &&
+          lora_internal::LoraFusedFits(args)) {
+        const std::string err =
+            lora_internal::LaunchLoraFusedCuda(args, c10::cuda::getCurrentCUDAStream().stream());
+        if (!err.empty()) return absl::InternalError(absl::StrCat("lora fused: ", err));
+        return absl::OkStatus();
+      }
+      if (path == LoraPath::kFused) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "lora: the fused kernel does not serve this batch (", index.max_segment_tokens,
+            " tokens for one adapter, at most ", lora_internal::kFusedMaxTokens, "; max rank ",
+            table.max_rank, "; it needs an sm_90+ device)"));
+      }
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("lora: ", e.what_without_backtrace()));
+    }
+  }
+#endif
   if (auto s = LoraShrink(x, table, index, v); !s.ok()) return s;
   try {
     return ExpandImpl(v, table, index, y, /*after_shrink=*/true);

@@ -6,6 +6,7 @@
 // the loops, and the expand launched as a programmatic dependent of the
 // shrink so that its prologue and first weight loads overlap the shrink.
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -24,6 +25,9 @@ constexpr int kShrinkThreads = 256;
 constexpr int kCols = 4;        // Expand: output columns per thread.
 constexpr int kShrinkRows = 4;  // Rank rows per shrink CTA.
 constexpr int kMaxSmemBytes = 48 * 1024;
+constexpr int kPre = 2;          // Expand: B vectors per column kept in registers.
+constexpr int kClusterCtas = 8;  // Fused: CTAs per (segment, slice), one cluster.
+constexpr int kFusedRows = 4;    // Fused shrink: rank rows per warp pass.
 
 __device__ __forceinline__ float ToF(float x) { return x; }
 __device__ __forceinline__ float ToF(__half x) { return __half2float(x); }
@@ -232,6 +236,81 @@ __global__ void __launch_bounds__(kShrinkThreads) ShrinkKernel(const LoraLaunchA
   }
 }
 
+// One token tile of the expand for one CTA: each thread's kCols output
+// columns o[c] (B rows brow[c]; bpre holds their first kPre 16-byte vectors
+// when vec_ok) for the tile's mcount tokens stok[m], whose act(v + a_bias)
+// rows are staged in shared memory (vs, row stride rank):
+// y[stok[m], o[c]] += scale · (vs[m] · B[o[c]]ᵀ + bb[c]).
+template <typename T, int BM>
+__device__ __forceinline__ void ExpandTile(const T* const (&brow)[kCols], const int (&o)[kCols],
+                                           int out, int rank, bool vec_ok,
+                                           const uint4 (&bpre)[kCols][kPre], const float* vs,
+                                           int mcount, const int* stok, T* y, int64_t ld,
+                                           float scale, const float (&bb)[kCols]) {
+  constexpr int VEC = kVec<T>;
+  constexpr int C = kCols;
+  const int nvec = rank / VEC;
+  float acc[BM][C];
+#pragma unroll
+  for (int m = 0; m < BM; ++m)
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[m][c] = 0.0f;
+  if (vec_ok) {
+    for (int i = 0; i < nvec; ++i) {
+      float b[C][VEC];
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        uint4 bv;
+        if (i < kPre) {
+          bv = i == 0 ? bpre[c][0] : bpre[c][kPre - 1];
+        } else {
+          bv = Ld16(brow[c] + i * VEC);
+        }
+        ToFloats<T>(bv, b[c]);
+      }
+#pragma unroll
+      for (int m = 0; m < BM; ++m) {
+        const float4* vrow =
+            reinterpret_cast<const float4*>(vs + min(m, mcount - 1) * rank + i * VEC);
+#pragma unroll
+        for (int q = 0; q < VEC / 4; ++q) {
+          const float4 vv = vrow[q];
+#pragma unroll
+          for (int c = 0; c < C; ++c) {
+            acc[m][c] = fmaf(vv.x, b[c][4 * q], acc[m][c]);
+            acc[m][c] = fmaf(vv.y, b[c][4 * q + 1], acc[m][c]);
+            acc[m][c] = fmaf(vv.z, b[c][4 * q + 2], acc[m][c]);
+            acc[m][c] = fmaf(vv.w, b[c][4 * q + 3], acc[m][c]);
+          }
+        }
+      }
+    }
+  } else {
+    for (int r = 0; r < rank; ++r) {
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        const float b = ToF(brow[c][r]);
+#pragma unroll
+        for (int m = 0; m < BM; ++m)
+          acc[m][c] = fmaf(vs[min(m, mcount - 1) * rank + r], b, acc[m][c]);
+      }
+    }
+  }
+  float yv[BM][C];
+#pragma unroll
+  for (int m = 0; m < BM; ++m)
+#pragma unroll
+    for (int c = 0; c < C; ++c)
+      yv[m][c] = ToF(y[static_cast<int64_t>(stok[min(m, mcount - 1)]) * ld + min(o[c], out - 1)]);
+#pragma unroll
+  for (int m = 0; m < BM; ++m)
+#pragma unroll
+    for (int c = 0; c < C; ++c)
+      if (m < mcount && o[c] < out)
+        y[static_cast<int64_t>(stok[m]) * ld + o[c]] =
+            FromF<T>(yv[m][c] + scale * (acc[m][c] + bb[c]));
+}
+
 // grid: (mgroups * otiles, num_slices, max_segments). Each thread owns kCols
 // output columns (kThreads apart, so warps stay coalesced) for `mt_per_cta`
 // token tiles of BM; its first B vectors stay in registers across tiles.
@@ -243,7 +322,6 @@ __global__ void __launch_bounds__(kThreads)
     ExpandKernel(const LoraLaunchArgs p, int mgroups, int mt_per_cta) {
   constexpr int VEC = kVec<T>;
   constexpr int C = kCols;
-  constexpr int kPre = 2;                      // B vectors per column kept in registers.
   extern __shared__ __align__(16) float vs[];  // [mcount][rank]
   __shared__ int stok[BM];
   const int seg = blockIdx.z;
@@ -308,66 +386,188 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
 
-    float acc[BM][C];
+    ExpandTile<T, BM>(brow, o, out, rank, vec_ok, bpre, vs, mcount, stok, y, ld, scale, bb);
+  }
+}
+
+__device__ __forceinline__ void ClusterArrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void ClusterWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+// Floats of the fused kernel's partial-v block in shared memory (a multiple
+// of 4, so that the staged rows after it stay 16-byte aligned).
+__host__ __device__ __forceinline__ int FusedPartFloats(int bm, int max_rank) {
+  return (bm * (max_rank > 1 ? max_rank : 1) + 3) & ~3;
+}
+
+// Shrink and expand in one launch, for the decode shape (every segment at
+// most BM tokens). grid: (kClusterCtas, num_slices, max_segments), launched in
+// thread-block clusters of kClusterCtas CTAs along x: one cluster per
+// (segment, slice). CTA j reduces x·Aᵀ over its 1/kClusterCtas of K (one
+// warp per kFusedRows rank rows) into shared memory; after a cluster barrier
+// each CTA sums the kClusterCtas partials through distributed shared memory,
+// so v never goes to HBM and no CTA waits on another launch, then expands
+// output tiles j, j + kClusterCtas, ... Every weight byte is read once, as
+// in the two launches, and B's first vectors are in flight across the
+// barrier. The second half of the cluster barrier is waited for only at the
+// end: no CTA leaves while another may still read its shared memory.
+template <typename T, int BM>
+__global__ void __launch_bounds__(kThreads) FusedKernel(const LoraLaunchArgs p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  constexpr int VEC = kVec<T>;
+  constexpr int C = kCols;
+  constexpr int RW = kFusedRows;
+  constexpr int kWarps = kThreads / 32;
+  extern __shared__ __align__(16) float smem[];
+  __shared__ int stok[BM];
+  const int crank = blockIdx.x;  // The grid's x extent is one cluster.
+  const int slice = blockIdx.y;
+  const int seg = blockIdx.z;
+  // Every CTA of a cluster reads the same (segment, slice) and takes the same
+  // exit, before the cluster barrier: none waits there for one that left.
+  const int slot = p.segment_slot[seg];
+  const int s0 = p.segment_start[seg];
+  const int s1 = p.segment_start[seg + 1];
+  if (slot < 0 || s1 <= s0) return;
+  const int64_t* meta = p.meta + (static_cast<int64_t>(slice) * p.num_slots + slot) * kMetaFields;
+  const T* a_ptr = reinterpret_cast<const T*>(meta[kMetaA]);
+  if (a_ptr == nullptr) return;
+  const T* b_ptr = reinterpret_cast<const T*>(meta[kMetaB]);
+  const int rank = static_cast<int>(meta[kMetaRank]);
+  const int out = static_cast<int>(meta[kMetaOut]);
+  const T* a_bias = reinterpret_cast<const T*>(meta[kMetaABias]);
+  const T* b_bias = reinterpret_cast<const T*>(meta[kMetaBBias]);
+  const int act = static_cast<int>(meta[kMetaAct]);
+  const float scale = ScaleOf(meta);
+  const int mcount = min(BM, s1 - s0);
+  const int K = p.in_features;
+  const T* x = static_cast<const T*>(p.x);
+  float* part = smem;                                  // [BM][rank] partial sums.
+  float* vs = smem + FusedPartFloats(BM, p.max_rank);  // [mcount][rank] act(v + a_bias).
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  if (threadIdx.x < BM)
+    stok[threadIdx.x] = p.sorted_tokens[s0 + min(static_cast<int>(threadIdx.x), mcount - 1)];
+
+  // This CTA's K range: chunks are whole 16-byte vectors, so vector loads stay aligned.
+  const int chunk = ((K + kClusterCtas - 1) / kClusterCtas + VEC - 1) / VEC * VEC;
+  const int k0 = min(K, crank * chunk);
+  const int k1 = min(K, k0 + chunk);
+  const bool a_vec =
+      (K % VEC == 0) && (p.ld_x % VEC == 0) &&
+      ((reinterpret_cast<uintptr_t>(a_ptr) | reinterpret_cast<uintptr_t>(x)) & 15) == 0;
+  const T* xrow[BM];
+#pragma unroll
+  for (int m = 0; m < BM; ++m)
+    xrow[m] = x + static_cast<int64_t>(p.sorted_tokens[s0 + min(m, mcount - 1)]) * p.ld_x;
+  for (int rg = warp * RW; rg < rank; rg += kWarps * RW) {
+    const T* arow[RW];
+#pragma unroll
+    for (int r = 0; r < RW; ++r) arow[r] = a_ptr + static_cast<int64_t>(min(rg + r, rank - 1)) * K;
+    float acc[BM][RW];
 #pragma unroll
     for (int m = 0; m < BM; ++m)
 #pragma unroll
-      for (int c = 0; c < C; ++c) acc[m][c] = 0.0f;
-    if (vec_ok) {
-      for (int i = 0; i < nvec; ++i) {
-        float b[C][VEC];
+      for (int r = 0; r < RW; ++r) acc[m][r] = 0.0f;
+    if (a_vec) {
+      for (int k = k0 + lane * VEC; k < k1; k += 32 * VEC) {
+        uint4 av[RW];
+        uint4 xv[BM];
 #pragma unroll
-        for (int c = 0; c < C; ++c) {
-          uint4 bv;
-          if (i < kPre) {
-            bv = i == 0 ? bpre[c][0] : bpre[c][kPre - 1];
-          } else {
-            bv = Ld16(brow[c] + i * VEC);
-          }
-          ToFloats<T>(bv, b[c]);
-        }
+        for (int r = 0; r < RW; ++r) av[r] = Ld16(arow[r] + k);
+#pragma unroll
+        for (int m = 0; m < BM; ++m) xv[m] = Ld16(xrow[m] + k);
+        float af[RW][VEC];
+#pragma unroll
+        for (int r = 0; r < RW; ++r) ToFloats<T>(av[r], af[r]);
 #pragma unroll
         for (int m = 0; m < BM; ++m) {
-          const float4* vrow =
-              reinterpret_cast<const float4*>(vs + min(m, mcount - 1) * rank + i * VEC);
+          float xf[VEC];
+          ToFloats<T>(xv[m], xf);
 #pragma unroll
-          for (int q = 0; q < VEC / 4; ++q) {
-            const float4 vv = vrow[q];
+          for (int r = 0; r < RW; ++r)
 #pragma unroll
-            for (int c = 0; c < C; ++c) {
-              acc[m][c] = fmaf(vv.x, b[c][4 * q], acc[m][c]);
-              acc[m][c] = fmaf(vv.y, b[c][4 * q + 1], acc[m][c]);
-              acc[m][c] = fmaf(vv.z, b[c][4 * q + 2], acc[m][c]);
-              acc[m][c] = fmaf(vv.w, b[c][4 * q + 3], acc[m][c]);
-            }
-          }
+            for (int j = 0; j < VEC; ++j) acc[m][r] = fmaf(af[r][j], xf[j], acc[m][r]);
         }
       }
     } else {
-      for (int r = 0; r < rank; ++r) {
+      for (int k = k0 + lane; k < k1; k += 32) {
+        float a[RW];
 #pragma unroll
-        for (int c = 0; c < C; ++c) {
-          const float b = ToF(brow[c][r]);
+        for (int r = 0; r < RW; ++r) a[r] = ToF(arow[r][k]);
 #pragma unroll
-          for (int m = 0; m < BM; ++m)
-            acc[m][c] = fmaf(vs[min(m, mcount - 1) * rank + r], b, acc[m][c]);
+        for (int m = 0; m < BM; ++m) {
+          const float xv = ToF(xrow[m][k]);
+#pragma unroll
+          for (int r = 0; r < RW; ++r) acc[m][r] = fmaf(a[r], xv, acc[m][r]);
         }
       }
     }
-    float yv[BM][C];
 #pragma unroll
     for (int m = 0; m < BM; ++m)
 #pragma unroll
-      for (int c = 0; c < C; ++c)
-        yv[m][c] = ToF(y[static_cast<int64_t>(stok[min(m, mcount - 1)]) * ld + min(o[c], out - 1)]);
+      for (int r = 0; r < RW; ++r) {
+        float s = acc[m][r];
 #pragma unroll
-    for (int m = 0; m < BM; ++m)
-#pragma unroll
-      for (int c = 0; c < C; ++c)
-        if (m < mcount && o[c] < out)
-          y[static_cast<int64_t>(stok[m]) * ld + o[c]] =
-              FromF<T>(yv[m][c] + scale * (acc[m][c] + bb[c]));
+        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        if (lane == 0 && m < mcount && rg + r < rank) part[m * rank + rg + r] = s;
+      }
   }
+
+  // The first output tile's B vectors and bias do not depend on v: load them
+  // before the barrier.
+  const T* brow[C];
+  int o[C];
+  const bool b_vec = rank % VEC == 0 && (reinterpret_cast<uintptr_t>(b_ptr) & 15) == 0;
+  const int nvec = rank / VEC;
+  uint4 bpre[C][kPre];
+  float bb[C];
+  auto load_tile = [&](int ot) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      o[c] = ot * kThreads * C + c * kThreads + threadIdx.x;
+      brow[c] = b_ptr + static_cast<int64_t>(min(o[c], out - 1)) * rank;
+      bb[c] = b_bias != nullptr ? ToF(b_bias[min(o[c], out - 1)]) : 0.0f;
+    }
+    if (b_vec) {
+#pragma unroll
+      for (int c = 0; c < C; ++c)
+#pragma unroll
+        for (int i = 0; i < kPre; ++i) bpre[c][i] = Ld16(brow[c] + min(i, nvec - 1) * VEC);
+    }
+  };
+  const int otiles = (out + kThreads * C - 1) / (kThreads * C);
+  if (crank < otiles) load_tile(crank);
+
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // Every CTA's partial sums are written and visible.
+  for (int i = threadIdx.x; i < mcount * rank; i += kThreads) {
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kClusterCtas; ++j) s += cluster.map_shared_rank(part, j)[i];
+    if (a_bias != nullptr) s += ToF(a_bias[i % rank]);
+    vs[i] = Activate(s, act);
+  }
+  __syncthreads();  // vs and stok are complete (and every warp converged for the arrive).
+  ClusterArrive();  // Done reading the other CTAs' shared memory.
+
+  T* y = static_cast<T*>(p.y[slice]);
+  const int64_t ld = p.ld_y[slice];
+  for (int ot = crank; ot < otiles; ot += kClusterCtas) {
+    if (ot != crank) load_tile(ot);
+    ExpandTile<T, BM>(brow, o, out, rank, b_vec, bpre, vs, mcount, stok, y, ld, scale, bb);
+  }
+  ClusterWait();
+#endif
 }
 
 std::string LastError() {
@@ -449,6 +649,68 @@ std::string DispatchExpand(const LoraLaunchArgs& p, cudaStream_t stream) {
   return LaunchExpand<T, 8>(p, stream);
 }
 
+// The fused kernel's token tile for a shape: 0 where it does not apply.
+int FusedTile(int max_segment_tokens) {
+  if (max_segment_tokens <= 1) return 1;
+  if (max_segment_tokens <= 4) return 4;
+  if (max_segment_tokens <= kFusedMaxTokens) return 8;
+  return 0;
+}
+
+size_t FusedSmemBytes(int bm, int max_rank) {
+  return sizeof(float) * (static_cast<size_t>(FusedPartFloats(bm, max_rank)) +
+                          static_cast<size_t>(bm) * std::max(max_rank, 1));
+}
+
+// Clusters need sm_90 in the device and sm_90 code in this binary.
+bool ClustersAvailable() {
+  static int cached[64] = {};  // 0 unknown, 1 yes, 2 no.
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cached[dev] == 0) {
+    int major = 0;
+    cudaFuncAttributes attr = {};
+    const bool ok =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        major >= 9 && cudaFuncGetAttributes(&attr, FusedKernel<float, 1>) == cudaSuccess &&
+        attr.binaryVersion >= 90;
+    cudaGetLastError();  // A failed query leaves no sticky error.
+    cached[dev] = ok ? 1 : 2;
+  }
+  return cached[dev] == 1;
+}
+
+template <typename T, int BM>
+std::string LaunchFused(const LoraLaunchArgs& p, cudaStream_t stream) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(kClusterCtas, p.num_slices, p.max_segments);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = FusedSmemBytes(BM, p.max_rank);
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = kClusterCtas;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  const cudaError_t e = cudaLaunchKernelEx(&config, FusedKernel<T, BM>, p);
+  if (e != cudaSuccess) return cudaGetErrorString(e);
+  return std::string();
+}
+
+template <typename T>
+std::string DispatchFused(const LoraLaunchArgs& p, cudaStream_t stream) {
+  switch (FusedTile(p.max_segment_tokens)) {
+    case 1:
+      return LaunchFused<T, 1>(p, stream);
+    case 4:
+      return LaunchFused<T, 4>(p, stream);
+    default:
+      return LaunchFused<T, 8>(p, stream);
+  }
+}
+
 }  // namespace
 
 std::string LaunchLoraShrinkCuda(const LoraLaunchArgs& args, void* stream) {
@@ -479,6 +741,30 @@ std::string LaunchLoraExpandCuda(const LoraLaunchArgs& args, void* stream) {
       break;
     case LoraDType::kBFloat16:
       err = DispatchExpand<__nv_bfloat16>(args, s);
+      break;
+  }
+  if (!err.empty()) return err;
+  return LastError();
+}
+
+bool LoraFusedFits(const LoraLaunchArgs& args) {
+  const int bm = FusedTile(args.max_segment_tokens);
+  return bm > 0 && FusedSmemBytes(bm, args.max_rank) <= static_cast<size_t>(kMaxSmemBytes) &&
+         ClustersAvailable();
+}
+
+std::string LaunchLoraFusedCuda(const LoraLaunchArgs& args, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  std::string err;
+  switch (args.dtype) {
+    case LoraDType::kFloat32:
+      err = DispatchFused<float>(args, s);
+      break;
+    case LoraDType::kFloat16:
+      err = DispatchFused<__half>(args, s);
+      break;
+    case LoraDType::kBFloat16:
+      err = DispatchFused<__nv_bfloat16>(args, s);
       break;
   }
   if (!err.empty()) return err;

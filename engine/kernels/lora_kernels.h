@@ -124,10 +124,25 @@ absl::Status LoraShrink(const at::Tensor& x, const LoraWeightTable& table,
 absl::Status LoraExpand(const at::Tensor& v, const LoraWeightTable& table,
                         const LoraBatchIndex& index, std::span<const at::Tensor> y);
 
-// Shrink then expand with a temporary v. On CUDA the expand is a programmatic
-// dependent launch of the shrink (its prologue overlaps the shrink's tail):
-// prefer this over the two calls above.
+// Which CUDA kernels LoraApply runs. The CPU has one path whatever is asked.
+enum class LoraPath : int {
+  // The fused kernel where it serves the batch and measured faster (a few
+  // tokens per adapter over 8..32 adapter-slice pairs), else the split one.
+  kAuto = 0,
+  // Shrink, then expand as a programmatic dependent launch (its prologue
+  // overlaps the shrink's tail), through a temporary v in HBM.
+  kSplit = 1,
+  // One launch for the decode shape: every adapter has at most 8 tokens in
+  // the batch (index.max_segment_tokens <= 8); the shrink's partial sums meet
+  // in a thread-block cluster's shared memory (sm_90+). INVALID_ARGUMENT
+  // where it does not serve the batch.
+  kFused = 2,
+};
+
+// y[s] += shrink-then-expand of x, as LoraShrink followed by LoraExpand
+// computes it (v is not returned): prefer this over the two calls above.
 absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
-                       const LoraBatchIndex& index, std::span<const at::Tensor> y);
+                       const LoraBatchIndex& index, std::span<const at::Tensor> y,
+                       LoraPath path = LoraPath::kAuto);
 
 }  // namespace adapterd

@@ -25,6 +25,8 @@ enum LoraMetaField : int {
 enum class LoraDType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 inline constexpr int kMaxLoraSlices = 8;
+// The fused single-launch kernel serves segments of at most this many tokens.
+inline constexpr int kFusedMaxTokens = 8;
 
 struct LoraLaunchArgs {
   LoraDType dtype = LoraDType::kFloat32;
@@ -55,5 +57,13 @@ struct LoraLaunchArgs {
 // Both return an empty string on success, else the CUDA error text.
 std::string LaunchLoraShrinkCuda(const LoraLaunchArgs& args, void* stream);
 std::string LaunchLoraExpandCuda(const LoraLaunchArgs& args, void* stream);
+
+// Whether the fused shrink+expand kernel serves `args` (every segment at most
+// kFusedMaxTokens tokens, the ranks' staging within 48 KB of shared memory,
+// and thread-block clusters: an sm_90+ device running sm_90 code).
+bool LoraFusedFits(const LoraLaunchArgs& args);
+// Shrink and expand in one launch (v stays on chip); args.v is not used.
+// Call only where LoraFusedFits(args).
+std::string LaunchLoraFusedCuda(const LoraLaunchArgs& args, void* stream);
 
 }  // namespace adapterd::lora_internal

@@ -6,13 +6,14 @@
 # adapter, 32 distinct, 32 rows over 128 with a device tier of 16) and HF
 # transformers + PEFT on the same shapes. Logs go to $OUT.
 #   carry: [".gpu-tree" (or the repo), ".deps/debs", ".whl" (peft wheel)]
-#   command: bash scripts/gpu/decode.sh [FIXTURES_DIR] [bench cases, default pabcd]
+#   command: bash scripts/gpu/decode.sh [FIXTURES_DIR] [bench cases, default pabcd] [hf|nohf]
 # FIXTURES_DIR: the tiny fixtures made by ctest (build-*/fixtures), carried.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 fixtures=$(realpath "${1:-fixtures}")
 cases=${2:-pabcd}
+hf=${3:-hf}
 for f in .deps/debs/*.deb ../.deps/debs/*.deb; do [[ -f $f ]] && dpkg -x "$f" /; done
 ldconfig
 if ! python3 -c 'import peft' 2>/dev/null; then
@@ -29,7 +30,7 @@ start=$(date +%s)
 ninja -C "$build" -j16 cuda_parity_test gpu_decode_bench > "$OUT/build.log" 2>&1 \
   || { grep -m5 -A12 error "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
-ADAPTERD_FIXTURES_DIR="$fixtures" "$build/tests/peft/cuda_parity_test" > "$OUT/test.log" 2>&1
+ADAPTERD_FIXTURES_DIR="$fixtures" timeout 120 "$build/tests/peft/cuda_parity_test" > "$OUT/test.log" 2>&1
 echo "cuda_parity_test rc=$?"
 grep -E "^CUDA |FAILED|PASSED|SKIPPED|Failure|error" "$OUT/test.log" | head -40
 model=/tmp/l7
@@ -39,7 +40,8 @@ if [[ ! -f $model/model/model.safetensors ]]; then
     || exit 1
   echo "model: $(( $(date +%s) - start )) s"
 fi
-"$build/bench/gpu_decode_bench" --model "$model/model" --adapters "$model/adapters" \
+timeout 240 "$build/bench/gpu_decode_bench" --model "$model/model" --adapters "$model/adapters" \
   --cases "$cases" 2>&1 | tee "$OUT/bench.log"
+[[ $hf == hf ]] || exit 0
 PYTHONUNBUFFERED=1 python3 scripts/gpu/hf_peft_decode.py "$model/model" "$model/adapters" 2>&1 \
   | grep -v Warning | tee "$OUT/hf.log"

@@ -29,9 +29,11 @@ struct CaseSpec {
   int64_t adapters = 4;
   double none_fraction = 0.2;
   bool bottleneck = false;
-  int64_t x_pad = 0;       // Extra columns in x's row stride.
-  bool use_apply = false;  // LoraApply instead of LoraShrink + LoraExpand (v is not checked).
-  bool blocked = false;    // Each adapter's tokens form one consecutive run.
+  int64_t x_pad = 0;         // Extra columns in x's row stride.
+  bool use_apply = false;    // LoraApply instead of LoraShrink + LoraExpand (v is not checked).
+  bool blocked = false;      // Each adapter's tokens form one consecutive run.
+  bool round_robin = false;  // Adapted token t uses adapter t % adapters (decode-like spread).
+  LoraPath path = LoraPath::kAuto;  // With use_apply.
 };
 
 // One adapter's weights in the kernel dtype plus their exact float64 values.
@@ -127,8 +129,8 @@ Errors RunCase(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint3
   std::vector<int32_t> token_slot(c.tokens);
   std::uniform_real_distribution<double> unit(0, 1);
   for (int64_t t = 0; t < c.tokens; ++t) {
-    token_slot[t] =
-        unit(rng) < c.none_fraction ? -1 : static_cast<int32_t>(2 * (rng() % c.adapters) + 1);
+    const int64_t adapter = c.round_robin ? t % c.adapters : rng() % c.adapters;
+    token_slot[t] = unit(rng) < c.none_fraction ? -1 : static_cast<int32_t>(2 * adapter + 1);
   }
   if (c.blocked) std::sort(token_slot.begin(), token_slot.end());
   std::vector<int32_t> run_slot = token_slot;
@@ -164,7 +166,7 @@ Errors RunCase(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint3
   at::Tensor v = at::full({num_slices, c.tokens, std::max<int64_t>(table->max_rank, 1)},
                           std::numeric_limits<float>::quiet_NaN(), kdt.dtype(at::kFloat));
   if (c.use_apply) {
-    const absl::Status st = LoraApply(x, *table, *index, ys);
+    const absl::Status st = LoraApply(x, *table, *index, ys, c.path);
     EXPECT_TRUE(st.ok()) << st;
   } else {
     absl::Status st = LoraShrink(x, *table, *index, v);
@@ -230,10 +232,11 @@ void ExpectGood(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint
                                     << " adapters=" << c.adapters << " seed=" << seed);
   const Errors e = RunCase(c, dtype, device, seed);
   std::printf(
-      "  %-4s %-9s T=%-5ld in=%-5ld slices=%zu adapters=%-4ld%s%s  |v-ref|/|ref|=%.2e  "
+      "  %-4s %-9s T=%-5ld in=%-5ld slices=%zu adapters=%-4ld%s%s%s  |v-ref|/|ref|=%.2e  "
       "|y-ref|/|delta|=%.2e\n",
       device.is_cpu() ? "cpu" : "cuda", Name(dtype).c_str(), c.tokens, c.in, c.outs.size(),
-      c.adapters, c.bottleneck ? " bottleneck" : "", c.use_apply ? " apply" : "", e.v, e.y);
+      c.adapters, c.bottleneck ? " bottleneck" : "", c.use_apply ? " apply" : "",
+      c.use_apply && c.path == LoraPath::kFused ? " fused" : "", e.v, e.y);
   EXPECT_TRUE(e.v_finite);
   EXPECT_LT(e.v, 1e-5);
   EXPECT_LT(e.y, YTolerance(dtype));
@@ -428,8 +431,10 @@ TEST(LoraKernelsCudaTest, BottleneckAdaptersMatchFloat64) {
   for (at::ScalarType t : kDtypes) ExpectGood(c, t, at::Device(at::kCUDA, 0), seed++);
 }
 
-TEST(LoraKernelsCudaTest, GraphReplayFollowsIndexRewrittenInPlace) {
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+// Captures one call into a CUDA graph, then rewrites the index in place and
+// replays. Split: LoraShrink + LoraExpand, any number of tokens per adapter;
+// fused: LoraApply(kFused), at most 4 tokens per adapter (the bound).
+void ExpectGraphReplayFollowsIndex(bool fused) {
   const at::Device gpu(at::kCUDA, 0);
   const c10::cuda::CUDAGuard guard(gpu);
   constexpr int64_t kTokens = 64, kIn = 3424, kOut = 1024, kSlots = 16, kMaxSeg = 16;
@@ -449,11 +454,18 @@ TEST(LoraKernelsCudaTest, GraphReplayFollowsIndexRewrittenInPlace) {
   std::mt19937 rng(3);
   auto make_slots = [&] {
     std::vector<int32_t> s(kTokens);
-    for (auto& v : s) v = static_cast<int32_t>(rng() % (kSlots + 1)) - 1;
+    if (fused) {
+      // Each slot (and "none") ceil(64 / 17) = 4 times at most, in random order.
+      for (int64_t t = 0; t < kTokens; ++t) s[t] = static_cast<int32_t>(t % (kSlots + 1)) - 1;
+      std::shuffle(s.begin(), s.end(), rng);
+    } else {
+      for (auto& v : s) v = static_cast<int32_t>(rng() % (kSlots + 1)) - 1;
+    }
     return s;
   };
+  const int64_t bound = fused ? 4 : kTokens;
   absl::StatusOr<LoraBatchIndex> index =
-      BuildLoraBatchIndex(make_slots(), kSlots, kMaxSeg, gpu, kTokens);
+      BuildLoraBatchIndex(make_slots(), kSlots, kMaxSeg, gpu, bound);
   ASSERT_TRUE(index.ok());
   const at::Tensor x = at::randn({kTokens, kIn}, opts);
   const at::Tensor y = at::zeros({kTokens, kOut}, opts);
@@ -464,18 +476,24 @@ TEST(LoraKernelsCudaTest, GraphReplayFollowsIndexRewrittenInPlace) {
   at::cuda::CUDAGraph graph;
   {
     const c10::cuda::CUDAStreamGuard sg(stream);
-    ASSERT_TRUE(LoraShrink(x, *table, *index, v).ok());  // Warm-up outside capture.
+    // Warm-up outside capture.
+    ASSERT_TRUE(fused ? LoraApply(x, *table, *index, ys, LoraPath::kFused).ok()
+                      : LoraShrink(x, *table, *index, v).ok());
     stream.synchronize();
     graph.capture_begin();
-    const absl::Status s1 = LoraShrink(x, *table, *index, v);
-    const absl::Status s2 = LoraExpand(v, *table, *index, ys);
+    absl::Status s1, s2;
+    if (fused) {
+      s1 = LoraApply(x, *table, *index, ys, LoraPath::kFused);
+    } else {
+      s1 = LoraShrink(x, *table, *index, v);
+      s2 = LoraExpand(v, *table, *index, ys);
+    }
     graph.capture_end();
-    ASSERT_TRUE(s1.ok() && s2.ok());
+    ASSERT_TRUE(s1.ok() && s2.ok()) << s1 << s2;
   }
   for (int round = 0; round < 3; ++round) {
     const std::vector<int32_t> slots = make_slots();
-    absl::StatusOr<LoraBatchIndex> fresh =
-        BuildLoraBatchIndex(slots, kSlots, kMaxSeg, gpu, kTokens);
+    absl::StatusOr<LoraBatchIndex> fresh = BuildLoraBatchIndex(slots, kSlots, kMaxSeg, gpu, bound);
     ASSERT_TRUE(fresh.ok());
     index->sorted_tokens.copy_(fresh->sorted_tokens);
     index->segment_start.copy_(fresh->segment_start);
@@ -494,6 +512,83 @@ TEST(LoraKernelsCudaTest, GraphReplayFollowsIndexRewrittenInPlace) {
     const double err = RelErr(y.to(at::kDouble), want, want);
     EXPECT_LT(err, YTolerance(at::kBFloat16)) << "round " << round;
   }
+}
+
+TEST(LoraKernelsCudaTest, GraphReplayFollowsIndexRewrittenInPlace) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  ExpectGraphReplayFollowsIndex(/*fused=*/false);
+}
+
+TEST(LoraKernelsCudaTest, FusedGraphReplayFollowsIndexRewrittenInPlace) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  ExpectGraphReplayFollowsIndex(/*fused=*/true);
+}
+
+// The fused single-launch kernel (decode shape: at most 8 tokens per adapter)
+// against float64 in every dtype, asked for explicitly; kAuto on the decode
+// benchmark's shape; and the batches it refuses.
+TEST(LoraKernelsCudaTest, FusedKernelMatchesFloat64) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const at::Device gpu(at::kCUDA, 0);
+  std::vector<CaseSpec> cases;
+  auto add = [&](int64_t t, int64_t in, std::vector<int64_t> outs, int64_t adapters,
+                 double none = 0.2, int64_t pad = 0) {
+    CaseSpec c;
+    c.tokens = t;
+    c.in = in;
+    c.outs = std::move(outs);
+    c.adapters = adapters;
+    c.none_fraction = none;
+    c.x_pad = pad;
+    c.use_apply = true;
+    c.round_robin = true;
+    c.path = LoraPath::kFused;
+    cases.push_back(c);
+  };
+  add(1, 3424, {3424}, 1, 0.0);
+  add(32, 4096, {4096}, 32, 0.0);            // The decode benchmark's shape.
+  add(7, 5120, {5120, 1024, 1024}, 5);       // q/k/v with GQA.
+  add(64, 3424, {3424, 856, 856}, 16);       // 4 tokens per adapter; ranks 4..128.
+  add(512, 5120, {14336, 14336}, 128, 0.1);  // gate/up: more output tiles than a cluster's CTAs.
+  add(24, 14336, {5120}, 3, 0.0);            // 8 tokens per adapter: the largest tile.
+  add(12, 3424, {3424}, 6, 0.2, 1);          // Misaligned rows: scalar loads.
+  add(5, 40, {72}, 2, 0.0);                  // K shorter than the cluster: idle shrink CTAs.
+  add(9, 100, {36}, 3, 0.0);                 // K not a multiple of the 16-bit vector.
+  uint32_t seed = 300;
+  for (CaseSpec c : cases) {
+    c.blocked = (seed % 2) == 0;
+    for (at::ScalarType t : kDtypes) ExpectGood(c, t, gpu, seed++);
+  }
+  CaseSpec bottleneck = cases[0];
+  bottleneck.tokens = 20;
+  bottleneck.in = 520;
+  bottleneck.outs = {520};
+  bottleneck.adapters = 8;
+  bottleneck.bottleneck = true;
+  for (at::ScalarType t : kDtypes) ExpectGood(bottleneck, t, gpu, seed++);
+  CaseSpec automatic = cases[1];
+  automatic.path = LoraPath::kAuto;
+  ExpectGood(automatic, at::kBFloat16, gpu, seed++);
+
+  // Nine tokens on one adapter: kFused refuses, kAuto takes the split kernels.
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(gpu);
+  LoraWeightTableBuilder builder(1, 1);
+  LoraSliceWeights w;
+  w.a = at::randn({4, 64}, opts);
+  w.b = at::randn({32, 4}, opts);
+  ASSERT_TRUE(builder.Set(0, 0, w).ok());
+  absl::StatusOr<LoraWeightTable> table = builder.Build();
+  ASSERT_TRUE(table.ok());
+  absl::StatusOr<LoraBatchIndex> index = BuildLoraBatchIndex(std::vector<int32_t>(9, 0), 1, 1, gpu);
+  ASSERT_TRUE(index.ok());
+  const at::Tensor x = at::randn({9, 64}, opts);
+  const std::vector<at::Tensor> ys = {at::zeros({9, 32}, opts)};
+  EXPECT_EQ(LoraApply(x, *table, *index, ys, LoraPath::kFused).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(LoraApply(x, *table, *index, ys, LoraPath::kAuto).ok());
+  const at::Tensor want =
+      at::matmul(at::matmul(x.to(at::kDouble), w.a.to(at::kDouble).t()), w.b.to(at::kDouble).t());
+  EXPECT_LT(RelErr(ys[0].to(at::kDouble), want, want), YTolerance(at::kBFloat16));
 }
 #endif
 
