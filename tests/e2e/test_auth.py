@@ -165,12 +165,13 @@ def test_noisy_neighbour_at_five_times_its_request_quota(tmp_path, client_module
     machine falls on all of them alike, and A's load comes from another process
     (no shared GIL with B's measurement). Prints B's p50/p99 per phase and the
     p99 ratios; asserts that B is never refused and that A's excess is.
-    ADAPTERD_NOISY_MODEL=default uses the embedded demo model (hidden 256, 4
-    layers) instead of the tiny fixture model; ADAPTERD_NOISY_SECONDS (per
-    phase and round), ADAPTERD_NOISY_ROUNDS and ADAPTERD_NOISY_TOKENS set the run's shape."""
+    It runs on the embedded default model (hidden 256, 4 layers, ~10 ms a
+    request here); ADAPTERD_NOISY_MODEL=llama uses the tiny fixture model
+    instead (~4 ms a request, where a millisecond of scheduling noise moves
+    the p99). ADAPTERD_NOISY_SECONDS (per phase and round), ADAPTERD_NOISY_ROUNDS and ADAPTERD_NOISY_TOKENS set the run's shape."""
     key_file = tmp_path / "admin.key"
     key_file.write_text(ADMIN_KEY + "\n")
-    model = os.environ.get("ADAPTERD_NOISY_MODEL", "llama")
+    model = os.environ.get("ADAPTERD_NOISY_MODEL", "default")
     auth_server = start_server(tmp_path=tmp_path, auth=True, model=None if model == "default" else model,
                                extra_args=["--admin-key-file", str(key_file)])
     try:
