@@ -32,6 +32,12 @@ From the shell::
     python3 client/python/adapterd_client.py info
     python3 client/python/adapterd_client.py upload summarize path/to/adapter_dir
     python3 client/python/adapterd_client.py list
+    python3 client/python/adapterd_client.py upload-dataset train.jsonl           # → ds_...
+    python3 client/python/adapterd_client.py train parity ds_... --method lora \
+        --config '{"rank": 8, "target_modules": ["all-linear"]}' \
+        --hyperparameters '{"epochs": 3, "learning_rate": 0.02}' --watch
+    python3 client/python/adapterd_client.py jobs [--state running]
+    python3 client/python/adapterd_client.py job|watch|cancel job_...
 """
 
 import argparse
@@ -394,6 +400,22 @@ def _to_dict(message):
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
+def _job_line(client, job):
+    """One line: id, state, method, output, step/total, loss, result or error."""
+    p = job.progress
+    tail = job.result_adapter or (f"{job.error_code}: {job.error}" if job.error else "")
+    return (f"{job.job_id}\t{client.job_state_name(job.state)}\t{job.method}\t{job.output_adapter}\t"
+            f"{p.step}/{p.total_steps}\tloss {p.loss:.4f}\t{tail}")
+
+
+def _watch(client, job_id, as_json):
+    """Prints each update of the job; 0 if it SUCCEEDED, 1 if it FAILED or was CANCELLED."""
+    last = None
+    for last in client.watch_training_job(job_id):
+        print(json.dumps(_to_dict(last)) if as_json else _job_line(client, last), flush=True)
+    return 0 if last is not None and client.job_state_name(last.state) == "SUCCEEDED" else 1
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default=os.environ.get("ADAPTERD_TARGET", "127.0.0.1:50051"))
@@ -431,6 +453,24 @@ def main(argv=None):
     p.add_argument("--method", default="")
     p = sub.add_parser("list")
     p.add_argument("--method", default="")
+    p = sub.add_parser("upload-dataset", help="upload a JSONL training dataset")
+    p.add_argument("path")
+    p.add_argument("--name", default=None)
+    p = sub.add_parser("train", help="create a training job")
+    p.add_argument("output_adapter")
+    p.add_argument("dataset_id")
+    p.add_argument("--method", default="lora", choices=sorted(TRAINING_METHODS))
+    p.add_argument("--config", type=json.loads, default={},
+                   help='the method\'s config message as JSON, e.g. \'{"rank": 8}\'')
+    p.add_argument("--hyperparameters", type=json.loads, default={},
+                   help='Hyperparameters as JSON, e.g. \'{"epochs": 3, "learning_rate": 0.02}\'')
+    p.add_argument("--init-adapter", default="")
+    p.add_argument("--request-id", default="", help="idempotency key: a retry returns the first job")
+    p.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    p = sub.add_parser("jobs", help="list training jobs, newest first")
+    p.add_argument("--state", default=None, help="queued, running, succeeded, failed or cancelled")
+    for name in ("job", "watch", "cancel"):
+        sub.add_parser(name, help=f"{name} a training job").add_argument("job_id")
     args = parser.parse_args(argv)
 
     import grpc
@@ -473,6 +513,28 @@ def main(argv=None):
             for info in client.list_adapters(method=args.method):
                 print(json.dumps(_to_dict(info)) if args.json else
                       f"{info.name}@{info.version}\t{info.method}\t{info.size_bytes}\t{info.sha256}")
+        elif args.command == "upload-dataset":
+            info = client.upload_dataset(args.path, name=args.name)
+            print(json.dumps(_to_dict(info)) if args.json else info.dataset_id)
+        elif args.command == "train":
+            job = client.create_training_job(
+                args.output_adapter, args.dataset_id, method=args.method, config=args.config,
+                hyperparameters=args.hyperparameters, init_adapter=args.init_adapter,
+                client_request_id=args.request_id)
+            print(json.dumps(_to_dict(job)) if args.json else job.job_id, flush=True)
+            if args.watch:
+                return _watch(client, job.job_id, args.json)
+        elif args.command == "jobs":
+            for job in client.list_training_jobs(state=args.state):
+                print(json.dumps(_to_dict(job)) if args.json else _job_line(client, job))
+        elif args.command == "job":
+            job = client.get_training_job(args.job_id)
+            print(json.dumps(_to_dict(job)) if args.json else _job_line(client, job))
+        elif args.command == "watch":
+            return _watch(client, args.job_id, args.json)
+        elif args.command == "cancel":
+            job = client.cancel_training_job(args.job_id)
+            print(json.dumps(_to_dict(job)) if args.json else _job_line(client, job))
     except grpc.RpcError as e:
         print(f"adapterd_client: {e.code().name}: {e.details()}", file=sys.stderr)
         return e.code().value[0] or 1

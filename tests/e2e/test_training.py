@@ -22,11 +22,13 @@ import os
 import random
 import signal
 import statistics
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import FAKE, PROTO_DIR, Ctl, grpc_code, needs_real_engine, start_server, wait_for
+from conftest import CLIENT_PY_DIR, FAKE, PROTO_DIR, Ctl, grpc_code, needs_real_engine, start_server, wait_for
 
 # The fake trainer's step time: slow enough to act mid-job, fast enough for CI.
 FAKE_ENV = dict(os.environ, FAKE_TRAIN_STEP_MS="40")
@@ -367,3 +369,34 @@ def test_datasets_and_jobs_are_listed_and_a_dataset_in_use_is_kept(tserver, tctl
     assert json.loads(watched.stdout.splitlines()[-1])["state"] == "TRAINING_JOB_STATE_CANCELLED"
     tctl.json("datasets", "delete", ds["dataset_id"])
     assert grpc_code(tpy.delete_dataset, ds["dataset_id"])[0] == "NOT_FOUND"
+
+
+def test_the_python_command_line_uploads_trains_watches_and_lists(tserver, tpy, tmp_path):
+    """client/python/adapterd_client.py's shell commands: upload-dataset, train --watch,
+    jobs, job; a failed create prints the gRPC code and exits non-zero."""
+    cli = [sys.executable, os.path.join(CLIENT_PY_DIR, "adapterd_client.py"), "--target", tserver.target,
+           "--proto-dir", PROTO_DIR]
+
+    def run(*args):
+        return subprocess.run(cli + [str(a) for a in args], capture_output=True, text=True, timeout=180)
+
+    up = run("upload-dataset", write_jsonl(tmp_path / "cli.jsonl", parity_rows(32, seed=11)))
+    assert up.returncode == 0, up.stderr
+    dataset_id = up.stdout.strip()
+    assert dataset_id.startswith("ds_"), up.stdout
+    train = run("train", "cli-lora", dataset_id, "--method", "lora", "--config", '{"rank": 4}',
+                "--hyperparameters", '{"max_steps": 4, "batch_size": 8, "learning_rate": 0.01}',
+                "--watch")
+    assert train.returncode == 0, train.stdout + train.stderr
+    lines = train.stdout.splitlines()
+    job_id = lines[0].strip()
+    assert lines[-1].startswith(f"{job_id}\tSUCCEEDED\tlora\tcli-lora\t4/4"), train.stdout
+    assert lines[-1].endswith("cli-lora@1"), lines[-1]
+    listed = run("--json", "jobs", "--state", "succeeded")
+    assert listed.returncode == 0, listed.stderr
+    assert job_id in [json.loads(line)["job_id"] for line in listed.stdout.splitlines()]
+    got = run("job", job_id)
+    assert got.returncode == 0 and got.stdout.startswith(f"{job_id}\tSUCCEEDED"), got.stdout + got.stderr
+    assert tpy.get_adapter("cli-lora").method == "lora"
+    bad = run("train", "cli-bad", "ds_missing", "--config", '{"rank": 4}')
+    assert bad.returncode != 0 and "NOT_FOUND" in bad.stderr, bad.stdout + bad.stderr
