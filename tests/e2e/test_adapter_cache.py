@@ -47,7 +47,7 @@ def client(client_module):
 
 def test_publish_swap_delete_and_restart(tmp_path, client):
     data = tmp_path / "data"
-    s = start_server(tmp_path=data, extra_args=["--max-context", "2048"])
+    s = start_server(tmp_path=data, extra_args=["--max-context", "4096"])
     py = client(s)
     base = ids(greedy(py))
     v1 = py.upload_adapter("task", fixture_adapter("lora"))
@@ -58,7 +58,7 @@ def test_publish_swap_delete_and_restart(tmp_path, client):
     assert ids(r1) != base, "negative control: the adapter must change the output"
 
     # A long stream on v1, its reference run alone first.
-    long_n = 1500
+    long_n = 4000
     ref_long = ids(greedy(py, "task@1", n=long_n))
     stream = py.stream(PROMPT, adapter="task", max_tokens=long_n, ignore_eos=True)
     got = ids(next(stream))
