@@ -1,6 +1,5 @@
 #include "server/adapters_service.h"
 
-#include <atomic>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -10,6 +9,7 @@
 #include "server/adapter_resolver.h"
 #include "server/request_id.h"
 #include "server/status_convert.h"
+#include "server/upload_reactor.h"
 #include "spdlog/spdlog.h"
 
 namespace adapterd {
@@ -70,81 +70,23 @@ void AdapterRecordToProto(const AdapterRecord& record, v1::AdapterInfo* info) {
 }
 
 // One UploadAdapter stream; see the class comment of AdaptersService.
-class AdaptersService::UploadCall final : public grpc::ServerReadReactor<v1::UploadAdapterRequest> {
+class AdaptersService::UploadCall final : public StreamingUploadReactor<v1::UploadAdapterRequest> {
  public:
   UploadCall(AdaptersService* service, grpc::CallbackServerContext* context,
              v1::AdapterInfo* response)
-      : service_(service), context_(context), response_(response) {}
-
-  void Start() {
-    absl::StatusOr<Principal> who =
-        service_->auth_->Authorize(*context_, "UploadAdapter", /*admin_only=*/false);
-    absl::Status admit = who.ok() ? service_->Admit() : who.status();
-    if (!admit.ok()) {
-      Finish(ToGrpcStatus(admit));
-      return;
-    }
-    who_ = *std::move(who);
-    tenant_ = who_.tenant;
-    StartRead(&request_);
-  }
-
-  void OnReadDone(bool ok) override {
-    if (ok) {
-      service_->pool_.Schedule([this] { Handle(); });
-    } else {
-      service_->pool_.Schedule([this] { Complete(); });
-    }
-  }
-
-  void OnCancel() override { cancelled_.store(true); }
-
-  void OnDone() override {
-    if (!upload_id_.empty()) {
-      AdapterStore* store = service_->store_;
-      std::string id = upload_id_;
-      service_->pool_.Schedule([store, id] { store->AbortUpload(id); });
-    }
-    delete this;
-  }
+      : StreamingUploadReactor(
+            context, &service->pool_, "an UploadHeader",
+            [store = service->store_](const std::string& id) { store->AbortUpload(id); }),
+        service_(service),
+        response_(response) {}
 
  private:
-  bool Cancelled() const { return cancelled_.load() || context_->IsCancelled(); }
-
-  // Worker: one message of the stream.
-  void Handle() {
-    absl::Status status;
-    if (Cancelled()) {
-      status = absl::CancelledError("the client cancelled the upload");
-    } else if (request_.has_header()) {
-      status = upload_id_.empty() ? Begin(request_.header())
-                                  : absl::InvalidArgumentError("the UploadHeader was sent twice");
-    } else if (request_.has_chunk()) {
-      if (upload_id_.empty()) {
-        status = absl::InvalidArgumentError("the first message must be an UploadHeader");
-      } else {
-        const v1::FileChunk& chunk = request_.chunk();
-        status =
-            service_->store_->AppendUpload(upload_id_, chunk.file(), chunk.offset(), chunk.data());
-        if (!status.ok()) upload_id_.clear();  // The store aborted it.
-        bytes_ += static_cast<int64_t>(chunk.data().size());
-      }
-    } else {
-      status = absl::InvalidArgumentError("an empty UploadAdapterRequest");
-    }
-    if (!status.ok()) {
-      Fail(status);
-      return;
-    }
-    StartRead(&request_);
-  }
-
-  absl::Status Begin(const v1::UploadHeader& header) {
-    if (absl::Status s = CheckVisibility(who_, header.visibility()); !s.ok()) return s;
+  absl::StatusOr<std::string> BeginUpload(const v1::UploadHeader& header) override {
+    if (absl::Status s = CheckVisibility(who(), header.visibility()); !s.ok()) return s;
     make_public_ = header.visibility() == v1::VISIBILITY_PUBLIC;
     UploadSpec spec;
-    spec.owner = tenant_;
-    spec.quota = QuotaOf(who_);
+    spec.owner = who().tenant;
+    spec.quota = QuotaOf(who());
     spec.name = header.name();
     spec.version = header.version();
     spec.method_hint = header.method();
@@ -163,68 +105,44 @@ class AdaptersService::UploadCall final : public grpc::ServerReadReactor<v1::Upl
     }
     request_id_ = header.request_id().empty() ? NewRequestId() : ForLog(header.request_id());
     name_ = ForLog(header.name());
-    absl::StatusOr<std::string> id = service_->store_->BeginUpload(spec);
-    if (!id.ok()) return id.status();
-    upload_id_ = *id;
-    return absl::OkStatus();
+    return service_->store_->BeginUpload(spec);
   }
 
-  // Worker: the client closed its side (or the call broke).
-  void Complete() {
-    if (Cancelled()) {
-      Fail(absl::CancelledError("the client cancelled the upload"));
-      return;
-    }
-    if (upload_id_.empty()) {
-      Fail(absl::InvalidArgumentError("the stream ended without an UploadHeader"));
-      return;
-    }
-    absl::StatusOr<AdapterRecord> record = service_->store_->CommitUpload(upload_id_);
-    upload_id_.clear();  // Consumed, whatever the outcome.
-    if (!record.ok()) {
-      Fail(record.status());
-      return;
-    }
+  absl::Status AppendChunk(const std::string& upload_id, const v1::FileChunk& chunk) override {
+    absl::Status status =
+        service_->store_->AppendUpload(upload_id, chunk.file(), chunk.offset(), chunk.data());
+    bytes_ += static_cast<int64_t>(chunk.data().size());
+    return status;
+  }
+
+  absl::Status CommitUpload(const std::string& upload_id) override {
+    absl::StatusOr<AdapterRecord> record = service_->store_->CommitUpload(upload_id);
+    if (!record.ok()) return record.status();
     if (make_public_) {
       absl::Status shared =
-          service_->store_->SetVisibility(tenant_, record->name, AdapterVisibility::kPublic);
-      if (!shared.ok()) {
-        Fail(shared);
-        return;
-      }
+          service_->store_->SetVisibility(who().tenant, record->name, AdapterVisibility::kPublic);
+      if (!shared.ok()) return shared;
       record->visibility = AdapterVisibility::kPublic;
     }
     AdapterRecordToProto(*record, response_);
     spdlog::info(
         "UploadAdapter request_id={} tenant={} adapter={}@{} ok bytes={} sha256={} ms={:.1f}",
-        request_id_, tenant_, record->name, record->version, record->size, record->sha256,
+        request_id_, who().tenant, record->name, record->version, record->size, record->sha256,
         absl::ToDoubleMilliseconds(absl::Now() - start_));
-    Finish(grpc::Status::OK);
+    return absl::OkStatus();
   }
 
-  void Fail(const absl::Status& status) {
-    if (!upload_id_.empty()) {
-      service_->store_->AbortUpload(upload_id_);
-      upload_id_.clear();
-    }
+  void LogFailure(const absl::Status& status) override {
     spdlog::info("UploadAdapter request_id={} tenant={} adapter={} failed: {} bytes={} ms={:.1f}",
-                 request_id_, tenant_, name_, status.ToString(), bytes_,
+                 request_id_, who().tenant, name_, status.ToString(), bytes_,
                  absl::ToDoubleMilliseconds(absl::Now() - start_));
-    Finish(ToGrpcStatus(status));
   }
 
   AdaptersService* const service_;
-  grpc::CallbackServerContext* const context_;
   v1::AdapterInfo* const response_;
-  Principal who_;       // Set by Start.
-  std::string tenant_;  // who_.tenant.
-  bool make_public_ = false;
   const absl::Time start_ = absl::Now();
-  std::atomic<bool> cancelled_{false};
-  // Touched by one worker task at a time (the next starts only after a read
-  // that the previous task started), then by OnDone.
-  v1::UploadAdapterRequest request_;
-  std::string upload_id_;
+  // Touched by one hook at a time (see StreamingUploadReactor).
+  bool make_public_ = false;
   std::string request_id_;
   std::string name_;
   int64_t bytes_ = 0;
@@ -281,7 +199,7 @@ grpc::ServerUnaryReactor* AdaptersService::RunUnary(
 grpc::ServerReadReactor<v1::UploadAdapterRequest>* AdaptersService::UploadAdapter(
     grpc::CallbackServerContext* context, v1::AdapterInfo* response) {
   auto* call = new UploadCall(this, context, response);
-  call->Start();
+  call->Start(*auth_, "UploadAdapter", [this] { return Admit(); });
   return call;
 }
 

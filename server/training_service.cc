@@ -12,6 +12,7 @@
 #include "server/request_id.h"
 #include "server/status_convert.h"
 #include "server/training_convert.h"
+#include "server/upload_reactor.h"
 #include "spdlog/spdlog.h"
 
 namespace adapterd {
@@ -52,124 +53,46 @@ absl::Status CheckJobQuota(JobRegistry* registry, const Principal& who) {
 
 }  // namespace
 
-// One UploadDataset stream: one read in flight; each message is handled on a
-// worker, which starts the next read (as the Adapters upload).
-class TrainingService::UploadCall final : public grpc::ServerReadReactor<v1::UploadDatasetRequest> {
+// One UploadDataset stream (see StreamingUploadReactor).
+class TrainingService::UploadCall final : public StreamingUploadReactor<v1::UploadDatasetRequest> {
  public:
   UploadCall(TrainingService* service, grpc::CallbackServerContext* context,
              v1::DatasetInfo* response)
-      : service_(service), context_(context), response_(response) {}
-
-  void Start() {
-    absl::StatusOr<Principal> who =
-        service_->auth_->Authorize(*context_, "UploadDataset", /*admin_only=*/false);
-    absl::Status admit = who.ok() ? service_->Admit() : who.status();
-    if (!admit.ok()) {
-      Finish(ToGrpcStatus(admit));
-      return;
-    }
-    tenant_ = who->tenant;
-    StartRead(&request_);
-  }
-
-  void OnReadDone(bool ok) override {
-    if (ok) {
-      service_->pool_.Schedule([this] { Handle(); });
-    } else {
-      service_->pool_.Schedule([this] { Complete(); });
-    }
-  }
-
-  void OnCancel() override { cancelled_.store(true); }
-
-  void OnDone() override {
-    if (!upload_id_.empty()) {
-      DatasetStore* datasets = service_->datasets_;
-      std::string id = upload_id_;
-      service_->pool_.Schedule([datasets, id] { datasets->Abort(id); });
-    }
-    delete this;
-  }
+      : StreamingUploadReactor(
+            context, &service->pool_, "a DatasetHeader",
+            [datasets = service->datasets_](const std::string& id) { datasets->Abort(id); }),
+        service_(service),
+        response_(response) {}
 
  private:
-  bool Cancelled() const { return cancelled_.load() || context_->IsCancelled(); }
-
-  void Handle() {
-    absl::Status status;
-    if (Cancelled()) {
-      status = absl::CancelledError("the client cancelled the upload");
-    } else if (request_.has_header()) {
-      if (!upload_id_.empty()) {
-        status = absl::InvalidArgumentError("the DatasetHeader was sent twice");
-      } else {
-        const v1::DatasetHeader& h = request_.header();
-        request_id_ = h.request_id().empty() ? NewRequestId() : ForLog(h.request_id());
-        name_ = ForLog(h.name());
-        absl::StatusOr<std::string> id = service_->datasets_->BeginUpload(
-            tenant_, h.name(), h.size(), absl::AsciiStrToLower(h.sha256()));
-        if (id.ok()) {
-          upload_id_ = *id;
-        } else {
-          status = id.status();
-        }
-      }
-    } else if (request_.has_chunk()) {
-      if (upload_id_.empty()) {
-        status = absl::InvalidArgumentError("the first message must be a DatasetHeader");
-      } else {
-        status = service_->datasets_->Append(upload_id_, request_.chunk().offset(),
-                                             request_.chunk().data());
-        if (!status.ok()) upload_id_.clear();  // The store aborted it.
-      }
-    } else {
-      status = absl::InvalidArgumentError("an empty UploadDatasetRequest");
-    }
-    if (!status.ok()) {
-      Fail(status);
-      return;
-    }
-    StartRead(&request_);
+  absl::StatusOr<std::string> BeginUpload(const v1::DatasetHeader& header) override {
+    request_id_ = header.request_id().empty() ? NewRequestId() : ForLog(header.request_id());
+    name_ = ForLog(header.name());
+    return service_->datasets_->BeginUpload(who().tenant, header.name(), header.size(),
+                                            absl::AsciiStrToLower(header.sha256()));
   }
 
-  void Complete() {
-    if (Cancelled()) {
-      Fail(absl::CancelledError("the client cancelled the upload"));
-      return;
-    }
-    if (upload_id_.empty()) {
-      Fail(absl::InvalidArgumentError("the stream ended without a DatasetHeader"));
-      return;
-    }
-    absl::StatusOr<DatasetRecord> record = service_->datasets_->Commit(upload_id_);
-    upload_id_.clear();
-    if (!record.ok()) {
-      Fail(record.status());
-      return;
-    }
+  absl::Status AppendChunk(const std::string& upload_id, const v1::DatasetChunk& chunk) override {
+    return service_->datasets_->Append(upload_id, chunk.offset(), chunk.data());
+  }
+
+  absl::Status CommitUpload(const std::string& upload_id) override {
+    absl::StatusOr<DatasetRecord> record = service_->datasets_->Commit(upload_id);
+    if (!record.ok()) return record.status();
     DatasetToProto(*record, response_);
     spdlog::info("UploadDataset request_id={} tenant={} dataset={} name={} ok bytes={} lines={}",
-                 request_id_, tenant_, record->id, record->name, record->size, record->lines);
-    Finish(grpc::Status::OK);
+                 request_id_, who().tenant, record->id, record->name, record->size, record->lines);
+    return absl::OkStatus();
   }
 
-  void Fail(const absl::Status& status) {
-    if (!upload_id_.empty()) {
-      service_->datasets_->Abort(upload_id_);
-      upload_id_.clear();
-    }
-    spdlog::info("UploadDataset request_id={} tenant={} name={} failed: {}", request_id_, tenant_,
-                 name_, status.ToString());
-    Finish(ToGrpcStatus(status));
+  void LogFailure(const absl::Status& status) override {
+    spdlog::info("UploadDataset request_id={} tenant={} name={} failed: {}", request_id_,
+                 who().tenant, name_, status.ToString());
   }
 
   TrainingService* const service_;
-  grpc::CallbackServerContext* const context_;
   v1::DatasetInfo* const response_;
-  std::string tenant_;
-  std::atomic<bool> cancelled_{false};
-  // Touched by one worker task at a time, then by OnDone.
-  v1::UploadDatasetRequest request_;
-  std::string upload_id_;
+  // Touched by one hook at a time (see StreamingUploadReactor).
   std::string request_id_;
   std::string name_;
 };
@@ -506,7 +429,7 @@ absl::Status TrainingService::Create(const Principal& who,
 grpc::ServerReadReactor<v1::UploadDatasetRequest>* TrainingService::UploadDataset(
     grpc::CallbackServerContext* context, v1::DatasetInfo* response) {
   auto* call = new UploadCall(this, context, response);
-  call->Start();
+  call->Start(*auth_, "UploadDataset", [this] { return Admit(); });
   return call;
 }
 
