@@ -595,7 +595,10 @@ int main_impl(int argc, char** argv) {
   adapters->require_subcommand(1);
   CLI::App* up = adapters->add_subcommand("upload", "Upload an adapter directory or file");
   up->add_option("name", af.name, "Adapter name")->required();
-  up->add_option("path", af.path, "Directory with adapter_config.json and safetensors")->required();
+  up->add_option("path", af.path,
+                 "Directory with adapter_config.json and safetensors (AdapterFusion: also its "
+                 "fused adapters' subdirectories)")
+      ->required();
   up->add_option("--version", af.version, "Version number (default: the next)");
   up->add_option("--method", af.method, "Expected method (lora, prefix_tuning, ...)");
   up->add_option("--chunk-bytes", af.chunk_bytes, "Bytes per message (default 1 MiB)");

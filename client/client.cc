@@ -7,6 +7,7 @@
 #include <openssl/evp.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -153,18 +154,39 @@ grpc::Status Client::GetStats(v1::ServerStats* response) {
 namespace adapterd {
 
 std::vector<UploadFile> Client::AdapterFilesIn(const std::string& dir) {
+  // The files the server's store accepts (adapters_store/adapter_ref.h).
+  static constexpr const char* kFiles[] = {
+      "adapter_config.json",        "adapter_model.safetensors",       "adapter.safetensors",
+      "prompt_encoder.safetensors", "adapter_fusion_config.json", "model_adapter_fusion.safetensors"};
+  auto is_file = [](const std::string& path) {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  };
   std::vector<UploadFile> files;
   bool has_weights = false;
-  for (const char* name : {"adapter_config.json", "adapter_model.safetensors", "adapter.safetensors"}) {
+  for (const char* name : kFiles) {
     const std::string path = dir + "/" + name;
-    struct stat st;
-    if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+    if (is_file(path)) {
       files.push_back({name, path});
-      has_weights |= std::string(name) != "adapter_config.json";
+      has_weights |= EndsWith(name, ".safetensors");
+    }
+  }
+  std::error_code ec;
+  if (is_file(dir + "/adapter_fusion_config.json")) {
+    // AdapterFusion: the fused adapters in their own subdirectories, by name.
+    std::vector<std::string> subdirs;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+      if (entry.is_directory(ec)) subdirs.push_back(entry.path().filename().string());
+    }
+    std::sort(subdirs.begin(), subdirs.end());
+    for (const std::string& sub : subdirs) {
+      for (const char* name : {"adapter_config.json", "adapter.safetensors"}) {
+        const std::string path = dir + "/" + sub + "/" + name;
+        if (is_file(path)) files.push_back({sub + "/" + name, path});
+      }
     }
   }
   if (!has_weights) {
-    std::error_code ec;
     for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
       const std::string name = entry.path().filename().string();
       if (EndsWith(name, ".bin") || EndsWith(name, ".pt") || EndsWith(name, ".pth")) {

@@ -70,9 +70,12 @@ class Client {
   // Called after each chunk with the bytes sent so far and the total.
   using UploadProgress = std::function<void(int64_t sent, int64_t total)>;
 
-  // The adapter files in a local directory: adapter_config.json and the
-  // safetensors weights present; pickle weights (*.bin, *.pt) only when there
-  // are no safetensors, so that the server refuses them with its message.
+  // The adapter files in a local directory: adapter_config.json, the
+  // safetensors weights present, P-tuning's prompt_encoder.safetensors, and
+  // for AdapterFusion its config, weights and each fused adapter's
+  // subdirectory ("fa/adapter_config.json", ...); pickle weights (*.bin,
+  // *.pt) only when there are no safetensors, so that the server refuses
+  // them with its message.
   static std::vector<UploadFile> AdapterFilesIn(const std::string& dir);
 
   // Streams `files` as one UploadAdapter call: a header with each file's size

@@ -54,7 +54,12 @@ DEFAULT_PROTO_DIR = os.path.normpath(os.path.join(_HERE, "..", "..", "proto"))
 _PROTOS = ("adapterd/v1/inference.proto", "adapterd/v1/admin.proto", "adapterd/v1/adapters.proto",
            "adapterd/v1/training.proto")
 # The files an adapter upload may carry (the server refuses anything else).
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter.safetensors")
+# The files the server's store accepts (adapters_store/adapter_ref.h); AdapterFusion
+# also uploads each fused adapter's subdirectory (FUSED_ADAPTER_FILES under its name).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter.safetensors",
+                 "prompt_encoder.safetensors", "adapter_fusion_config.json",
+                 "model_adapter_fusion.safetensors")
+FUSED_ADAPTER_FILES = ("adapter_config.json", "adapter.safetensors")
 
 
 def ensure_stubs(proto_dir=None, out_dir=None):
@@ -119,9 +124,17 @@ TRAINING_METHODS = {
 
 
 def adapter_files_in(directory):
-    """[(file name, path)] of the adapter files in a local directory."""
-    return [(name, os.path.join(directory, name)) for name in ADAPTER_FILES
-            if os.path.isfile(os.path.join(directory, name))]
+    """[(file name, path)] of the adapter files in a local directory ("fa/adapter.safetensors"
+    for the adapters an AdapterFusion fuses)."""
+    files = [(name, os.path.join(directory, name)) for name in ADAPTER_FILES
+             if os.path.isfile(os.path.join(directory, name))]
+    if os.path.isfile(os.path.join(directory, "adapter_fusion_config.json")):
+        for sub in sorted(os.listdir(directory)):
+            for name in FUSED_ADAPTER_FILES:
+                path = os.path.join(directory, sub, name)
+                if os.path.isdir(os.path.join(directory, sub)) and os.path.isfile(path):
+                    files.append((f"{sub}/{name}", path))
+    return files
 
 
 class AdapterdClient:

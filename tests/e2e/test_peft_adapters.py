@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import FIXTURES_DIR, ServerProcess, grpc_code, model_dir, needs_real_engine, start_server
+from conftest import FIXTURES_DIR, Ctl, ServerProcess, grpc_code, model_dir, needs_real_engine, start_server
 
 pytestmark = needs_real_engine
 
@@ -180,3 +180,23 @@ def test_merged_adapter_deployment_serves_only_that_adapter(client_module, tmp_p
             assert code == "FAILED_PRECONDITION"
     finally:
         assert s.stop() == 0, s.log
+
+
+def test_an_adapter_fusion_and_a_p_tuning_adapter_upload_into_the_store_and_serve(adapter_server, apy):
+    """The clients upload AdapterFusion's layout (its config and weights plus one subdirectory
+    per fused adapter) and P-tuning's files; served from the store, each gives its reference
+    library's greedy output, like the same adapter given at start-up."""
+    ctl = Ctl(adapter_server.target)
+    up = ctl.json("adapters", "upload", "fusion-ctl", adapter_dir("llama", "fusion"), "--quiet")
+    assert up["method"] == "fusion"
+    assert sorted(f["name"] for f in up["files"]) == [
+        "adapter_fusion_config.json", "fa/adapter.safetensors", "fa/adapter_config.json",
+        "fb/adapter.safetensors", "fb/adapter_config.json", "model_adapter_fusion.safetensors"]
+    info = apy.upload_adapter("fusion-py", adapter_dir("llama", "fusion"))
+    assert info.method == "fusion" and len(info.files) == 6
+    assert apy.upload_adapter("p-tuning-py", adapter_dir("llama", "p_tuning")).method == "p_tuning"
+    for stored, fixture in (("fusion-ctl", "fusion"), ("fusion-py", "fusion"),
+                            ("p-tuning-py", "p_tuning")):
+        ref = reference("llama", fixture)
+        for prompt, expected in zip(ref["prompts"], ref["generations"]):
+            assert greedy(apy, prompt, len(expected), adapter=stored) == expected, (stored, prompt)
