@@ -176,37 +176,14 @@ const char* JobStateName(JobState state) {
 }
 
 absl::StatusOr<std::unique_ptr<JobRegistry>> JobRegistry::Open(const std::string& path) {
-  sqlite3* db = nullptr;
-  const int rc =
-      sqlite3_open_v2(path.c_str(), &db,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
-  if (rc != SQLITE_OK) {
-    absl::Status status = absl::InternalError(absl::StrCat(
-        "cannot open the job registry ", path, ": ", db ? sqlite3_errmsg(db) : "out of memory"));
-    sqlite3_close(db);
-    return status;
-  }
+  ASSIGN_OR_RETURN(sqlite3 * db, sqlite::OpenDatabase(path, "job registry", /*create=*/true));
   std::unique_ptr<JobRegistry> registry(new JobRegistry(db));
-  sqlite3_busy_timeout(db, 5000);
   absl::MutexLock lock(&registry->mu_);
-  for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", kSchema}) {
-    RETURN_IF_ERROR(registry->Exec(sql));
-  }
+  RETURN_IF_ERROR(sqlite::Exec(db, kSchema));
   return registry;
 }
 
 JobRegistry::~JobRegistry() { sqlite3_close(db_); }
-
-absl::Status JobRegistry::Exec(const char* sql) {
-  char* error = nullptr;
-  if (sqlite3_exec(db_, sql, nullptr, nullptr, &error) != SQLITE_OK) {
-    absl::Status status =
-        absl::InternalError(absl::StrCat("job registry error: ", error ? error : "?"));
-    sqlite3_free(error);
-    return status;
-  }
-  return absl::OkStatus();
-}
 
 absl::StatusOr<JobRecord> JobRegistry::InsertJob(JobRecord job, bool* existed) {
   absl::MutexLock lock(&mu_);

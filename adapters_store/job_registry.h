@@ -163,7 +163,6 @@ class JobRegistry {
 
  private:
   explicit JobRegistry(sqlite3* db) : db_(db) {}
-  absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<bool> UpdateLocked(const JobRecord& job, std::optional<JobState> expected)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -81,41 +81,16 @@ absl::Status DecodePageToken(const std::string& token, std::string* name, int64_
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SqliteRegistry>> SqliteRegistry::Open(const std::string& path) {
-  sqlite3* db = nullptr;
-  const int rc =
-      sqlite3_open_v2(path.c_str(), &db,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
-  if (rc != SQLITE_OK) {
-    absl::Status status = absl::InternalError(absl::StrCat(
-        "cannot open the registry ", path, ": ", db ? sqlite3_errmsg(db) : "out of memory"));
-    sqlite3_close(db);
-    return status;
-  }
+  ASSIGN_OR_RETURN(sqlite3 * db, sqlite::OpenDatabase(path, "registry", /*create=*/true));
   std::unique_ptr<SqliteRegistry> registry(new SqliteRegistry(db));
-  sqlite3_busy_timeout(db, 5000);
   absl::MutexLock lock(&registry->mu_);
-  for (const char* pragma :
-       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
-    absl::Status status = registry->Exec(pragma);
-    if (!status.ok()) return status;
-  }
-  absl::Status status = registry->Migrate();
-  if (!status.ok()) return status;
+  RETURN_IF_ERROR(registry->Migrate());
   return registry;
 }
 
 SqliteRegistry::~SqliteRegistry() { sqlite3_close(db_); }
 
-absl::Status SqliteRegistry::Exec(const char* sql) {
-  char* error = nullptr;
-  if (sqlite3_exec(db_, sql, nullptr, nullptr, &error) != SQLITE_OK) {
-    absl::Status status =
-        absl::InternalError(absl::StrCat("registry error: ", error ? error : "?", " in ", sql));
-    sqlite3_free(error);
-    return status;
-  }
-  return absl::OkStatus();
-}
+absl::Status SqliteRegistry::Exec(const char* sql) { return sqlite::Exec(db_, sql); }
 
 absl::Status SqliteRegistry::Migrate() {
   Stmt get(db_, "PRAGMA user_version");

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
@@ -22,6 +23,43 @@ using Arg = std::variant<std::string, int64_t, double>;
 
 inline absl::Status DbError(sqlite3* db, absl::string_view what) {
   return absl::InternalError(absl::StrCat("registry error: ", what, ": ", sqlite3_errmsg(db)));
+}
+
+// Runs statements that return no rows. INTERNAL "registry error: ... in SQL".
+inline absl::Status Exec(sqlite3* db, const char* sql) {
+  char* error = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &error) != SQLITE_OK) {
+    absl::Status status =
+        absl::InternalError(absl::StrCat("registry error: ", error ? error : "?", " in ", sql));
+    sqlite3_free(error);
+    return status;
+  }
+  return absl::OkStatus();
+}
+
+// Opens the registry database at `path` the way every registry table needs it:
+// serialized connections (FULLMUTEX), a 5 s busy timeout, WAL, synchronous=FULL
+// and foreign keys on; `create` makes the file if it is missing. The caller
+// owns the handle (sqlite3_close). INTERNAL "cannot open the `what` PATH: ...".
+inline absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path, absl::string_view what,
+                                             bool create) {
+  sqlite3* db = nullptr;
+  const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+  if (sqlite3_open_v2(path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
+    absl::Status status = absl::InternalError(absl::StrCat(
+        "cannot open the ", what, " ", path, ": ", db ? sqlite3_errmsg(db) : "out of memory"));
+    sqlite3_close(db);
+    return status;
+  }
+  sqlite3_busy_timeout(db, 5000);
+  for (const char* pragma :
+       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
+    if (absl::Status status = Exec(db, pragma); !status.ok()) {
+      sqlite3_close(db);
+      return status;
+    }
+  }
+  return db;
 }
 
 // A prepared statement, finalized on destruction.

@@ -134,28 +134,8 @@ absl::StatusOr<std::unique_ptr<TenantRegistry>> TenantRegistry::Open(const std::
     // Creates or migrates the schema (tenants arrive in version 2).
     ASSIGN_OR_RETURN(std::unique_ptr<SqliteRegistry> migrated, SqliteRegistry::Open(path));
   }
-  sqlite3* db = nullptr;
-  const int rc =
-      sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr);
-  if (rc != SQLITE_OK) {
-    absl::Status status = absl::InternalError(absl::StrCat(
-        "cannot open the registry ", path, ": ", db ? sqlite3_errmsg(db) : "out of memory"));
-    sqlite3_close(db);
-    return status;
-  }
+  ASSIGN_OR_RETURN(sqlite3 * db, sqlite::OpenDatabase(path, "registry", /*create=*/false));
   std::unique_ptr<TenantRegistry> registry(new TenantRegistry(db));
-  sqlite3_busy_timeout(db, 5000);
-  absl::MutexLock lock(&registry->mu_);
-  for (const char* pragma :
-       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
-    char* error = nullptr;
-    if (sqlite3_exec(db, pragma, nullptr, nullptr, &error) != SQLITE_OK) {
-      absl::Status status =
-          absl::InternalError(absl::StrCat("registry error: ", error ? error : "?"));
-      sqlite3_free(error);
-      return status;
-    }
-  }
   return registry;
 }
 
