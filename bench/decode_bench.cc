@@ -17,37 +17,14 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "bench/counting_sink.h"
 #include "engine/api/engine.h"
 
 namespace adapterd {
 namespace {
 
-// Counts finished requests; the benchmark waits for all of a round.
-class CountingSink : public GenerateSink {
- public:
-  CountingSink(std::mutex* mu, std::condition_variable* cv, int* remaining)
-      : mu_(mu), cv_(cv), remaining_(remaining) {}
-  void OnTokens(std::vector<GeneratedToken> tokens) override { tokens_ += tokens.size(); }
-  void OnFinish(absl::Status status, const GenerateResult&) override {
-    if (!status.ok()) std::fprintf(stderr, "request failed: %s\n", status.ToString().c_str());
-    std::lock_guard<std::mutex> lock(*mu_);
-    --*remaining_;
-    cv_->notify_all();
-  }
-  size_t tokens() const { return tokens_; }
-
- private:
-  std::mutex* mu_;
-  std::condition_variable* cv_;
-  int* remaining_;
-  size_t tokens_ = 0;
-};
-
-struct Round {
-  double seconds = 0;
-  int64_t steps = 0;
-  int64_t tokens = 0;
-};
+using bench::CountingSink;
+using bench::Round;
 
 Round RunRound(Engine& engine, int batch, int prompt_tokens, int new_tokens) {
   std::mutex mu;

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "bench/counting_sink.h"
 #include "engine/api/engine.h"
 #include "engine/model/causal_lm.h"
 #include "engine/peft/adapter.h"
@@ -43,31 +44,8 @@
 namespace adapterd {
 namespace {
 
-class CountingSink : public GenerateSink {
- public:
-  CountingSink(std::mutex* mu, std::condition_variable* cv, int* remaining)
-      : mu_(mu), cv_(cv), remaining_(remaining) {}
-  void OnTokens(std::vector<GeneratedToken> tokens) override { tokens_ += tokens.size(); }
-  void OnFinish(absl::Status status, const GenerateResult&) override {
-    if (!status.ok()) std::fprintf(stderr, "request failed: %s\n", status.ToString().c_str());
-    std::lock_guard<std::mutex> lock(*mu_);
-    --*remaining_;
-    cv_->notify_all();
-  }
-  size_t tokens() const { return tokens_; }
-
- private:
-  std::mutex* mu_;
-  std::condition_variable* cv_;
-  int* remaining_;
-  size_t tokens_ = 0;
-};
-
-struct Round {
-  double seconds = 0;
-  int64_t steps = 0;
-  int64_t tokens = 0;
-};
+using bench::CountingSink;
+using bench::Round;
 
 // One request per entry of `adapters` ("" = base; "@K" = store adapter K
 // through the cache; else a start-up adapter's name).
