@@ -131,7 +131,8 @@ void WarmGpu() {
 // Where a decode step's time goes, on the model alone (no engine): per step,
 // the host time to enqueue Forward and the time until the GPU is done, for
 // the base model, distinct adapters through the batched kernels, and the same
-// adapters through the ATen grouped path.
+// adapters through the ATen grouped path; the projections through cuBLAS (with
+// LoraApply after each) and through the decode GEMM (LoRA in its epilogue).
 void ProfileForward(const std::string& model_dir, const std::string& adapter_dir, int batch,
                     int prompt) {
   ModelLoadOptions load;
@@ -159,15 +160,21 @@ void ProfileForward(const std::string& model_dir, const std::string& adapter_dir
     const char* name;
     int adapters;  // 0 base, 1 kernels, 2 ATen path.
     bool graphs;
+    bool decode_gemm;  // The projections through the decode GEMM (LoRA in its epilogue).
   };
-  const Mode modes[] = {{"warm-up: base, eager (first use is slow)", 0, false},
-                        {"base, eager", 0, false},
-                        {"base, CUDA graph", 0, true},
-                        {"distinct adapters, kernels, eager", 1, false},
-                        {"distinct adapters, kernels, CUDA graph", 1, true},
-                        {"distinct adapters, ATen path (eager)", 2, false}};
+  const Mode modes[] = {{"warm-up: base, eager (first use is slow)", 0, false, false},
+                        {"base, eager, cuBLAS", 0, false, false},
+                        {"base, CUDA graph, cuBLAS", 0, true, false},
+                        {"base, eager, decode GEMM", 0, false, true},
+                        {"base, CUDA graph, decode GEMM", 0, true, true},
+                        {"adapters, kernels, eager, cuBLAS", 1, false, false},
+                        {"adapters, kernels, CUDA graph, cuBLAS", 1, true, false},
+                        {"adapters, kernels, eager, decode GEMM", 1, false, true},
+                        {"adapters, kernels, CUDA graph, dec GEMM", 1, true, true},
+                        {"adapters, ATen path (eager)", 2, false, false}};
   for (const Mode& mode : modes) {
     (*model)->set_cuda_graphs(mode.graphs);
+    (*model)->set_decode_gemm(mode.decode_gemm);
     WarmGpu();
     auto cache = (*model)->NewCache(batch, prompt + 64);
     ForwardBatch b;

@@ -5,7 +5,11 @@
 // and our achieved fraction of measured copy bandwidth. Ours twice, side by
 // side: the split kernels (shrink, then expand as a dependent launch) and the
 // fused single launch where it serves the shape (<= 8 tokens per adapter).
-//   lora_gpu_bench [--quick]
+// Then the decode GEMM (LoraLinear): for decode row counts, the projection
+// itself on tensor cores with the LoRA expand in its epilogue, against the
+// base cuBLAS GEMM plus LoraApply; and a sweep of the Llama-7B projection
+// shapes over its split counts and pipeline depths against cuBLAS.
+//   lora_gpu_bench [--quick | --decode]
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAEvent.h>
@@ -73,7 +77,156 @@ double CopyBandwidth() {
   return 2.0 * bytes / (std::min(memcpy_ms, kernel_ms) * 1e-3);
 }
 
-int Main(bool quick) {
+// Weight copies that together exceed L2 several times, so that replays read HBM.
+std::vector<at::Tensor> WeightCopies(int64_t n, int64_t k, const at::TensorOptions& opts) {
+  const int64_t bytes = n * k * 2;
+  const int64_t copies = std::clamp<int64_t>((int64_t{400} << 20) / bytes + 1, 2, 8);
+  std::vector<at::Tensor> out;
+  for (int64_t i = 0; i < copies; ++i) out.push_back(at::randn({n, k}, opts) / 64.0);
+  return out;
+}
+
+// The decode GEMM against cuBLAS at the Llama-7B projection shapes, M rows:
+// every split count and depth, and the rule's choice (auto).
+void SweepDecodeGemm(double copy_bw) {
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+  };
+  const Shape shapes[] = {{"o 4096x4096", 4096, 4096},
+                          {"qkv 12288x4096", 12288, 4096},
+                          {"gate_up 22016x4096", 22016, 4096},
+                          {"down 4096x11008", 4096, 11008},
+                          {"lm_head 32000x4096", 32000, 4096}};
+  std::printf(
+      "\ndecode GEMM sweep (bf16, us per call, W from HBM; bw = W bytes / time / copy bw)\n");
+  std::printf("%-20s %3s | %8s %5s | %8s %5s | %s\n", "shape", "M", "cublas", "bw", "auto", "bw",
+              "splits/depth: us");
+  for (const Shape& sh : shapes) {
+    const std::vector<at::Tensor> ws = WeightCopies(sh.n, sh.k, bf16);
+    const int nw = static_cast<int>(ws.size());
+    for (int64_t m : {8, 32}) {
+      const at::Tensor x = at::randn({m, sh.k}, bf16);
+      at::Tensor y = at::empty({m, sh.n}, bf16);
+      const int iters = 4 * nw;
+      const double wbytes = static_cast<double>(sh.n) * sh.k * 2;
+      const double cublas = TimeGraph(iters, [&](int i) { at::mm_out(y, x, ws[i % nw].t()); });
+      auto run = [&](int splits, int depth) {
+        LoraLinearOptions o;
+        o.gemm = LinearGemm::kDecode;
+        o.splits = splits;
+        o.depth = depth;
+        if (!LoraLinear(x, ws[0], y, nullptr, nullptr, o).ok()) return -1.0;
+        return TimeGraph(iters, [&](int i) {
+          (void)LoraLinear(x, ws[i % nw], y, nullptr, nullptr, o);
+        });
+      };
+      const double autot = run(0, 0);
+      std::printf("%-20s %3ld | %8.2f %4.0f%% | %8.2f %4.0f%% |", sh.name, m, cublas * 1e3,
+                  100 * wbytes / (cublas * 1e-3) / copy_bw, autot * 1e3,
+                  100 * wbytes / (autot * 1e-3) / copy_bw);
+      for (int splits : {1, 2, 4, 8}) {
+        for (int depth : {4, 8}) {
+          const double t = run(splits, depth);
+          if (t < 0) {
+            std::printf(" %d/%d: -", splits, depth);
+          } else {
+            std::printf(" %d/%d: %.2f", splits, depth, t * 1e3);
+          }
+        }
+      }
+      std::printf("\n");
+      std::fflush(stdout);
+    }
+  }
+}
+
+// Issue 4's decode shape with the LoRA in the GEMM: a 4096x4096 projection,
+// T rows over N distinct rank-16 adapters. cublas = at::mm alone; +apply =
+// at::mm then LoraApply (kAuto); dg = the decode GEMM alone; dg+lora =
+// LoraLinear with the adapters (shrink, then the GEMM with the expand in its
+// epilogue). add = (dg+lora - dg): the LoRA's cost, against both bases.
+int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at::Tensor& b_pool,
+               float scale, double copy_bw, bool quick) {
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const std::vector<at::Tensor> ws = WeightCopies(kHidden, kHidden, bf16);
+  const int nw = static_cast<int>(ws.size());
+  std::printf(
+      "\nLoRA in the decode GEMM's epilogue (4096x4096, rank 16; us per call; add = dg+lora - "
+      "dg)\n");
+  std::printf("%4s %4s | %8s %8s %7s | %8s %5s %8s | %7s %6s %6s | %8s\n", "T", "N", "cublas",
+              "+apply", "apply/b", "dg", "dg_bw", "dg+lora", "add", "add/cb", "add/dg", "relerr");
+  std::mt19937 rng(5);
+  const std::vector<int64_t> token_counts =
+      quick ? std::vector<int64_t>{32} : std::vector<int64_t>{1, 8, 16, 32};
+  for (int64_t t_count : token_counts) {
+    for (int64_t n : {1, 8, 32}) {
+      if (n > t_count) continue;
+      const int iters = 64;
+      std::vector<at::Tensor> xs;
+      std::vector<LoraBatchIndex> indexes;
+      std::vector<at::Tensor> slot_ids;
+      for (int i = 0; i < iters; ++i) {
+        xs.push_back(at::randn({t_count, kHidden}, bf16));
+        std::vector<int32_t> slots(t_count);
+        for (int64_t t = 0; t < t_count; ++t)
+          slots[t] = static_cast<int32_t>((i * n + t % n) % kPool);
+        std::shuffle(slots.begin(), slots.end(), rng);
+        absl::StatusOr<LoraBatchIndex> index = BuildLoraBatchIndex(slots, kPool, n, at::kCUDA);
+        if (!index.ok()) return 1;
+        indexes.push_back(*std::move(index));
+        slot_ids.push_back(
+            at::tensor(std::vector<int64_t>(slots.begin(), slots.end()), at::kLong).to(at::kCUDA));
+      }
+      at::Tensor y = at::empty({t_count, kHidden}, bf16);
+      const std::vector<at::Tensor> ys = {y};
+      LoraLinearOptions decode;
+      decode.gemm = LinearGemm::kDecode;
+      bool ok = true;
+      const double cublas =
+          TimeGraph(iters, [&](int i) { at::mm_out(y, xs[i], ws[i % nw].t()); });
+      const double apply = TimeGraph(iters, [&](int i) {
+        at::mm_out(y, xs[i], ws[i % nw].t());
+        ok &= LoraApply(xs[i], table, indexes[i], ys).ok();
+      });
+      const double dg = TimeGraph(iters, [&](int i) {
+        ok &= LoraLinear(xs[i], ws[i % nw], y, nullptr, nullptr, decode).ok();
+      });
+      const double dgl = TimeGraph(iters, [&](int i) {
+        ok &= LoraLinear(xs[i], ws[i % nw], y, &table, &indexes[i], decode).ok();
+      });
+      if (!ok) {
+        std::printf("decode gemm call failed\n");
+        return 1;
+      }
+      // One call against fp32 torch: base + gathered LoRA.
+      ok &= LoraLinear(xs[0], ws[0], y, &table, &indexes[0], decode).ok();
+      const at::Tensor xf = xs[0].to(at::kFloat);
+      const at::Tensor want =
+          at::mm(xf, ws[0].to(at::kFloat).t()) +
+          at::bmm(at::bmm(xf.unsqueeze(1),
+                          a_pool.index_select(0, slot_ids[0]).to(at::kFloat).transpose(1, 2)),
+                  b_pool.index_select(0, slot_ids[0]).to(at::kFloat).transpose(1, 2))
+                  .squeeze(1) *
+              scale;
+      const double err = ((y.to(at::kFloat) - want).norm() / want.norm()).item<double>();
+      const double wbytes = static_cast<double>(kHidden) * kHidden * 2;
+      const double add = dgl - dg;
+      std::printf(
+          "%4ld %4ld | %8.2f %8.2f %6.0f%% | %8.2f %4.0f%% %8.2f | %7.2f %5.0f%% %5.0f%% | "
+          "%8.1e\n",
+          t_count, n, cublas * 1e3, apply * 1e3, 100 * (apply - cublas) / cublas, dg * 1e3,
+          100 * wbytes / (dg * 1e-3) / copy_bw, dgl * 1e3, add * 1e3, 100 * add / cublas,
+          100 * add / dg, err);
+      std::fflush(stdout);
+      if (!ok) return 1;
+    }
+  }
+  return 0;
+}
+
+int Main(bool quick, bool decode_only) {
   if (!at::hasCUDA()) {
     std::printf("lora_gpu_bench: no CUDA device\n");
     return 0;
@@ -98,6 +251,9 @@ int Main(bool quick) {
   }
   absl::StatusOr<LoraWeightTable> table = builder.Build();
   if (!table.ok()) return 1;
+  if (int rc = DecodeLora(*table, a_pool, b_pool, scale, copy_bw, quick); rc != 0) return rc;
+  SweepDecodeGemm(copy_bw);
+  if (decode_only) return 0;
   std::vector<at::Tensor> base_w;
   for (int i = 0; i < 8; ++i) base_w.push_back(at::randn({kHidden, kHidden}, bf16) / 64.0);
 
@@ -232,5 +388,6 @@ int Main(bool quick) {
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
-  return adapterd::Main(quick);
+  const bool decode = argc > 1 && std::strcmp(argv[1], "--decode") == 0;
+  return adapterd::Main(quick, decode);
 }

@@ -4,12 +4,14 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/mm.h>
+#include <c10/core/GradMode.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/silu.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "engine/kernels/lora_launch.h"
@@ -585,6 +587,155 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
     return ExpandImpl(v, table, index, y, /*after_shrink=*/true);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("lora expand: ", e.what_without_backtrace()));
+  }
+}
+
+bool DecodeGemmServes(const at::Tensor& x, const at::Tensor& w) {
+#ifdef ADAPTERD_WITH_CUDA
+  if (!x.defined() || !w.defined() || !x.is_cuda() || w.device() != x.device()) return false;
+  if (x.dim() != 2 || w.dim() != 2 || x.size(1) != w.size(1) || x.size(0) < 1) return false;
+  const at::ScalarType dtype = x.scalar_type();
+  if ((dtype != at::kHalf && dtype != at::kBFloat16) || w.scalar_type() != dtype) return false;
+  if (c10::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad())) return false;
+  if (!w.is_contiguous() || x.stride(1) != 1 || (x.size(0) > 1 && x.stride(0) % 8 != 0)) {
+    return false;
+  }
+  if (((reinterpret_cast<uintptr_t>(x.const_data_ptr()) |
+        reinterpret_cast<uintptr_t>(w.const_data_ptr())) &
+       15) != 0) {
+    return false;
+  }
+  if (w.size(0) > std::numeric_limits<int>::max() || x.size(1) > std::numeric_limits<int>::max()) {
+    return false;
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  return lora_internal::DecodeGemmFits(static_cast<int>(x.size(0)), static_cast<int>(w.size(0)),
+                                       static_cast<int>(x.size(1)));
+#else
+  (void)x;
+  (void)w;
+  return false;
+#endif
+}
+
+namespace {
+
+absl::Status ValidateLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
+                            const LoraWeightTable* table, const LoraBatchIndex* index) {
+  if (!x.defined() || !w.defined() || !y.defined() || x.dim() != 2 || w.dim() != 2 ||
+      y.dim() != 2) {
+    return absl::InvalidArgumentError("lora linear: x, w and y must be 2-D tensors");
+  }
+  if (w.size(1) != x.size(1) || y.size(0) != x.size(0) || y.size(1) != w.size(0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lora linear: x [", x.size(0), ", ", x.size(1), "], w [", w.size(0), ", ", w.size(1),
+        "] and y [", y.size(0), ", ", y.size(1), "] do not fit y = x·wᵀ"));
+  }
+  if (w.scalar_type() != x.scalar_type() || y.scalar_type() != x.scalar_type() ||
+      !IsSupportedDtype(x.scalar_type()) || w.device() != x.device() || y.device() != x.device()) {
+    return absl::InvalidArgumentError(
+        "lora linear: x, w and y must share one of fp32, fp16, bf16 and one device");
+  }
+  if ((x.size(0) > 1 && x.stride(1) != 1) || (y.size(0) > 0 && y.stride(1) != 1)) {
+    return absl::InvalidArgumentError("lora linear: x and y need contiguous columns");
+  }
+  if ((table == nullptr) != (index == nullptr)) {
+    return absl::InvalidArgumentError("lora linear: give both the table and the index, or neither");
+  }
+  if (table != nullptr) {
+    int64_t total = 0;
+    for (int64_t o : table->out_features) total += o;
+    if (total != w.size(0) || table->in_features != w.size(1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "lora linear: the table's slices cover ", total, " outputs of ", table->in_features,
+          " inputs; w is [", w.size(0), ", ", w.size(1), "]"));
+    }
+    if (auto s = CheckTable(*table, x.device(), x.scalar_type()); !s.ok()) return s;
+    if (auto s = CheckIndex(*index, x.size(0), x.device()); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+std::vector<at::Tensor> Slices(const at::Tensor& y, const LoraWeightTable& table) {
+  std::vector<at::Tensor> ys;
+  int64_t off = 0;
+  for (int64_t o : table.out_features) {
+    ys.push_back(y.narrow(1, off, o));
+    off += o;
+  }
+  return ys;
+}
+
+}  // namespace
+
+absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
+                        const LoraWeightTable* table, const LoraBatchIndex* index,
+                        const LoraLinearOptions& options) {
+  try {
+    if (auto s = ValidateLinear(x, w, y, table, index); !s.ok()) return s;
+    const bool decode = options.gemm != LinearGemm::kTorch && DecodeGemmServes(x, w);
+    if (options.gemm == LinearGemm::kDecode && !decode) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "lora linear: the decode GEMM does not serve x [", x.size(0), ", ", x.size(1),
+          "] on ", x.device().str(), " (CUDA sm_90, fp16/bf16, at most ",
+          lora_internal::kDecodeGemmMaxRows, " rows, K a multiple of ",
+          lora_internal::kDecodeGemmChunk, ", aligned rows)"));
+    }
+    if (!decode) {
+      if (y.is_contiguous()) {
+        at::Tensor out = y;
+        at::mm_out(out, x, w.t());
+      } else {
+        y.copy_(at::mm(x, w.t()));
+      }
+      if (table == nullptr) return absl::OkStatus();
+      return LoraApply(x, *table, *index, Slices(y, *table));
+    }
+#ifdef ADAPTERD_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(x.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+    lora_internal::DecodeGemmArgs args;
+    args.dtype = ToLaunchDtype(x.scalar_type());
+    args.m = static_cast<int>(x.size(0));
+    args.n = static_cast<int>(w.size(0));
+    args.k = static_cast<int>(x.size(1));
+    args.x = x.const_data_ptr();
+    args.ld_x = x.size(0) > 1 ? x.stride(0) : x.size(1);
+    args.w = w.const_data_ptr();
+    args.y = y.data_ptr();
+    args.ld_y = y.size(0) > 1 ? y.stride(0) : y.size(1);
+    args.splits = options.splits;
+    args.depth = options.depth;
+    at::Tensor v;  // Lives until both launches are queued (stream-ordered reuse).
+    if (table != nullptr && table->max_rank > 0 && index->num_tokens > 0 &&
+        index->max_segment_tokens > 0) {
+      const int64_t width = (table->max_rank + 3) / 4 * 4;
+      v = at::empty({table->num_slices, x.size(0), width}, x.options().dtype(at::kFloat));
+      if (auto s = ValidateShrink(x, *table, *index, v); !s.ok()) return s;
+      LoraLaunchArgs lora = MakeLaunchArgs(*table, *index);
+      lora.x = x.const_data_ptr();
+      lora.ld_x = args.ld_x;
+      lora.v = v.mutable_data_ptr<float>();
+      lora.v_width = static_cast<int>(width);
+      const std::string err = lora_internal::LaunchLoraShrinkCuda(lora, stream);
+      if (!err.empty()) return absl::InternalError(absl::StrCat("lora shrink: ", err));
+      lora.after_shrink = true;
+      args.lora = lora;
+      int64_t off = 0;
+      for (int64_t s = 0; s < table->num_slices; ++s) {
+        args.slice_begin[s] = static_cast<int>(off);
+        off += table->out_features[s];
+      }
+      args.slice_begin[table->num_slices] = static_cast<int>(off);
+    }
+    const std::string err = lora_internal::LaunchDecodeGemmCuda(args, stream);
+    if (!err.empty()) return absl::InternalError(absl::StrCat("decode gemm: ", err));
+    return absl::OkStatus();
+#else
+    return absl::InternalError("lora linear: built without CUDA");
+#endif
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("lora linear: ", e.what_without_backtrace()));
   }
 }
 

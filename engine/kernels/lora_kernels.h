@@ -145,4 +145,34 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
                        const LoraBatchIndex& index, std::span<const at::Tensor> y,
                        LoraPath path = LoraPath::kAuto);
 
+// Which GEMM LoraLinear runs. The CPU and shapes the decode GEMM does not
+// serve always take at::mm.
+enum class LinearGemm : int { kAuto = 0, kTorch = 1, kDecode = 2 };
+
+struct LoraLinearOptions {
+  LinearGemm gemm = LinearGemm::kAuto;
+  int splits = 0;  // Decode GEMM: k splits per 128-column tile (1, 2, 4, 8); 0: its rule.
+  int depth = 0;   // Decode GEMM: 32-wide W chunks in flight per warp (4 or 8); 0: 8.
+};
+
+// Whether LoraLinear takes the decode GEMM for x [T, K] and w [N, K] under
+// kAuto: CUDA on an sm_90+ device, fp16/bf16, T <= 32, K a multiple of 32,
+// w contiguous, 16-byte aligned rows, autograd not recording through either.
+bool DecodeGemmServes(const at::Tensor& x, const at::Tensor& w);
+
+// y = x · wᵀ, then, with `table` and `index` (both or neither), the LoRA
+// deltas of every token with an adapter added to y's column slices: the
+// table's slices in order (q | k | v), their out_features summing to w's
+// rows. x: [T, K] with contiguous columns; w: [N, K] contiguous; y: [T, N]
+// with contiguous columns (written, not read); one dtype.
+// Where DecodeGemmServes (a decode step): one tensor-core GEMM that streams w
+// once and adds the deltas in its epilogue, after the shrink launched just
+// before it; base and delta are summed in fp32 and rounded once (LoraApply
+// adds to an already rounded base output). Elsewhere: at::mm, then LoraApply.
+// INVALID_ARGUMENT on mismatched shapes, dtypes or devices, or kDecode where
+// the decode GEMM does not serve; INTERNAL on a CUDA or torch error.
+absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
+                        const LoraWeightTable* table, const LoraBatchIndex* index,
+                        const LoraLinearOptions& options = {});
+
 }  // namespace adapterd

@@ -66,4 +66,40 @@ bool LoraFusedFits(const LoraLaunchArgs& args);
 // Call only where LoraFusedFits(args).
 std::string LaunchLoraFusedCuda(const LoraLaunchArgs& args, void* stream);
 
+// The decode GEMM (decode_gemm.cu): y[m, n] = x[m, k] · W[n, k]ᵀ for a few
+// rows (m <= kDecodeGemmMaxRows), on tensor cores, W streamed from HBM once,
+// with the LoRA expand of `lora` optionally added in its epilogue. fp16/bf16.
+inline constexpr int kDecodeGemmMaxRows = 32;
+inline constexpr int kDecodeGemmTileCols = 128;  // Output columns per CTA.
+inline constexpr int kDecodeGemmChunk = 32;      // k per warp step: k % kDecodeGemmChunk == 0.
+
+struct DecodeGemmArgs {
+  LoraDType dtype = LoraDType::kBFloat16;
+  int m = 0;
+  int n = 0;
+  int k = 0;
+  const void* x = nullptr;  // [m, k], row stride ld_x (elements, a multiple of 8).
+  int64_t ld_x = 0;
+  const void* w = nullptr;  // [n, k], contiguous.
+  void* y = nullptr;        // [m, n], row stride ld_y.
+  int64_t ld_y = 0;
+  int splits = 0;  // K splits per output tile (a thread-block cluster): 1, 2, 4 or 8; 0: auto.
+  int depth = 0;   // W chunks each warp keeps in flight: 4 or 8; 0: auto.
+  // LoRA in the epilogue (lora.meta == nullptr: none). lora.v holds the
+  // shrink's output ([slices, m, v_width], written by the kernel launched
+  // just before on the stream); slice s covers y's columns
+  // [slice_begin[s], slice_begin[s + 1]).
+  LoraLaunchArgs lora;
+  int slice_begin[kMaxLoraSlices + 1] = {};
+};
+
+// Whether the decode GEMM serves this shape on the current device (sm_90+
+// running sm_90 code, m <= kDecodeGemmMaxRows, k a multiple of
+// kDecodeGemmChunk, the x slice within shared memory for some split).
+bool DecodeGemmFits(int m, int n, int k);
+// The split count the decode GEMM takes for a shape when args.splits is 0.
+int DecodeGemmAutoSplits(int m, int n, int k);
+// Returns an empty string on success, else the CUDA error text.
+std::string LaunchDecodeGemmCuda(const DecodeGemmArgs& args, void* stream);
+
 }  // namespace adapterd::lora_internal

@@ -22,8 +22,8 @@ if(ADAPTERD_WITH_CUDA)
     set(_kernels_archs 90)
   endif()
   set(CMAKE_CUDA_ARCHITECTURES ${_kernels_archs})
-  list(APPEND ADAPTERD_KERNELS_SOURCES kernels/lora_kernels.cu)
+  list(APPEND ADAPTERD_KERNELS_SOURCES kernels/lora_kernels.cu kernels/decode_gemm.cu)
   # Device code is optimised by ptxas at -O3 whatever the host flags; add
   # -Xptxas=-v locally to read registers and spills (docs/kernels.md).
-  set_source_files_properties(kernels/lora_kernels.cu PROPERTIES SKIP_PRECOMPILE_HEADERS ON)
+  set_source_files_properties(kernels/lora_kernels.cu kernels/decode_gemm.cu PROPERTIES SKIP_PRECOMPILE_HEADERS ON)
 endif()

@@ -69,6 +69,7 @@ absl::StatusOr<std::unique_ptr<CausalLM>> LoadOrThrow(const std::string& dir,
   }
   ASSIGN_OR_RETURN(context.device, ParseDevice(options.device));
   context.cuda_graphs = options.cuda_graphs;
+  context.decode_gemm = options.decode_gemm;
   ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> weights, ModelWeights::Open(dir));
 
   Sha256 sha;

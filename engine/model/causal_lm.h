@@ -32,6 +32,10 @@ struct ModelLoadOptions {
   // CUDA: run decode steps (one new token per sequence, no autograd) as CUDA
   // graph replays where the decoder supports it (Llama family).
   bool cuda_graphs = true;
+  // CUDA, fp16/bf16: projections of decode-sized inputs (<= 32 rows) run
+  // through the decode GEMM of engine/kernels, with the batched LoRA in its
+  // epilogue, instead of cuBLAS + the LoRA kernels (Llama family).
+  bool decode_gemm = true;
 };
 
 // One step's work: for each sequence, the new tokens that extend what its
@@ -95,6 +99,9 @@ class CausalLM {
   virtual int64_t decode_graph_replays() const { return 0; }
   // Turns ModelLoadOptions::cuda_graphs on or off (benchmarks compare both).
   virtual void set_cuda_graphs(bool on) {}
+  // Turns ModelLoadOptions::decode_gemm on or off (benchmarks compare both;
+  // captured decode graphs are dropped).
+  virtual void set_decode_gemm(bool on) {}
 
   // Layer `layer`'s linear module `module` (engine/peft/adapter.h
   // lora_module); weight nullptr if out of range. For adapter checks and

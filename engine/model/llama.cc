@@ -306,6 +306,11 @@ class LlamaModel final : public CausalLM {
 
   int64_t decode_graph_replays() const override { return graph_replays_; }
   void set_cuda_graphs(bool on) override { context_.cuda_graphs = on; }
+  void set_decode_gemm(bool on) override {
+    std::lock_guard<std::mutex> lock(graph_mu_);
+    if (context_.decode_gemm != on) graphs_.clear();  // Captured with the other GEMM.
+    context_.decode_gemm = on;
+  }
 
  private:
   // The decoder blocks over the step's rows x [T, H].
@@ -327,20 +332,17 @@ class LlamaModel final : public CausalLM {
     }
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
+    const bool gemm = context_.decode_gemm;
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const LlamaLayer& l = layers_[i];
       const int li = static_cast<int>(i);
       at::Tensor h = RmsNorm(x, l.input_norm);
       at::Tensor q, k, v;
       if (l.qkv_w.defined()) {
-        at::Tensor qkv = at::linear(h, l.qkv_w);  // [T, q_out + 2 kv_out]
-        const std::array<at::Tensor, 3> ys = {qkv.narrow(1, 0, q_out), qkv.narrow(1, q_out, kv_out),
-                                              qkv.narrow(1, q_out + kv_out, kv_out)};
+        const std::array<int64_t, 3> outs = {q_out, kv_out, kv_out};
         const std::array<at::Tensor, 3> biases = {l.q_b, l.k_b, l.v_b};
-        for (size_t j = 0; j < ys.size(); ++j) {
-          if (biases[j].defined()) ys[j].add_(biases[j]);
-        }
-        ApplyLoraDeltas(h, ys, adapters, li, lora_module::kQ, biases);
+        at::Tensor qkv = LinearWithLoraDeltas(h, l.qkv_w, outs, biases, adapters, li,
+                                              lora_module::kQ, gemm);  // [T, q_out + 2 kv_out]
         // q and k are adjacent in qkv: rotate both heads in one pass.
         at::Tensor qk =
             qkv.narrow(1, 0, q_out + kv_out).view({t, c.num_heads + c.num_kv_heads, c.head_dim});
@@ -350,7 +352,7 @@ class LlamaModel final : public CausalLM {
         qk = at::addcmul(qk * cos, flipped, signed_sin);
         q = qk.narrow(1, 0, c.num_heads);
         k = qk.narrow(1, c.num_heads, c.num_kv_heads);
-        v = ys[2].view({t, c.num_kv_heads, c.head_dim});
+        v = qkv.narrow(1, q_out + kv_out, kv_out).view({t, c.num_kv_heads, c.head_dim});
       } else {
         q = LinearWithLora(h, l.q_w, l.q_b, adapters, li, lora_module::kQ)
                 .view({t, c.num_heads, c.head_dim});
@@ -364,19 +366,18 @@ class LlamaModel final : public CausalLM {
       cache.Write(li, step, k, v);
       at::Tensor attn = cache.Attend(li, step, q, scale, c.sliding_layers[i]);
       x = AddSubLayerOutput(adapters, li, AdapterSite::kAttention, x,
-                            LinearWithLora(attn, l.o_w, l.o_b, adapters, li, lora_module::kO));
+                            LinearWithLora(attn, l.o_w, l.o_b, adapters, li, lora_module::kO,
+                                           gemm));
       h = RmsNorm(x, l.post_norm);
       at::Tensor mlp;
       if (l.gate_up_w.defined()) {
-        at::Tensor gate_up = at::linear(h, l.gate_up_w);  // [T, 2 inter]
         const int64_t inter = c.intermediate_size;
+        const std::array<int64_t, 2> outs = {inter, inter};
+        const std::array<at::Tensor, 2> biases = {l.gate_b, l.up_b};
+        const at::Tensor gate_up = LinearWithLoraDeltas(h, l.gate_up_w, outs, biases, adapters, li,
+                                                        lora_module::kGate, gemm);  // [T, 2 inter]
         const std::array<at::Tensor, 2> ys = {gate_up.narrow(1, 0, inter),
                                               gate_up.narrow(1, inter, inter)};
-        const std::array<at::Tensor, 2> biases = {l.gate_b, l.up_b};
-        for (size_t j = 0; j < ys.size(); ++j) {
-          if (biases[j].defined()) ys[j].add_(biases[j]);
-        }
-        ApplyLoraDeltas(h, ys, adapters, li, lora_module::kGate, biases);
         mlp = Activation(ys[0], c.hidden_act).mul_(ys[1]);
       } else {
         mlp = Activation(LinearWithLora(h, l.gate_w, l.gate_b, adapters, li, lora_module::kGate),
@@ -385,13 +386,20 @@ class LlamaModel final : public CausalLM {
       }
       x = AddSubLayerOutput(adapters, li, AdapterSite::kFfn, x,
                             LinearWithLora(mlp, l.down_w, l.down_b, adapters, li,
-                                           lora_module::kDown));
+                                           lora_module::kDown, gemm));
     }
     return x;
   }
 
   at::Tensor Logits(const at::Tensor& x) const {
-    return at::linear(RmsNorm(x, norm_), lm_head_).to(at::kFloat);
+    const at::Tensor h = RmsNorm(x, norm_);
+    if (context_.decode_gemm && DecodeGemmServes(h, lm_head_)) {
+      at::Tensor y = at::empty({h.size(0), lm_head_.size(0)}, h.options());
+      const absl::Status status = LoraLinear(h, lm_head_, y, nullptr, nullptr);
+      TORCH_CHECK(status.ok(), "decode GEMM: ", status.ToString());
+      return y.to(at::kFloat);
+    }
+    return at::linear(h, lm_head_).to(at::kFloat);
   }
 
   // [T, D/2], or [D/2] where every token uses the same frequencies.

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -236,26 +237,48 @@ bool BatchAdapters::UsesKernels(const at::Tensor& x) const {
          !(c10::GradMode::is_enabled() && x.requires_grad());
 }
 
-void BatchAdapters::ApplyKernels(const at::Tensor& x, std::span<const at::Tensor> ys, int layer,
-                                 int first_module) const {
+LoraWeightTable BatchAdapters::KernelTable(int layer, int first_module,
+                                           std::span<const int64_t> out_features,
+                                           int64_t in_features) const {
   constexpr int64_t kModules = lora_module::kMaxModules;
-  const int64_t n = static_cast<int64_t>(ys.size());
-  int64_t max_rank = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    max_rank = std::max(max_rank, kernel_max_rank_[layer * kModules + first_module + i]);
-  }
-  if (max_rank == 0) return;  // No kernel-slot adapter has LoRA on these modules.
+  const int64_t n = static_cast<int64_t>(out_features.size());
   LoraWeightTable table;
+  for (int64_t i = 0; i < n; ++i) {
+    table.max_rank =
+        std::max(table.max_rank, kernel_max_rank_[layer * kModules + first_module + i]);
+  }
+  if (table.max_rank == 0) return table;  // No kernel-slot adapter has LoRA on these modules.
   table.meta = kernel_meta_.select(0, layer).narrow(0, first_module, n);
   table.num_slices = n;
   table.num_slots = kernel_slots_;
-  table.in_features = x.size(1);
-  table.max_rank = max_rank;
+  table.in_features = in_features;
   table.dtype = kernel_dtype_;
-  for (const at::Tensor& y : ys) table.out_features.push_back(y.size(1));
+  table.out_features.assign(out_features.begin(), out_features.end());
+  return table;
+}
+
+void BatchAdapters::ApplyKernels(const at::Tensor& x, std::span<const at::Tensor> ys, int layer,
+                                 int first_module) const {
+  std::vector<int64_t> outs;
+  for (const at::Tensor& y : ys) outs.push_back(y.size(1));
+  const LoraWeightTable table = KernelTable(layer, first_module, outs, x.size(1));
+  if (table.max_rank == 0) return;
   const absl::Status status =
       LoraApply(x.stride(-1) == 1 ? x : x.contiguous(), table, kernel_index_, ys);
   TORCH_CHECK(status.ok(), "batched LoRA kernels: ", status.ToString());
+}
+
+at::Tensor BatchAdapters::DecodeLinear(const at::Tensor& x, const at::Tensor& weight,
+                                       std::span<const int64_t> out_features, int layer,
+                                       int first_module) const {
+  at::Tensor y = at::empty({x.size(0), weight.size(0)}, x.options());
+  LoraWeightTable table;
+  if (UsesKernels(x)) table = KernelTable(layer, first_module, out_features, x.size(1));
+  const bool lora = table.max_rank > 0;
+  const absl::Status status = LoraLinear(x, weight, y, lora ? &table : nullptr,
+                                         lora ? &kernel_index_ : nullptr);
+  TORCH_CHECK(status.ok(), "decode GEMM: ", status.ToString());
+  return y;
 }
 
 void ApplyLoraDelta(const at::Tensor& x, at::Tensor& y, const BatchAdapters& adapters, int layer,
@@ -277,9 +300,40 @@ void ApplyLoraDeltas(const at::Tensor& x, std::span<const at::Tensor> ys,
 }
 
 at::Tensor LinearWithLora(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                          const BatchAdapters& adapters, int layer, int module) {
+                          const BatchAdapters& adapters, int layer, int module, bool decode_gemm) {
+  if (decode_gemm && !bias.defined() && DecodeGemmServes(x, weight)) {
+    const int64_t out = weight.size(0);
+    at::Tensor y = adapters.DecodeLinear(x, weight, std::span<const int64_t>(&out, 1), layer, module);
+    ApplyLoraGroups(x, y, adapters, layer, module, bias, adapters.UsesKernels(x));
+    return y;
+  }
   at::Tensor y = at::linear(x, weight, bias);
   ApplyLoraDelta(x, y, adapters, layer, module, bias);
+  return y;
+}
+
+at::Tensor LinearWithLoraDeltas(const at::Tensor& x, const at::Tensor& weight,
+                                std::span<const int64_t> out_features,
+                                std::span<const at::Tensor> biases, const BatchAdapters& adapters,
+                                int layer, int first_module, bool decode_gemm) {
+  const bool any_bias = std::any_of(biases.begin(), biases.end(),
+                                    [](const at::Tensor& b) { return b.defined(); });
+  const bool decode = decode_gemm && !any_bias && DecodeGemmServes(x, weight);
+  at::Tensor y = decode ? adapters.DecodeLinear(x, weight, out_features, layer, first_module)
+                        : at::linear(x, weight);
+  std::vector<at::Tensor> ys;
+  int64_t off = 0;
+  for (size_t i = 0; i < out_features.size(); ++i) {
+    ys.push_back(y.narrow(1, off, out_features[i]));
+    off += out_features[i];
+    if (biases[i].defined()) ys.back().add_(biases[i]);
+  }
+  const bool kernels = adapters.UsesKernels(x);
+  if (kernels && !decode) adapters.ApplyKernels(x, ys, layer, first_module);
+  for (size_t i = 0; i < ys.size(); ++i) {
+    ApplyLoraGroups(x, ys[i], adapters, layer, first_module + static_cast<int>(i), biases[i],
+                    kernels);
+  }
   return y;
 }
 

@@ -79,6 +79,15 @@ class BatchAdapters {
   void ApplyKernels(const at::Tensor& x, std::span<const at::Tensor> ys, int layer,
                     int first_module) const;
 
+  // y = x · weightᵀ through the decode GEMM (LoraLinear), with the LoRA deltas
+  // of modules first_module, first_module + 1, ... (y's consecutive column
+  // slices of out_features[i] columns) for every kernel-slot group added in
+  // its epilogue when UsesKernels(x). REQUIRES: DecodeGemmServes(x, weight).
+  // Throws c10::Error on a kernel error.
+  at::Tensor DecodeLinear(const at::Tensor& x, const at::Tensor& weight,
+                          std::span<const int64_t> out_features, int layer,
+                          int first_module) const;
+
   // A step whose adapted rows all take the kernels, their index and table in
   // caller-owned device buffers (CUDA-graph decode steps): `meta` int64
   // [layers, kMaxModules, num_slots, kMetaFields]; max_rank[layer *
@@ -110,6 +119,12 @@ class BatchAdapters {
   LoraBatchIndex kernel_index_;
   at::Tensor kernel_meta_;  // int64 [layers, kMaxModules, kernel_slots_, kMetaFields].
   std::vector<int64_t> kernel_max_rank_;  // [layers * kMaxModules] over the slots.
+
+  // The kernels' table for `out_features.size()` modules from first_module
+  // of `layer` (views into kernel_meta_); max_rank 0 when no kernel-slot
+  // adapter has LoRA there.
+  LoraWeightTable KernelTable(int layer, int first_module, std::span<const int64_t> out_features,
+                              int64_t in_features) const;
 };
 
 // y += the LoRA deltas of layer `layer`'s `module` for every adapter of the
@@ -129,9 +144,23 @@ void ApplyLoraDeltas(const at::Tensor& x, std::span<const at::Tensor> ys,
                      const BatchAdapters& adapters, int layer, int first_module,
                      std::span<const at::Tensor> base_biases);
 
-// at::linear(x, weight, bias) followed by ApplyLoraDelta.
+// at::linear(x, weight, bias) followed by ApplyLoraDelta. With
+// `decode_gemm`, no bias and a decode-step input (DecodeGemmServes), the
+// projection runs through the decode GEMM with the kernel-slot groups' LoRA
+// in its epilogue instead (base and delta rounded once), then the other
+// groups as ApplyLoraDelta applies them.
 at::Tensor LinearWithLora(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                          const BatchAdapters& adapters, int layer, int module);
+                          const BatchAdapters& adapters, int layer, int module,
+                          bool decode_gemm = false);
+
+// The same for modules first_module, first_module + 1, ... fused in one
+// weight (q/k/v, gate/up): returns x · weightᵀ [T, sum of out_features], each
+// module's slice plus its bias (or undefined) plus its LoRA deltas, as
+// at::linear, adding the biases and ApplyLoraDeltas compute it.
+at::Tensor LinearWithLoraDeltas(const at::Tensor& x, const at::Tensor& weight,
+                                std::span<const int64_t> out_features,
+                                std::span<const at::Tensor> biases, const BatchAdapters& adapters,
+                                int layer, int first_module, bool decode_gemm = false);
 
 // The residual add after a sub-layer: x + f, plus per row the bottleneck
 // adapter or AdapterFusion at `site` (x: residual input, f: sub-layer output).

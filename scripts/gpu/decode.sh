@@ -22,7 +22,7 @@ if ! python3 -c 'import peft' 2>/dev/null; then
     && export PYTHONPATH=/tmp/site
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
-build=/tmp/b
+build=${ADAPTERD_GPU_BUILD:-/tmp/b}  # Kept between calls when it is an ignored repo path.
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DADAPTERD_BUILD_SERVER=OFF \
   -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" \
   -DPython3_EXECUTABLE="$(which python3)" > "$OUT/configure.log" 2>&1 || { tail -40 "$OUT/configure.log"; exit 1; }

@@ -8,7 +8,7 @@
 # (a cluster barrier never met) still returns the logs.
 #   carry: [".deps/debs", ".deps/kern-src.tar.gz"] (or [".gpu-tree", ".deps/debs"], run
 #   from .gpu-tree)
-#   command: bash scripts/gpu/lora_kernels.sh
+#   command: bash scripts/gpu/lora_kernels.sh [--quick | --decode] (passed to lora_gpu_bench)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -20,7 +20,7 @@ if [[ -f .deps/kern-src.tar.gz ]]; then
   mkdir -p "$src" && tar -xzf .deps/kern-src.tar.gz -C "$src"
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
-build=/tmp/b
+build=${ADAPTERD_GPU_BUILD:-/tmp/b}  # Kept between calls when it is an ignored repo path.
 cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DADAPTERD_BUILD_SERVER=OFF \
   -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" \
   -DPython3_EXECUTABLE="$(which python3)" > "$OUT/configure.log" 2>&1 || { tail -40 "$OUT/configure.log"; exit 1; }
@@ -31,4 +31,4 @@ echo "build: $(( $(date +%s) - start )) s"
 timeout 120 "$build/tests/kernels/lora_kernels_test" > "$OUT/test.log" 2>&1
 echo "lora_kernels_test rc=$?"
 grep -E "^\s+(cpu|cuda) |FAILED|PASSED|SKIPPED|Failure|error" "$OUT/test.log" | head -80
-timeout 240 "$build/bench/lora_gpu_bench" 2>&1 | tee "$OUT/bench.log"
+timeout 300 "$build/bench/lora_gpu_bench" "$@" 2>&1 | tee "$OUT/bench.log"

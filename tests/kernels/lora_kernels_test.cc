@@ -34,6 +34,11 @@ struct CaseSpec {
   bool blocked = false;      // Each adapter's tokens form one consecutive run.
   bool round_robin = false;  // Adapted token t uses adapter t % adapters (decode-like spread).
   LoraPath path = LoraPath::kAuto;  // With use_apply.
+  // LoraLinear over a random base weight instead: y = x·Wᵀ + the deltas
+  // (v is not checked; rows without an adapter must equal the same GEMM's
+  // output without adapters bit for bit).
+  bool linear = false;
+  LoraLinearOptions linear_options;
 };
 
 // One adapter's weights in the kernel dtype plus their exact float64 values.
@@ -78,6 +83,13 @@ at::Tensor Activation64(const at::Tensor& t, LoraActivation act) {
       break;
   }
   return t;
+}
+
+// Columns of slice s of a fused output.
+at::Tensor SliceOf(const at::Tensor& fused, const std::vector<int64_t>& outs, int64_t s) {
+  int64_t off = 0;
+  for (int64_t i = 0; i < s; ++i) off += outs[i];
+  return fused.narrow(1, off, outs[s]);
 }
 
 // Builds a random batch, runs shrink + expand on `device`, and measures the
@@ -150,22 +162,41 @@ Errors RunCase(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint3
   const at::Tensor x = x_full.narrow(1, 0, c.in);
   const at::Tensor x64 = x.to(at::kDouble);
 
-  // Fused output with NaN padding after the slices; y0 is the base output.
+  // Fused output with NaN padding after the slices; y0 is the base output
+  // (LoraLinear: x·Wᵀ in float64, y left NaN for the call to write).
   int64_t width = 0;
   for (int64_t o : c.outs) width += o;
   at::Tensor fused = at::full({c.tokens, width + 8}, std::numeric_limits<double>::quiet_NaN(), kdt);
+  at::Tensor base_w, base_ref;
+  if (c.linear) {
+    base_w = (at::randn({width, c.in}, f64) / std::sqrt(static_cast<double>(c.in))).to(dtype);
+    base_ref = at::matmul(x64, base_w.to(at::kDouble).t());
+  }
   std::vector<at::Tensor> ys, y0s;
   int64_t off = 0;
   for (int64_t s = 0; s < num_slices; ++s) {
     ys.push_back(fused.narrow(1, off, c.outs[s]));
-    y0s.push_back(at::randn({c.tokens, c.outs[s]}, f64).to(dtype));
-    ys.back().copy_(y0s.back());
+    if (c.linear) {
+      y0s.push_back(base_ref.narrow(1, off, c.outs[s]));
+    } else {
+      y0s.push_back(at::randn({c.tokens, c.outs[s]}, f64).to(dtype));
+      ys.back().copy_(y0s.back());
+    }
     off += c.outs[s];
   }
 
   at::Tensor v = at::full({num_slices, c.tokens, std::max<int64_t>(table->max_rank, 1)},
                           std::numeric_limits<float>::quiet_NaN(), kdt.dtype(at::kFloat));
-  if (c.use_apply) {
+  at::Tensor base_only;  // LoraLinear without adapters, same GEMM.
+  if (c.linear) {
+    const at::Tensor y = fused.narrow(1, 0, width);
+    const absl::Status st = LoraLinear(x, base_w, y, &*table, &*index, c.linear_options);
+    EXPECT_TRUE(st.ok()) << st;
+    base_only = at::empty_like(y);
+    const absl::Status st0 =
+        LoraLinear(x, base_w, base_only, nullptr, nullptr, c.linear_options);
+    EXPECT_TRUE(st0.ok()) << st0;
+  } else if (c.use_apply) {
     const absl::Status st = LoraApply(x, *table, *index, ys, c.path);
     EXPECT_TRUE(st.ok()) << st;
   } else {
@@ -179,7 +210,7 @@ Errors RunCase(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint3
   at::Tensor v_ref = at::zeros(v.sizes(), f64);
   at::Tensor v_mask = at::zeros(v.sizes(), f64.dtype(at::kBool));
   std::vector<at::Tensor> y_ref;
-  for (const at::Tensor& y0 : y0s) y_ref.push_back(y0.to(at::kDouble));
+  for (const at::Tensor& y0 : y0s) y_ref.push_back(y0.to(at::kDouble).clone());
   const at::Tensor slots = at::tensor(token_slot, at::kInt).to(device);
   for (int64_t i = 0; i < c.adapters; ++i) {
     const at::Tensor rows = (slots == static_cast<int32_t>(2 * i + 1)).nonzero().squeeze(1);
@@ -200,7 +231,7 @@ Errors RunCase(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint3
   }
 
   Errors e;
-  if (c.use_apply) {
+  if (c.use_apply || c.linear) {
     v_mask.zero_();
     v_ref.zero_();
   }
@@ -214,8 +245,9 @@ Errors RunCase(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint3
     const at::Tensor got = ys[s].to(at::kDouble);
     num += (got - y_ref[s]).pow(2).sum().item<double>();
     den += (y_ref[s] - y0s[s].to(at::kDouble)).pow(2).sum().item<double>();
+    const at::Tensor y0_rows = c.linear ? SliceOf(base_only, c.outs, s) : y0s[s];
     if (none_rows.numel() > 0 &&
-        !at::equal(ys[s].index_select(0, none_rows), y0s[s].index_select(0, none_rows))) {
+        !at::equal(ys[s].index_select(0, none_rows), y0_rows.index_select(0, none_rows))) {
       e.untouched_rows_exact = false;
     }
   }
@@ -236,7 +268,8 @@ void ExpectGood(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint
       "|y-ref|/|delta|=%.2e\n",
       device.is_cpu() ? "cpu" : "cuda", Name(dtype).c_str(), c.tokens, c.in, c.outs.size(),
       c.adapters, c.bottleneck ? " bottleneck" : "", c.use_apply ? " apply" : "",
-      c.use_apply && c.path == LoraPath::kFused ? " fused" : "", e.v, e.y);
+      c.use_apply && c.path == LoraPath::kFused ? " fused" : c.linear ? " linear" : "", e.v,
+      e.y);
   EXPECT_TRUE(e.v_finite);
   EXPECT_LT(e.v, 1e-5);
   EXPECT_LT(e.y, YTolerance(dtype));
@@ -381,6 +414,55 @@ TEST(LoraKernelsCpuTest, RejectsBadArguments) {
   EXPECT_EQ(LoraExpand(v, *table, *index, ys).code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(LoraKernelsCpuTest, LinearAddsTheDeltasToTheBaseGemm) {
+  CaseSpec c;
+  c.tokens = 24;
+  c.in = 96;
+  c.outs = {64, 32, 32};
+  c.adapters = 5;
+  c.linear = true;
+  uint32_t seed = 400;
+  for (at::ScalarType t : kDtypes) ExpectGood(c, t, at::kCPU, seed++);
+  c.bottleneck = true;
+  ExpectGood(c, at::kFloat, at::kCPU, seed++);
+  // Negative control: the same check fails when one adapted token is dropped.
+  c.bottleneck = false;
+  c.none_fraction = 0;
+  EXPECT_GT(RunCase(c, at::kFloat, at::kCPU, seed, Sabotage::kDropToken).y,
+            10 * YTolerance(at::kFloat));
+}
+
+TEST(LoraKernelsCpuTest, LinearRejectsBadArguments) {
+  LoraWeightTableBuilder builder(2, 1);
+  LoraSliceWeights w;
+  w.a = at::randn({4, 64});
+  w.b = at::randn({32, 4});
+  ASSERT_TRUE(builder.Set(0, 0, w).ok());
+  w.b = at::randn({16, 4});
+  ASSERT_TRUE(builder.Set(1, 0, w).ok());
+  absl::StatusOr<LoraWeightTable> table = builder.Build();
+  ASSERT_TRUE(table.ok());
+  absl::StatusOr<LoraBatchIndex> index =
+      BuildLoraBatchIndex(std::vector<int32_t>{0, -1, 0}, 1, 1, at::kCPU);
+  ASSERT_TRUE(index.ok());
+  const at::Tensor x = at::randn({3, 64});
+  const at::Tensor y = at::empty({3, 48});
+  EXPECT_TRUE(LoraLinear(x, at::randn({48, 64}), y, &*table, &*index).ok());
+  EXPECT_EQ(LoraLinear(x, at::randn({40, 64}), at::empty({3, 40}), &*table, &*index).code(),
+            absl::StatusCode::kInvalidArgument);  // Slices cover 48 outputs.
+  EXPECT_EQ(LoraLinear(x, at::randn({48, 63}), y, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);  // K differs.
+  EXPECT_EQ(LoraLinear(x, at::randn({48, 64}), y, &*table, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);  // Table without index.
+  EXPECT_EQ(LoraLinear(x, at::randn({48, 64}, at::kDouble), y, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  LoraLinearOptions decode;
+  decode.gemm = LinearGemm::kDecode;
+  EXPECT_EQ(LoraLinear(x, at::randn({48, 64}), y, nullptr, nullptr, decode).code(),
+            absl::StatusCode::kInvalidArgument);  // Not on the CPU.
+  EXPECT_FALSE(DecodeGemmServes(x, at::randn({48, 64})));
+}
+
 #ifdef ADAPTERD_WITH_CUDA
 bool HaveGpu() { return at::hasCUDA() && at::cuda::device_count() > 0; }
 
@@ -431,13 +513,80 @@ TEST(LoraKernelsCudaTest, BottleneckAdaptersMatchFloat64) {
   for (at::ScalarType t : kDtypes) ExpectGood(c, t, at::Device(at::kCUDA, 0), seed++);
 }
 
+// The decode GEMM (LoraLinear's CUDA path for T <= 32) with the LoRA expand in
+// its epilogue, against float64: both 16-bit dtypes, every split count and
+// pipeline depth, row counts around the 8-row tiles, K from one chunk to the
+// down projection's, column counts that are not multiples of the 128-column
+// tile, q/k/v slices, bottleneck adapters; and where it does not serve.
+TEST(LoraKernelsCudaTest, DecodeGemmMatchesFloat64) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const at::Device gpu(at::kCUDA, 0);
+  std::vector<CaseSpec> cases;
+  auto add = [&](int64_t t, int64_t in, std::vector<int64_t> outs, int64_t adapters, int splits,
+                 int depth, double none = 0.2) {
+    CaseSpec c;
+    c.tokens = t;
+    c.in = in;
+    c.outs = std::move(outs);
+    c.adapters = adapters;
+    c.none_fraction = none;
+    c.linear = true;
+    c.round_robin = true;
+    c.linear_options.gemm = LinearGemm::kDecode;
+    c.linear_options.splits = splits;
+    c.linear_options.depth = depth;
+    cases.push_back(c);
+  };
+  add(32, 4096, {4096}, 32, 0, 0, 0.0);                // The benchmark's shape, auto splits.
+  add(32, 4096, {4096, 1024, 1024}, 32, 4, 8);         // q/k/v with GQA.
+  add(1, 4096, {4096}, 1, 1, 8, 0.0);                  // One row.
+  add(5, 3424, {3424, 856, 856}, 3, 2, 4);             // 3424: 107 chunks, uneven splits.
+  add(8, 11008, {4096}, 8, 8, 8);                      // Down projection's K.
+  add(13, 96, {200}, 4, 2, 4);                         // 3 chunks over 2 splits; 200 columns.
+  add(16, 32, {1000, 24}, 6, 1, 8);                    // One chunk; ragged last tile.
+  add(32, 5120, {14336, 14336}, 17, 0, 0);             // gate/up.
+  add(17, 1024, {520}, 9, 8, 4, 0.5);                  // Half the rows without an adapter.
+  uint32_t seed = 500;
+  for (const CaseSpec& c : cases)
+    for (at::ScalarType t : {at::kHalf, at::kBFloat16}) ExpectGood(c, t, gpu, seed++);
+  CaseSpec bottleneck = cases[3];
+  bottleneck.bottleneck = true;
+  for (at::ScalarType t : {at::kHalf, at::kBFloat16}) ExpectGood(bottleneck, t, gpu, seed++);
+  // kAuto where the decode GEMM does not serve: fp32, 64 rows, misaligned x.
+  CaseSpec fallback = cases[1];
+  fallback.linear_options = LoraLinearOptions{};
+  ExpectGood(fallback, at::kFloat, gpu, seed++);
+  fallback.tokens = 64;
+  ExpectGood(fallback, at::kBFloat16, gpu, seed++);
+  fallback.tokens = 7;
+  fallback.x_pad = 1;
+  ExpectGood(fallback, at::kBFloat16, gpu, seed++);
+
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(gpu);
+  EXPECT_TRUE(DecodeGemmServes(at::randn({32, 4096}, opts), at::randn({128, 4096}, opts)));
+  EXPECT_FALSE(DecodeGemmServes(at::randn({33, 4096}, opts), at::randn({128, 4096}, opts)));
+  EXPECT_FALSE(DecodeGemmServes(at::randn({8, 100}, opts), at::randn({128, 100}, opts)));
+  LoraLinearOptions decode;
+  decode.gemm = LinearGemm::kDecode;
+  EXPECT_EQ(LoraLinear(at::randn({33, 64}, opts), at::randn({16, 64}, opts),
+                       at::empty({33, 16}, opts), nullptr, nullptr, decode)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // Captures one call into a CUDA graph, then rewrites the index in place and
 // replays. Split: LoraShrink + LoraExpand, any number of tokens per adapter;
-// fused: LoraApply(kFused), at most 4 tokens per adapter (the bound).
-void ExpectGraphReplayFollowsIndex(bool fused) {
+// fused: LoraApply(kFused), at most 4 tokens per adapter (the bound);
+// linear: LoraLinear's decode GEMM with the expand in its epilogue (32 rows).
+enum class GraphMode { kSplit, kFused, kLinear };
+
+void ExpectGraphReplayFollowsIndex(GraphMode mode) {
   const at::Device gpu(at::kCUDA, 0);
   const c10::cuda::CUDAGuard guard(gpu);
-  constexpr int64_t kTokens = 64, kIn = 3424, kOut = 1024, kSlots = 16, kMaxSeg = 16;
+  const bool fused = mode == GraphMode::kFused;
+  const bool linear = mode == GraphMode::kLinear;
+  const int64_t kTokens = linear ? 32 : 64;
+  constexpr int64_t kIn = 3424, kOut = 1024, kSlots = 16, kMaxSeg = 16;
   at::manual_seed(7);
   const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(gpu);
   LoraWeightTableBuilder builder(1, kSlots);
@@ -471,18 +620,24 @@ void ExpectGraphReplayFollowsIndex(bool fused) {
   const at::Tensor y = at::zeros({kTokens, kOut}, opts);
   const at::Tensor v = at::empty({1, kTokens, table->max_rank}, opts.dtype(at::kFloat));
   const std::vector<at::Tensor> ys = {y};
+  const at::Tensor w_base = linear ? at::randn({kOut, kIn}, opts) / 58.0 : at::Tensor();
+  LoraLinearOptions decode;
+  decode.gemm = LinearGemm::kDecode;
 
   const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
   at::cuda::CUDAGraph graph;
   {
     const c10::cuda::CUDAStreamGuard sg(stream);
     // Warm-up outside capture.
-    ASSERT_TRUE(fused ? LoraApply(x, *table, *index, ys, LoraPath::kFused).ok()
-                      : LoraShrink(x, *table, *index, v).ok());
+    ASSERT_TRUE(linear  ? LoraLinear(x, w_base, y, &*table, &*index, decode).ok()
+                : fused ? LoraApply(x, *table, *index, ys, LoraPath::kFused).ok()
+                        : LoraShrink(x, *table, *index, v).ok());
     stream.synchronize();
     graph.capture_begin();
     absl::Status s1, s2;
-    if (fused) {
+    if (linear) {
+      s1 = LoraLinear(x, w_base, y, &*table, &*index, decode);
+    } else if (fused) {
       s1 = LoraApply(x, *table, *index, ys, LoraPath::kFused);
     } else {
       s1 = LoraShrink(x, *table, *index, v);
@@ -498,30 +653,41 @@ void ExpectGraphReplayFollowsIndex(bool fused) {
     index->sorted_tokens.copy_(fresh->sorted_tokens);
     index->segment_start.copy_(fresh->segment_start);
     index->segment_slot.copy_(fresh->segment_slot);
-    y.zero_();
+    if (linear) {
+      y.fill_(std::numeric_limits<double>::quiet_NaN());
+    } else {
+      y.zero_();
+    }
     graph.replay();
     at::Tensor want =
-        at::zeros({kTokens, kOut}, at::TensorOptions().dtype(at::kDouble).device(gpu));
+        linear ? at::matmul(x.to(at::kDouble), w_base.to(at::kDouble).t())
+               : at::zeros({kTokens, kOut}, at::TensorOptions().dtype(at::kDouble).device(gpu));
+    const at::Tensor delta_base = want.clone();
     for (int64_t t = 0; t < kTokens; ++t) {
       if (slots[t] < 0) continue;
       const LoraSliceWeights& w = ws[slots[t]];
-      want[t] = at::matmul(at::matmul(x[t].to(at::kDouble), w.a.to(at::kDouble).t()),
-                           w.b.to(at::kDouble).t()) *
-                static_cast<double>(w.scale);
+      want[t] += at::matmul(at::matmul(x[t].to(at::kDouble), w.a.to(at::kDouble).t()),
+                            w.b.to(at::kDouble).t()) *
+                  static_cast<double>(w.scale);
     }
-    const double err = RelErr(y.to(at::kDouble), want, want);
+    const double err = RelErr(y.to(at::kDouble), want, want - delta_base);
     EXPECT_LT(err, YTolerance(at::kBFloat16)) << "round " << round;
   }
 }
 
 TEST(LoraKernelsCudaTest, GraphReplayFollowsIndexRewrittenInPlace) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
-  ExpectGraphReplayFollowsIndex(/*fused=*/false);
+  ExpectGraphReplayFollowsIndex(GraphMode::kSplit);
 }
 
 TEST(LoraKernelsCudaTest, FusedGraphReplayFollowsIndexRewrittenInPlace) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
-  ExpectGraphReplayFollowsIndex(/*fused=*/true);
+  ExpectGraphReplayFollowsIndex(GraphMode::kFused);
+}
+
+TEST(LoraKernelsCudaTest, DecodeGemmGraphReplayFollowsIndexRewrittenInPlace) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  ExpectGraphReplayFollowsIndex(GraphMode::kLinear);
 }
 
 // The fused single-launch kernel (decode shape: at most 8 tokens per adapter)

@@ -1,0 +1,471 @@
+// The decode GEMM behind LoraLinear (engine/kernels/lora_kernels.h):
+// y[m, n] = x[m, k] · W[n, k]ᵀ for the few rows of a decode step, with the
+// LoRA expand optionally added in the epilogue.
+//
+// At m <= 32 a projection is a stream of its weight bytes: 32 FMAs per bf16
+// weight element, far below the tensor cores' rate, so the kernel is built to
+// keep HBM busy. Each CTA (8 warps) owns 128 output columns (W rows) and one
+// k-range; the CTAs of one column tile that split k form a thread-block
+// cluster and add their partial sums through distributed shared memory (no
+// atomics, no workspace, no memset). Each warp streams its 16 W rows straight
+// from HBM into registers, `depth` 32-wide k-chunks ahead (16-byte loads that
+// bypass L1), and multiplies them by the x slice staged once per CTA in shared
+// memory (cp.async, four groups, so the first chunks start before the whole
+// slice has arrived) with mma.sync m16n8k16: W is the A operand (16 columns),
+// x the B operand (8 rows per n-tile). The k order inside a chunk is permuted
+// the same way for both operands (a lane's 16-byte vector feeds two mma
+// k-steps), so neither needs a shuffle or ldmatrix.
+//
+// LoRA in the epilogue: the shrink (v = x·Aᵀ, lora_kernels.cu) runs just
+// before on the stream and lets this kernel launch early (programmatic
+// dependent launch); the GEMM's main loop does not read v, so it overlaps the
+// shrink, and only the epilogue waits (griddepcontrol.wait). Each output
+// element then adds scale · (act(v[t] + a_bias) · B[col] + b_bias) for its
+// row's adapter, in fp32, before the single rounding to the output dtype. The
+// B rows the epilogue reads are prefetched into L2 at kernel start.
+
+#include <cooperative_groups.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "engine/kernels/cuda_common.cuh"
+#include "engine/kernels/lora_launch.h"
+
+namespace adapterd::lora_internal {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTile = kDecodeGemmTileCols;  // Output columns per CTA: 16 per warp.
+constexpr int kChunk = kDecodeGemmChunk;    // k per warp step: two m16n8k16 k-steps.
+constexpr int kXGroups = 4;                 // cp.async groups the x slice arrives in.
+constexpr int kPartStride = kTile + 4;      // Floats per row of partial sums (bank spread).
+constexpr int kMaxSmem = 200 * 1024;
+constexpr int kSmemPerSm = 227 * 1024;
+static_assert(kTile == kWarps * 16, "one m16 tile per warp");
+
+template <typename T>
+struct Mma;
+template <>
+struct Mma<__nv_bfloat16> {
+  static __device__ __forceinline__ void Run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                             uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct Mma<__half> {
+  static __device__ __forceinline__ void Run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                             uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+
+// A weight vector read once: no L1 allocation, and a 256-byte L2 fetch (the
+// next chunks of the row follow).
+__device__ __forceinline__ uint4 LdStream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// 16 bytes global → shared without registers; zeros where !valid.
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+
+__device__ __forceinline__ void CpAsyncCommit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most `pending` (0..kXGroups-1) groups are still in flight.
+__device__ __forceinline__ void CpAsyncWait(int pending) {
+  switch (pending) {
+    case 3:
+      asm volatile("cp.async.wait_group 3;\n" ::: "memory");
+      break;
+    case 2:
+      asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+      break;
+    case 1:
+      asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+      break;
+    default:
+      asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+      break;
+  }
+}
+static_assert(kXGroups == 4, "CpAsyncWait spells out wait_group 0..3");
+
+__device__ __forceinline__ void PrefetchL2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
+__host__ __device__ __forceinline__ int RowsFor(int m) { return m <= 8 ? 8 : m <= 16 ? 16 : 32; }
+
+// Elements per row of the staged x slice: the slice plus a pad that puts
+// consecutive rows 16 banks apart (conflict-free 16-byte reads of 8 lanes).
+__host__ __device__ __forceinline__ int XStride(int chunks_per_split) {
+  return chunks_per_split * kChunk + ((chunks_per_split & 1) ? 64 : 32);
+}
+
+__host__ __device__ __forceinline__ int ChunksPerSplit(int k, int splits) {
+  return (k / kChunk + splits - 1) / splits;
+}
+
+size_t SmemBytes(int m, int k, int splits, int elem_bytes) {
+  const size_t rows = static_cast<size_t>(RowsFor(m));
+  const size_t xs = rows * static_cast<size_t>(XStride(ChunksPerSplit(k, splits))) * elem_bytes;
+  const size_t epilogue = (rows * kPartStride + rows * (kTile / splits)) * sizeof(float);
+  return std::max(xs, epilogue);
+}
+
+// The LoRA delta of output (t, n): scale · (act(v[t] + a_bias) · B[n] + b_bias)
+// for row t's adapter on n's slice; 0 where the row has no adapter there.
+template <typename T>
+__device__ __forceinline__ float LoraDelta(const DecodeGemmArgs& p, int slot, int t, int n) {
+  if (slot < 0) return 0.0f;
+  const LoraLaunchArgs& l = p.lora;
+  int s = 0;
+  while (s + 1 < l.num_slices && n >= p.slice_begin[s + 1]) ++s;
+  const int64_t* meta = l.meta + (static_cast<int64_t>(s) * l.num_slots + slot) * kMetaFields;
+  if (meta[kMetaA] == 0) return 0.0f;
+  const int rank = static_cast<int>(meta[kMetaRank]);
+  const int col = n - p.slice_begin[s];
+  const T* b = reinterpret_cast<const T*>(meta[kMetaB]) + static_cast<int64_t>(col) * rank;
+  const T* a_bias = reinterpret_cast<const T*>(meta[kMetaABias]);
+  const T* b_bias = reinterpret_cast<const T*>(meta[kMetaBBias]);
+  const int act = static_cast<int>(meta[kMetaAct]);
+  const bool plain = a_bias == nullptr && act == 0;
+  const float* v = l.v + (static_cast<int64_t>(s) * l.num_tokens + t) * l.v_width;
+  float acc = 0.0f;
+  if (rank % 8 == 0 && (reinterpret_cast<uintptr_t>(b) & 15) == 0 && l.v_width % 4 == 0) {
+    for (int j = 0; j < rank; j += 8) {
+      float bf[8];
+      ToFloats<T>(Ld16(b + j), bf);
+      const float4 v0 = *reinterpret_cast<const float4*>(v + j);
+      const float4 v1 = *reinterpret_cast<const float4*>(v + j + 4);
+      float vv[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+      if (!plain) {
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+          vv[q] = Activate(vv[q] + (a_bias != nullptr ? ToF(a_bias[j + q]) : 0.0f), act);
+      }
+#pragma unroll
+      for (int q = 0; q < 8; ++q) acc = fmaf(vv[q], bf[q], acc);
+    }
+  } else {
+    for (int j = 0; j < rank; ++j) {
+      float vj = v[j];
+      if (!plain) vj = Activate(vj + (a_bias != nullptr ? ToF(a_bias[j]) : 0.0f), act);
+      acc = fmaf(vj, ToF(b[j]), acc);
+    }
+  }
+  if (b_bias != nullptr) acc += ToF(b_bias[col]);
+  return ScaleOf(meta) * acc;
+}
+
+// grid: (splits, ceil(n / kTile)), clusters of (splits, 1, 1). NT n-tiles of
+// 8 rows (m <= 8 * NT); D chunks of W in flight per warp.
+template <typename T, int NT, int D>
+__global__ void __launch_bounds__(kThreads, 2) DecodeGemmKernel(const DecodeGemmArgs p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ int tslot[kDecodeGemmMaxRows];
+  const int splits = static_cast<int>(gridDim.x);  // The grid's x extent is one cluster.
+  const int crank = static_cast<int>(blockIdx.x);
+  const int tile = static_cast<int>(blockIdx.y);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int g = lane >> 2;  // mma groupID: W row (A) and x row (B) within the tile.
+  const int c = lane & 3;   // mma thread-in-group: which 16-byte vector of the chunk.
+  const int kc = p.k / kChunk;
+  const int cps = ChunksPerSplit(p.k, splits);
+  const int c0 = min(kc, crank * cps);
+  const int nchunks = min(kc, c0 + cps) - c0;
+  const int64_t k0 = static_cast<int64_t>(c0) * kChunk;
+  const int xstride = XStride(cps);
+  T* xs = reinterpret_cast<T*>(smem_raw);
+
+  // 1. This warp's W rows (rows past n repeat the last one: valid addresses,
+  //    never stored); the first D chunks go in flight before anything else.
+  const int row = tile * kTile + warp * 16 + g;
+  const T* w = static_cast<const T*>(p.w);
+  const T* w0 = w + static_cast<int64_t>(min(row, p.n - 1)) * p.k + k0 + 8 * c;
+  const T* w1 = w + static_cast<int64_t>(min(row + 8, p.n - 1)) * p.k + k0 + 8 * c;
+  uint4 wb[D][2];
+#pragma unroll
+  for (int d = 0; d < D; ++d) {
+    if (d < nchunks) {
+      wb[d][0] = LdStream(w0 + d * kChunk);
+      wb[d][1] = LdStream(w1 + d * kChunk);
+    } else {
+      wb[d][0] = wb[d][1] = make_uint4(0, 0, 0, 0);
+    }
+  }
+
+  // 2. The x slice into shared memory in kXGroups groups of whole D-chunk
+  //    steps (rows past m are zeros).
+  constexpr int kRows = NT * 8;
+  const int group_chunks = ((nchunks + kXGroups - 1) / kXGroups + D - 1) / D * D;
+  const T* x = static_cast<const T*>(p.x);
+#pragma unroll
+  for (int gi = 0; gi < kXGroups; ++gi) {
+    const int g0 = min(nchunks, gi * group_chunks);
+    const int nv = (min(nchunks, g0 + group_chunks) - g0) * (kChunk / 8);
+    for (int i = tid; i < kRows * nv; i += kThreads) {
+      const int r = i / nv;
+      const int col = g0 * kChunk + (i % nv) * 8;
+      const bool valid = r < p.m;
+      const T* src = valid ? x + static_cast<int64_t>(r) * p.ld_x + k0 + col : x;
+      CpAsync16(xs + r * xstride + col, src, valid);
+    }
+    CpAsyncCommit();
+  }
+
+  // 3. LoRA: each row's slot, and the epilogue's B rows prefetched into L2.
+  //    The index and the table were written before the shrink ran.
+  const bool lora = p.lora.meta != nullptr;
+  const int rp = kTile / splits;  // Columns this CTA finishes: [n0, n0 + rp).
+  const int n0 = tile * kTile + crank * rp;
+  if (lora) {
+    const LoraLaunchArgs& l = p.lora;
+    if (tid < kDecodeGemmMaxRows) tslot[tid] = -1;
+    __syncthreads();
+    for (int s = tid; s < l.max_segments; s += kThreads) {
+      const int slot = l.segment_slot[s];
+      if (slot < 0) continue;
+      for (int i = l.segment_start[s]; i < l.segment_start[s + 1]; ++i)
+        tslot[l.sorted_tokens[i]] = slot;
+    }
+    const int n1 = min(p.n, n0 + rp);
+    for (int j = tid; j < l.max_segments * l.num_slices; j += kThreads) {
+      const int seg = j % l.max_segments;
+      const int s = j / l.max_segments;
+      const int slot = l.segment_slot[seg];
+      const int lo = max(n0, p.slice_begin[s]);
+      const int hi = min(n1, p.slice_begin[s + 1]);
+      if (slot < 0 || lo >= hi) continue;
+      const int64_t* meta = l.meta + (static_cast<int64_t>(s) * l.num_slots + slot) * kMetaFields;
+      if (meta[kMetaA] == 0) continue;
+      const int64_t row_bytes = meta[kMetaRank] * static_cast<int64_t>(sizeof(T));
+      const char* b = reinterpret_cast<const char*>(meta[kMetaB]);
+      const char* end = b + (hi - p.slice_begin[s]) * row_bytes;
+      for (uintptr_t q = reinterpret_cast<uintptr_t>(b + (lo - p.slice_begin[s]) * row_bytes) & ~uintptr_t{127};
+           q < reinterpret_cast<uintptr_t>(end); q += 128)
+        PrefetchL2(reinterpret_cast<const void*>(q));
+    }
+  }
+
+  // 4. Main loop: chunk i uses register slot i % D, refilled with chunk i + D.
+  float acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+  for (int gi = 0; gi < kXGroups; ++gi) {
+    const int g0 = min(nchunks, gi * group_chunks);
+    const int g1 = min(nchunks, g0 + group_chunks);
+    CpAsyncWait(kXGroups - 1 - gi);
+    __syncthreads();
+    for (int i = g0; i < g1; i += D) {
+#pragma unroll
+      for (int d = 0; d < D; ++d) {
+        const int ci = i + d;
+        if (ci < g1) {
+          const uint4 a0 = wb[d][0];
+          const uint4 a1 = wb[d][1];
+          if (ci + D < nchunks) {
+            wb[d][0] = LdStream(w0 + (ci + D) * kChunk);
+            wb[d][1] = LdStream(w1 + (ci + D) * kChunk);
+          }
+          const T* xk = xs + ci * kChunk + 8 * c;
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const uint4 b = *reinterpret_cast<const uint4*>(xk + (nt * 8 + g) * xstride);
+            Mma<T>::Run(acc[nt], a0.x, a1.x, a0.y, a1.y, b.x, b.y);
+            Mma<T>::Run(acc[nt], a0.z, a1.z, a0.w, a1.w, b.z, b.w);
+          }
+        }
+      }
+    }
+  }
+
+  // 5. Partial sums to shared memory ([row][column]), then each CTA of the
+  //    cluster adds up its rp columns over the cluster's partials.
+  __syncthreads();  // Every warp is done with xs.
+  float* part = reinterpret_cast<float*>(smem_raw);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int t0 = nt * 8 + 2 * c;
+    const int r0 = warp * 16 + g;
+    part[t0 * kPartStride + r0] = acc[nt][0];
+    part[(t0 + 1) * kPartStride + r0] = acc[nt][1];
+    part[t0 * kPartStride + r0 + 8] = acc[nt][2];
+    part[(t0 + 1) * kPartStride + r0 + 8] = acc[nt][3];
+  }
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  float* sums = part + kRows * kPartStride;  // [m][rp], this thread's elements only.
+  const int count = p.m * rp;
+  for (int e = tid; e < count; e += kThreads) {
+    const int off = (e / rp) * kPartStride + crank * rp + e % rp;
+    float s = 0.0f;
+    for (int q = 0; q < splits; ++q) s += cluster.map_shared_rank(part, q)[off];
+    sums[e] = s;
+  }
+  ClusterArrive();  // Done reading the other CTAs' shared memory.
+
+  // 6. Epilogue: + LoRA (after the shrink has finished), one rounding, store.
+  if (lora) WaitForPrimary();
+  T* y = static_cast<T*>(p.y);
+  for (int e = tid; e < count; e += kThreads) {
+    const int t = e / rp;
+    const int n = n0 + e % rp;
+    if (n >= p.n) continue;
+    float s = sums[e];
+    if (lora) s += LoraDelta<T>(p, tslot[t], t, n);
+    y[static_cast<int64_t>(t) * p.ld_y + n] = FromF<T>(s);
+  }
+  ClusterWait();
+#endif
+}
+
+bool DecodeGemmAvailable() {
+  static int cached[64] = {};  // 0 unknown, 1 yes, 2 no.
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cached[dev] == 0) {
+    int major = 0;
+    cudaFuncAttributes attr = {};
+    const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) ==
+                        cudaSuccess &&
+                    major >= 9 &&
+                    cudaFuncGetAttributes(&attr, DecodeGemmKernel<__nv_bfloat16, 1, 4>) ==
+                        cudaSuccess &&
+                    attr.binaryVersion >= 90;
+    cudaGetLastError();
+    cached[dev] = ok ? 1 : 2;
+  }
+  return cached[dev] == 1;
+}
+
+template <typename T, int NT, int D>
+std::string Launch(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
+  auto* kernel = DecodeGemmKernel<T, NT, D>;
+  const size_t smem = SmemBytes(p.m, p.k, splits, sizeof(T));
+  static bool opted_in[64] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (smem > 48 * 1024 && !(dev >= 0 && dev < 64 && opted_in[dev])) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+    if (e != cudaSuccess) return cudaGetErrorString(e);
+    if (dev >= 0 && dev < 64) opted_in[dev] = true;
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(splits),
+                        static_cast<unsigned>((p.n + kTile - 1) / kTile));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(splits);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = p.lora.meta != nullptr && p.lora.after_shrink ? 2 : 1;
+  const cudaError_t e = cudaLaunchKernelEx(&config, kernel, p);
+  if (e != cudaSuccess) return cudaGetErrorString(e);
+  return std::string();
+}
+
+template <typename T, int NT>
+std::string DispatchDepth(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
+  return p.depth == 4 ? Launch<T, NT, 4>(p, splits, stream) : Launch<T, NT, 8>(p, splits, stream);
+}
+
+template <typename T>
+std::string DispatchRows(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
+  switch (RowsFor(p.m)) {
+    case 8:
+      return DispatchDepth<T, 1>(p, splits, stream);
+    case 16:
+      return DispatchDepth<T, 2>(p, splits, stream);
+    default:
+      return DispatchDepth<T, 4>(p, splits, stream);
+  }
+}
+
+bool SplitFits(int m, int k, int splits) {
+  return k / kChunk >= splits && SmemBytes(m, k, splits, 2) <= static_cast<size_t>(kMaxSmem);
+}
+
+}  // namespace
+
+bool DecodeGemmFits(int m, int n, int k) {
+  if (m < 1 || m > kDecodeGemmMaxRows || n < 1 || k < kChunk || k % kChunk != 0) return false;
+  if (!SplitFits(m, k, 8) && !SplitFits(m, k, 4) && !SplitFits(m, k, 2) && !SplitFits(m, k, 1))
+    return false;
+  return DecodeGemmAvailable();
+}
+
+// The fewest splits whose CTAs spread evenly over the SMs: the weights are
+// the cost, so what matters is that every SM streams until the end (wave
+// balance), and fewer splits mean less x traffic and a smaller reduction.
+int DecodeGemmAutoSplits(int m, int n, int k) {
+  const int sms = NumSms();
+  const int tiles = (n + kTile - 1) / kTile;
+  int best = 0;
+  double best_balance = -1.0;
+  for (int splits : {1, 2, 4, 8}) {
+    if (!SplitFits(m, k, splits)) continue;
+    const size_t smem = SmemBytes(m, k, splits, 2);
+    const int per_sm = std::clamp(static_cast<int>(kSmemPerSm / (smem + 1024)), 1, 2);
+    const double slots = static_cast<double>(sms) * per_sm;
+    const double ctas = static_cast<double>(tiles) * splits;
+    const double balance = (ctas / slots) / std::ceil(ctas / slots);
+    if (balance > best_balance + 0.02) {
+      best_balance = balance;
+      best = splits;
+    }
+  }
+  return best == 0 ? 8 : best;
+}
+
+std::string LaunchDecodeGemmCuda(const DecodeGemmArgs& args, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  int splits = args.splits > 0 ? args.splits : DecodeGemmAutoSplits(args.m, args.n, args.k);
+  if (splits != 1 && splits != 2 && splits != 4 && splits != 8) return "decode gemm: bad splits";
+  if (!SplitFits(args.m, args.k, splits)) return "decode gemm: the x slice exceeds shared memory";
+  std::string err;
+  switch (args.dtype) {
+    case LoraDType::kFloat16:
+      err = DispatchRows<__half>(args, splits, s);
+      break;
+    case LoraDType::kBFloat16:
+      err = DispatchRows<__nv_bfloat16>(args, splits, s);
+      break;
+    case LoraDType::kFloat32:
+      return "decode gemm: fp16 or bf16 only";
+  }
+  if (!err.empty()) return err;
+  return LastError();
+}
+
+}  // namespace adapterd::lora_internal
