@@ -42,7 +42,6 @@ constexpr int kChunk = kDecodeGemmChunk;    // k per warp step: two m16n8k16 k-s
 constexpr int kXGroups = 4;                 // cp.async groups the x slice arrives in.
 constexpr int kPartStride = kTile + 4;      // Floats per row of partial sums (bank spread).
 constexpr int kMaxSmem = 200 * 1024;
-constexpr int kSmemPerSm = 227 * 1024;
 static_assert(kTile == kWarps * 16, "one m16 tile per warp");
 
 template <typename T>
@@ -180,7 +179,7 @@ __device__ __forceinline__ float LoraDelta(const DecodeGemmArgs& p, int slot, in
 // grid: (splits, ceil(n / kTile)), clusters of (splits, 1, 1). NT n-tiles of
 // 8 rows (m <= 8 * NT); D chunks of W in flight per warp.
 template <typename T, int NT, int D>
-__global__ void __launch_bounds__(kThreads, 2) DecodeGemmKernel(const DecodeGemmArgs p) {
+__global__ void __launch_bounds__(kThreads, 1) DecodeGemmKernel(const DecodeGemmArgs p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -203,19 +202,20 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeGemmKernel(const DecodeGemm
 
   // 1. This warp's W rows (rows past n repeat the last one: valid addresses,
   //    never stored); the first D chunks go in flight before anything else.
+  //    Every load is unconditional (a chunk index past the range reloads the
+  //    last chunk): predicated loads leave the compiler unable to count the
+  //    loads in flight, and it then waits for all of them at each use.
   const int row = tile * kTile + warp * 16 + g;
   const T* w = static_cast<const T*>(p.w);
-  const T* w0 = w + static_cast<int64_t>(min(row, p.n - 1)) * p.k + k0 + 8 * c;
-  const T* w1 = w + static_cast<int64_t>(min(row + 8, p.n - 1)) * p.k + k0 + 8 * c;
+  const int64_t kw = nchunks > 0 ? k0 : 0;  // A CTA without chunks reads (and drops) chunk 0.
+  const int last = max(nchunks - 1, 0);
+  const T* w0 = w + static_cast<int64_t>(min(row, p.n - 1)) * p.k + kw + 8 * c;
+  const T* w1 = w + static_cast<int64_t>(min(row + 8, p.n - 1)) * p.k + kw + 8 * c;
   uint4 wb[D][2];
 #pragma unroll
   for (int d = 0; d < D; ++d) {
-    if (d < nchunks) {
-      wb[d][0] = LdStream(w0 + d * kChunk);
-      wb[d][1] = LdStream(w1 + d * kChunk);
-    } else {
-      wb[d][0] = wb[d][1] = make_uint4(0, 0, 0, 0);
-    }
+    wb[d][0] = LdStream(w0 + min(d, last) * kChunk);
+    wb[d][1] = LdStream(w1 + min(d, last) * kChunk);
   }
 
   // 2. The x slice into shared memory in kXGroups groups of whole D-chunk
@@ -284,13 +284,11 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeGemmKernel(const DecodeGemm
 #pragma unroll
       for (int d = 0; d < D; ++d) {
         const int ci = i + d;
+        const uint4 a0 = wb[d][0];
+        const uint4 a1 = wb[d][1];
+        wb[d][0] = LdStream(w0 + min(ci + D, last) * kChunk);
+        wb[d][1] = LdStream(w1 + min(ci + D, last) * kChunk);
         if (ci < g1) {
-          const uint4 a0 = wb[d][0];
-          const uint4 a1 = wb[d][1];
-          if (ci + D < nchunks) {
-            wb[d][0] = LdStream(w0 + (ci + D) * kChunk);
-            wb[d][1] = LdStream(w1 + (ci + D) * kChunk);
-          }
           const T* xk = xs + ci * kChunk + 8 * c;
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
@@ -435,9 +433,8 @@ int DecodeGemmAutoSplits(int m, int n, int k) {
   double best_balance = -1.0;
   for (int splits : {1, 2, 4, 8}) {
     if (!SplitFits(m, k, splits)) continue;
-    const size_t smem = SmemBytes(m, k, splits, 2);
-    const int per_sm = std::clamp(static_cast<int>(kSmemPerSm / (smem + 1024)), 1, 2);
-    const double slots = static_cast<double>(sms) * per_sm;
+    // One CTA per SM (the registers of 8 warps with 4-8 chunks in flight).
+    const double slots = static_cast<double>(sms);
     const double ctas = static_cast<double>(tiles) * splits;
     const double balance = (ctas / slots) / std::ceil(ctas / slots);
     if (balance > best_balance + 0.02) {
