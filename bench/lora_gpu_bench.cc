@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "engine/kernels/lora_kernels.h"
+#include "engine/kernels/lora_launch.h"
 
 namespace adapterd {
 namespace {
@@ -123,9 +124,11 @@ void SweepDecodeGemm(double copy_bw) {
         });
       };
       const double autot = run(0, 0);
-      std::printf("%-20s %3ld | %8.2f %4.0f%% | %8.2f %4.0f%% |", sh.name, m, cublas * 1e3,
+      std::printf("%-20s %3ld | %8.2f %4.0f%% | %8.2f %4.0f%% s=%d |", sh.name, m, cublas * 1e3,
                   100 * wbytes / (cublas * 1e-3) / copy_bw, autot * 1e3,
-                  100 * wbytes / (autot * 1e-3) / copy_bw);
+                  100 * wbytes / (autot * 1e-3) / copy_bw,
+                  lora_internal::DecodeGemmAutoSplits(static_cast<int>(m), static_cast<int>(sh.n),
+                                                      static_cast<int>(sh.k)));
       for (int splits : {1, 2, 4, 8}) {
         for (int depth : {4, 8}) {
           const double t = run(splits, depth);

@@ -27,7 +27,11 @@
 #include <cooperative_groups.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "engine/kernels/cuda_common.cuh"
 #include "engine/kernels/lora_launch.h"
@@ -42,6 +46,7 @@ constexpr int kChunk = kDecodeGemmChunk;    // k per warp step: two m16n8k16 k-s
 constexpr int kXGroups = 4;                 // cp.async groups the x slice arrives in.
 constexpr int kPartStride = kTile + 4;      // Floats per row of partial sums (bank spread).
 constexpr int kMaxSmem = 200 * 1024;
+constexpr int kDefaultDepth = 4;  // W chunks in flight per warp (LoraLinearOptions::depth 0).
 static_assert(kTile == kWarps * 16, "one m16 tile per warp");
 
 template <typename T>
@@ -131,24 +136,52 @@ size_t SmemBytes(int m, int k, int splits, int elem_bytes) {
   return std::max(xs, epilogue);
 }
 
-// The LoRA delta of output (t, n): scale · (act(v[t] + a_bias) · B[n] + b_bias)
-// for row t's adapter on n's slice; 0 where the row has no adapter there.
-template <typename T>
-__device__ __forceinline__ float LoraDelta(const DecodeGemmArgs& p, int slot, int t, int n) {
-  if (slot < 0) return 0.0f;
-  const LoraLaunchArgs& l = p.lora;
+// One row's adapter on one slice, as the epilogue needs it (b == nullptr:
+// no LoRA there). Staged in shared memory before the main loop, so that the
+// epilogue's only global reads are B's rows (prefetched into L2) and v.
+struct RowLora {
+  const void* b;
+  const void* a_bias;
+  const void* b_bias;
+  float scale;
+  int rank;
+  int act;
+  int slice;
+};
+
+__device__ __forceinline__ RowLora RowLoraOf(const LoraLaunchArgs& l, int slice, int slot) {
+  RowLora r = {nullptr, nullptr, nullptr, 0.0f, 0, 0, slice};
+  if (slot < 0) return r;
+  const int64_t* meta = l.meta + (static_cast<int64_t>(slice) * l.num_slots + slot) * kMetaFields;
+  if (meta[kMetaA] == 0) return r;
+  r.b = reinterpret_cast<const void*>(meta[kMetaB]);
+  r.a_bias = reinterpret_cast<const void*>(meta[kMetaABias]);
+  r.b_bias = reinterpret_cast<const void*>(meta[kMetaBBias]);
+  r.scale = ScaleOf(meta);
+  r.rank = static_cast<int>(meta[kMetaRank]);
+  r.act = static_cast<int>(meta[kMetaAct]);
+  return r;
+}
+
+__device__ __forceinline__ int SliceOf(const DecodeGemmArgs& p, int n) {
   int s = 0;
-  while (s + 1 < l.num_slices && n >= p.slice_begin[s + 1]) ++s;
-  const int64_t* meta = l.meta + (static_cast<int64_t>(s) * l.num_slots + slot) * kMetaFields;
-  if (meta[kMetaA] == 0) return 0.0f;
-  const int rank = static_cast<int>(meta[kMetaRank]);
-  const int col = n - p.slice_begin[s];
-  const T* b = reinterpret_cast<const T*>(meta[kMetaB]) + static_cast<int64_t>(col) * rank;
-  const T* a_bias = reinterpret_cast<const T*>(meta[kMetaABias]);
-  const T* b_bias = reinterpret_cast<const T*>(meta[kMetaBBias]);
-  const int act = static_cast<int>(meta[kMetaAct]);
-  const bool plain = a_bias == nullptr && act == 0;
-  const float* v = l.v + (static_cast<int64_t>(s) * l.num_tokens + t) * l.v_width;
+  while (s + 1 < p.lora.num_slices && n >= p.slice_begin[s + 1]) ++s;
+  return s;
+}
+
+// The LoRA delta of output (t, n): scale · (act(v[t] + a_bias) · B[col] + b_bias)
+// for row t's adapter on n's slice, col = n's column in that slice.
+template <typename T>
+__device__ __forceinline__ float LoraDelta(const RowLora& r, const DecodeGemmArgs& p, int t,
+                                           int n) {
+  if (r.b == nullptr) return 0.0f;
+  const LoraLaunchArgs& l = p.lora;
+  const int rank = r.rank;
+  const int col = n - p.slice_begin[r.slice];
+  const T* b = static_cast<const T*>(r.b) + static_cast<int64_t>(col) * rank;
+  const T* a_bias = static_cast<const T*>(r.a_bias);
+  const bool plain = a_bias == nullptr && r.act == 0;
+  const float* v = l.v + (static_cast<int64_t>(r.slice) * l.num_tokens + t) * l.v_width;
   float acc = 0.0f;
   if (rank % 8 == 0 && (reinterpret_cast<uintptr_t>(b) & 15) == 0 && l.v_width % 4 == 0) {
     for (int j = 0; j < rank; j += 8) {
@@ -160,7 +193,7 @@ __device__ __forceinline__ float LoraDelta(const DecodeGemmArgs& p, int slot, in
       if (!plain) {
 #pragma unroll
         for (int q = 0; q < 8; ++q)
-          vv[q] = Activate(vv[q] + (a_bias != nullptr ? ToF(a_bias[j + q]) : 0.0f), act);
+          vv[q] = Activate(vv[q] + (a_bias != nullptr ? ToF(a_bias[j + q]) : 0.0f), r.act);
       }
 #pragma unroll
       for (int q = 0; q < 8; ++q) acc = fmaf(vv[q], bf[q], acc);
@@ -168,18 +201,21 @@ __device__ __forceinline__ float LoraDelta(const DecodeGemmArgs& p, int slot, in
   } else {
     for (int j = 0; j < rank; ++j) {
       float vj = v[j];
-      if (!plain) vj = Activate(vj + (a_bias != nullptr ? ToF(a_bias[j]) : 0.0f), act);
+      if (!plain) vj = Activate(vj + (a_bias != nullptr ? ToF(a_bias[j]) : 0.0f), r.act);
       acc = fmaf(vj, ToF(b[j]), acc);
     }
   }
-  if (b_bias != nullptr) acc += ToF(b_bias[col]);
-  return ScaleOf(meta) * acc;
+  if (r.b_bias != nullptr) acc += ToF(static_cast<const T*>(r.b_bias)[col]);
+  return r.scale * acc;
 }
 
 // grid: (splits, ceil(n / kTile)), clusters of (splits, 1, 1). NT n-tiles of
 // 8 rows (m <= 8 * NT); D chunks of W in flight per warp.
+// Depth 4 fits two CTAs per SM (<= 128 registers), depth 8 one: thread-block
+// clusters are placed within a GPC, so CTAs per SM decide how many clusters
+// run at once (measured: the same grid 1.6x slower at one CTA per SM).
 template <typename T, int NT, int D>
-__global__ void __launch_bounds__(kThreads, 1) DecodeGemmKernel(const DecodeGemmArgs p) {
+__global__ void __launch_bounds__(kThreads, D == 4 ? 2 : 1) DecodeGemmKernel(const DecodeGemmArgs p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -242,6 +278,12 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeGemmKernel(const DecodeGemm
   const bool lora = p.lora.meta != nullptr;
   const int rp = kTile / splits;  // Columns this CTA finishes: [n0, n0 + rp).
   const int n0 = tile * kTile + crank * rp;
+  // rows[ls][t]: row t's adapter on slice first_slice + ls, for the (at most
+  // two) slices this CTA's columns touch; more slices: looked up per element.
+  __shared__ RowLora rows[2][kDecodeGemmMaxRows];
+  const int n1 = min(p.n, n0 + rp);
+  const int first_slice = lora ? SliceOf(p, min(n0, p.n - 1)) : 0;
+  const bool staged = lora && SliceOf(p, max(n1 - 1, 0)) <= first_slice + 1;
   if (lora) {
     const LoraLaunchArgs& l = p.lora;
     if (tid < kDecodeGemmMaxRows) tslot[tid] = -1;
@@ -252,7 +294,13 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeGemmKernel(const DecodeGemm
       for (int i = l.segment_start[s]; i < l.segment_start[s + 1]; ++i)
         tslot[l.sorted_tokens[i]] = slot;
     }
-    const int n1 = min(p.n, n0 + rp);
+    __syncthreads();
+    if (staged && tid < 2 * kDecodeGemmMaxRows) {
+      const int t = tid % kDecodeGemmMaxRows;
+      const int slice = first_slice + tid / kDecodeGemmMaxRows;
+      rows[tid / kDecodeGemmMaxRows][t] =
+          RowLoraOf(l, min(slice, l.num_slices - 1), t < p.m && slice < l.num_slices ? tslot[t] : -1);
+    }
     for (int j = tid; j < l.max_segments * l.num_slices; j += kThreads) {
       const int seg = j % l.max_segments;
       const int s = j / l.max_segments;
@@ -334,7 +382,12 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeGemmKernel(const DecodeGemm
     const int n = n0 + e % rp;
     if (n >= p.n) continue;
     float s = sums[e];
-    if (lora) s += LoraDelta<T>(p, tslot[t], t, n);
+    if (staged) {
+      s += LoraDelta<T>(rows[n >= p.slice_begin[first_slice + 1] ? 1 : 0][t], p, t, n);
+    } else if (lora) {
+      const int slice = SliceOf(p, n);
+      s += LoraDelta<T>(RowLoraOf(p.lora, slice, tslot[t]), p, t, n);
+    }
     y[static_cast<int64_t>(t) * p.ld_y + n] = FromF<T>(s);
   }
   ClusterWait();
@@ -395,7 +448,8 @@ std::string Launch(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
 
 template <typename T, int NT>
 std::string DispatchDepth(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
-  return p.depth == 4 ? Launch<T, NT, 4>(p, splits, stream) : Launch<T, NT, 8>(p, splits, stream);
+  const int depth = p.depth > 0 ? p.depth : kDefaultDepth;
+  return depth == 8 ? Launch<T, NT, 8>(p, splits, stream) : Launch<T, NT, 4>(p, splits, stream);
 }
 
 template <typename T>
@@ -414,6 +468,52 @@ bool SplitFits(int m, int k, int splits) {
   return k / kChunk >= splits && SmemBytes(m, k, splits, 2) <= static_cast<size_t>(kMaxSmem);
 }
 
+// How many CTAs of `kernel` in clusters of `splits` run at once on this
+// device (clusters are placed within a GPC); 0 if the query fails.
+template <typename T, int NT, int D>
+int ConcurrentCtas(int splits, size_t smem) {
+  auto* kernel = DecodeGemmKernel<T, NT, D>;
+  if (smem > 48 * 1024 &&
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem) !=
+          cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(splits), 1024);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(splits);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return clusters * splits;
+}
+
+int ConcurrentCtasFor(int m, int depth, int splits, size_t smem) {
+  // Occupancy does not depend on the dtype (same registers, same shared memory).
+  const bool deep = depth == 8;
+  switch (RowsFor(m)) {
+    case 8:
+      return deep ? ConcurrentCtas<__nv_bfloat16, 1, 8>(splits, smem)
+                  : ConcurrentCtas<__nv_bfloat16, 1, 4>(splits, smem);
+    case 16:
+      return deep ? ConcurrentCtas<__nv_bfloat16, 2, 8>(splits, smem)
+                  : ConcurrentCtas<__nv_bfloat16, 2, 4>(splits, smem);
+    default:
+      return deep ? ConcurrentCtas<__nv_bfloat16, 4, 8>(splits, smem)
+                  : ConcurrentCtas<__nv_bfloat16, 4, 4>(splits, smem);
+  }
+}
+
 }  // namespace
 
 bool DecodeGemmFits(int m, int n, int k) {
@@ -423,26 +523,37 @@ bool DecodeGemmFits(int m, int n, int k) {
   return DecodeGemmAvailable();
 }
 
-// The fewest splits whose CTAs spread evenly over the SMs: the weights are
-// the cost, so what matters is that every SM streams until the end (wave
-// balance), and fewer splits mean less x traffic and a smaller reduction.
+// The split count whose grid fills the slots of the clusters that run at once
+// best over its waves (the weights are the cost: every slot should stream
+// until the end), the fewest splits among equals. Cached per shape.
 int DecodeGemmAutoSplits(int m, int n, int k) {
-  const int sms = NumSms();
+  static std::mutex mu;
+  static std::map<std::tuple<int, int, int, int>, int> cache;
+  int dev = 0;
+  cudaGetDevice(&dev);
+  const auto key = std::make_tuple(dev, RowsFor(m), n, k);
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find(key); it != cache.end()) return it->second;
+  }
   const int tiles = (n + kTile - 1) / kTile;
   int best = 0;
-  double best_balance = -1.0;
+  double best_fill = -1.0;
   for (int splits : {1, 2, 4, 8}) {
     if (!SplitFits(m, k, splits)) continue;
-    // One CTA per SM (the registers of 8 warps with 4-8 chunks in flight).
-    const double slots = static_cast<double>(sms);
+    const int slots = ConcurrentCtasFor(m, kDefaultDepth, splits, SmemBytes(m, k, splits, 2));
+    if (slots <= 0) continue;
     const double ctas = static_cast<double>(tiles) * splits;
-    const double balance = (ctas / slots) / std::ceil(ctas / slots);
-    if (balance > best_balance + 0.02) {
-      best_balance = balance;
+    const double fill = ctas / (std::ceil(ctas / slots) * slots);
+    if (fill > best_fill + 0.02) {
+      best_fill = fill;
       best = splits;
     }
   }
-  return best == 0 ? 8 : best;
+  if (best == 0) best = 4;
+  const std::lock_guard<std::mutex> lock(mu);
+  cache[key] = best;
+  return best;
 }
 
 std::string LaunchDecodeGemmCuda(const DecodeGemmArgs& args, void* stream) {
