@@ -41,13 +41,14 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kTile = kDecodeGemmTileCols;  // Output columns per CTA: 16 per warp.
+constexpr int kMTiles = 2;                  // m16 tiles (W row blocks) per warp.
+constexpr int kTile = kDecodeGemmTileCols;  // Output columns per CTA: 16 * kMTiles per warp.
 constexpr int kChunk = kDecodeGemmChunk;    // k per warp step: two m16n8k16 k-steps.
 constexpr int kXGroups = 4;                 // cp.async groups the x slice arrives in.
 constexpr int kPartStride = kTile + 4;      // Floats per row of partial sums (bank spread).
 constexpr int kMaxSmem = 200 * 1024;
-constexpr int kDefaultDepth = 4;  // W chunks in flight per warp (LoraLinearOptions::depth 0).
-static_assert(kTile == kWarps * 16, "one m16 tile per warp");
+constexpr int kDefaultDepth = 2;  // W chunks in flight per warp (LoraLinearOptions::depth 0).
+static_assert(kTile == kWarps * 16 * kMTiles, "kMTiles m16 tiles per warp");
 
 template <typename T>
 struct Mma;
@@ -211,11 +212,11 @@ __device__ __forceinline__ float LoraDelta(const RowLora& r, const DecodeGemmArg
 
 // grid: (splits, ceil(n / kTile)), clusters of (splits, 1, 1). NT n-tiles of
 // 8 rows (m <= 8 * NT); D chunks of W in flight per warp.
-// Depth 4 fits two CTAs per SM (<= 128 registers), depth 8 one: thread-block
+// Depth 2 fits two CTAs per SM (<= 128 registers), depth 4 one: thread-block
 // clusters are placed within a GPC, so CTAs per SM decide how many clusters
 // run at once (measured: the same grid 1.6x slower at one CTA per SM).
 template <typename T, int NT, int D>
-__global__ void __launch_bounds__(kThreads, D == 4 ? 2 : 1) DecodeGemmKernel(const DecodeGemmArgs p) {
+__global__ void __launch_bounds__(kThreads, D == 2 ? 2 : 1) DecodeGemmKernel(const DecodeGemmArgs p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -241,18 +242,22 @@ __global__ void __launch_bounds__(kThreads, D == 4 ? 2 : 1) DecodeGemmKernel(con
   //    Every load is unconditional (a chunk index past the range reloads the
   //    last chunk): predicated loads leave the compiler unable to count the
   //    loads in flight, and it then waits for all of them at each use.
-  const int row = tile * kTile + warp * 16 + g;
+  //    Rows h of the warp: mt * 16 + g (h = 2 mt) and mt * 16 + g + 8 (h = 2 mt + 1).
+  constexpr int kH = 2 * kMTiles;
   const T* w = static_cast<const T*>(p.w);
   const int64_t kw = nchunks > 0 ? k0 : 0;  // A CTA without chunks reads (and drops) chunk 0.
   const int last = max(nchunks - 1, 0);
-  const T* w0 = w + static_cast<int64_t>(min(row, p.n - 1)) * p.k + kw + 8 * c;
-  const T* w1 = w + static_cast<int64_t>(min(row + 8, p.n - 1)) * p.k + kw + 8 * c;
-  uint4 wb[D][2];
+  const T* wr[kH];
 #pragma unroll
-  for (int d = 0; d < D; ++d) {
-    wb[d][0] = LdStream(w0 + min(d, last) * kChunk);
-    wb[d][1] = LdStream(w1 + min(d, last) * kChunk);
+  for (int h = 0; h < kH; ++h) {
+    const int row = tile * kTile + warp * 16 * kMTiles + (h / 2) * 16 + (h % 2) * 8 + g;
+    wr[h] = w + static_cast<int64_t>(min(row, p.n - 1)) * p.k + kw + 8 * c;
   }
+  uint4 wb[D][kH];
+#pragma unroll
+  for (int d = 0; d < D; ++d)
+#pragma unroll
+    for (int h = 0; h < kH; ++h) wb[d][h] = LdStream(wr[h] + min(d, last) * kChunk);
 
   // 2. The x slice into shared memory in kXGroups groups of whole D-chunk
   //    steps (rows past m are zeros).
@@ -320,9 +325,12 @@ __global__ void __launch_bounds__(kThreads, D == 4 ? 2 : 1) DecodeGemmKernel(con
   }
 
   // 4. Main loop: chunk i uses register slot i % D, refilled with chunk i + D.
-  float acc[NT][4];
+  float acc[kMTiles][NT][4];
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+      acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
   for (int gi = 0; gi < kXGroups; ++gi) {
     const int g0 = min(nchunks, gi * group_chunks);
     const int g1 = min(nchunks, g0 + group_chunks);
@@ -332,17 +340,24 @@ __global__ void __launch_bounds__(kThreads, D == 4 ? 2 : 1) DecodeGemmKernel(con
 #pragma unroll
       for (int d = 0; d < D; ++d) {
         const int ci = i + d;
-        const uint4 a0 = wb[d][0];
-        const uint4 a1 = wb[d][1];
-        wb[d][0] = LdStream(w0 + min(ci + D, last) * kChunk);
-        wb[d][1] = LdStream(w1 + min(ci + D, last) * kChunk);
+        uint4 a[kH];
+#pragma unroll
+        for (int h = 0; h < kH; ++h) {
+          a[h] = wb[d][h];
+          wb[d][h] = LdStream(wr[h] + min(ci + D, last) * kChunk);
+        }
         if (ci < g1) {
           const T* xk = xs + ci * kChunk + 8 * c;
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
             const uint4 b = *reinterpret_cast<const uint4*>(xk + (nt * 8 + g) * xstride);
-            Mma<T>::Run(acc[nt], a0.x, a1.x, a0.y, a1.y, b.x, b.y);
-            Mma<T>::Run(acc[nt], a0.z, a1.z, a0.w, a1.w, b.z, b.w);
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) {
+              const uint4& a0 = a[2 * mt];
+              const uint4& a1 = a[2 * mt + 1];
+              Mma<T>::Run(acc[mt][nt], a0.x, a1.x, a0.y, a1.y, b.x, b.y);
+              Mma<T>::Run(acc[mt][nt], a0.z, a1.z, a0.w, a1.w, b.z, b.w);
+            }
           }
         }
       }
@@ -354,14 +369,16 @@ __global__ void __launch_bounds__(kThreads, D == 4 ? 2 : 1) DecodeGemmKernel(con
   __syncthreads();  // Every warp is done with xs.
   float* part = reinterpret_cast<float*>(smem_raw);
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    const int t0 = nt * 8 + 2 * c;
-    const int r0 = warp * 16 + g;
-    part[t0 * kPartStride + r0] = acc[nt][0];
-    part[(t0 + 1) * kPartStride + r0] = acc[nt][1];
-    part[t0 * kPartStride + r0 + 8] = acc[nt][2];
-    part[(t0 + 1) * kPartStride + r0 + 8] = acc[nt][3];
-  }
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int t0 = nt * 8 + 2 * c;
+      const int r0 = warp * 16 * kMTiles + mt * 16 + g;
+      part[t0 * kPartStride + r0] = acc[mt][nt][0];
+      part[(t0 + 1) * kPartStride + r0] = acc[mt][nt][1];
+      part[t0 * kPartStride + r0 + 8] = acc[mt][nt][2];
+      part[(t0 + 1) * kPartStride + r0 + 8] = acc[mt][nt][3];
+    }
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
   float* sums = part + kRows * kPartStride;  // [m][rp], this thread's elements only.
@@ -404,7 +421,7 @@ bool DecodeGemmAvailable() {
     const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) ==
                         cudaSuccess &&
                     major >= 9 &&
-                    cudaFuncGetAttributes(&attr, DecodeGemmKernel<__nv_bfloat16, 1, 4>) ==
+                    cudaFuncGetAttributes(&attr, DecodeGemmKernel<__nv_bfloat16, 1, 2>) ==
                         cudaSuccess &&
                     attr.binaryVersion >= 90;
     cudaGetLastError();
@@ -449,7 +466,7 @@ std::string Launch(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
 template <typename T, int NT>
 std::string DispatchDepth(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
   const int depth = p.depth > 0 ? p.depth : kDefaultDepth;
-  return depth == 8 ? Launch<T, NT, 8>(p, splits, stream) : Launch<T, NT, 4>(p, splits, stream);
+  return depth == 4 ? Launch<T, NT, 4>(p, splits, stream) : Launch<T, NT, 2>(p, splits, stream);
 }
 
 template <typename T>
@@ -500,17 +517,17 @@ int ConcurrentCtas(int splits, size_t smem) {
 
 int ConcurrentCtasFor(int m, int depth, int splits, size_t smem) {
   // Occupancy does not depend on the dtype (same registers, same shared memory).
-  const bool deep = depth == 8;
+  const bool deep = depth == 4;
   switch (RowsFor(m)) {
     case 8:
-      return deep ? ConcurrentCtas<__nv_bfloat16, 1, 8>(splits, smem)
-                  : ConcurrentCtas<__nv_bfloat16, 1, 4>(splits, smem);
+      return deep ? ConcurrentCtas<__nv_bfloat16, 1, 4>(splits, smem)
+                  : ConcurrentCtas<__nv_bfloat16, 1, 2>(splits, smem);
     case 16:
-      return deep ? ConcurrentCtas<__nv_bfloat16, 2, 8>(splits, smem)
-                  : ConcurrentCtas<__nv_bfloat16, 2, 4>(splits, smem);
+      return deep ? ConcurrentCtas<__nv_bfloat16, 2, 4>(splits, smem)
+                  : ConcurrentCtas<__nv_bfloat16, 2, 2>(splits, smem);
     default:
-      return deep ? ConcurrentCtas<__nv_bfloat16, 4, 8>(splits, smem)
-                  : ConcurrentCtas<__nv_bfloat16, 4, 4>(splits, smem);
+      return deep ? ConcurrentCtas<__nv_bfloat16, 4, 4>(splits, smem)
+                  : ConcurrentCtas<__nv_bfloat16, 4, 2>(splits, smem);
   }
 }
 

@@ -151,8 +151,8 @@ enum class LinearGemm : int { kAuto = 0, kTorch = 1, kDecode = 2 };
 
 struct LoraLinearOptions {
   LinearGemm gemm = LinearGemm::kAuto;
-  int splits = 0;  // Decode GEMM: k splits per 128-column tile (1, 2, 4, 8); 0: its rule.
-  int depth = 0;   // Decode GEMM: 32-wide W chunks in flight per warp (4 or 8); 0: 4.
+  int splits = 0;  // Decode GEMM: k splits per 256-column tile (1, 2, 4, 8); 0: its rule.
+  int depth = 0;   // Decode GEMM: 32-wide W chunks in flight per warp (2 or 4); 0: 2.
 };
 
 // Whether LoraLinear takes the decode GEMM for x [T, K] and w [N, K] under

@@ -70,7 +70,7 @@ std::string LaunchLoraFusedCuda(const LoraLaunchArgs& args, void* stream);
 // rows (m <= kDecodeGemmMaxRows), on tensor cores, W streamed from HBM once,
 // with the LoRA expand of `lora` optionally added in its epilogue. fp16/bf16.
 inline constexpr int kDecodeGemmMaxRows = 32;
-inline constexpr int kDecodeGemmTileCols = 128;  // Output columns per CTA.
+inline constexpr int kDecodeGemmTileCols = 256;  // Output columns per CTA.
 inline constexpr int kDecodeGemmChunk = 32;      // k per warp step: k % kDecodeGemmChunk == 0.
 
 struct DecodeGemmArgs {
@@ -84,7 +84,7 @@ struct DecodeGemmArgs {
   void* y = nullptr;        // [m, n], row stride ld_y.
   int64_t ld_y = 0;
   int splits = 0;  // K splits per output tile (a thread-block cluster): 1, 2, 4 or 8; 0: auto.
-  int depth = 0;   // W chunks each warp keeps in flight: 4 or 8; 0: auto.
+  int depth = 0;   // W chunks each warp keeps in flight: 2 or 4; 0: 2.
   // LoRA in the epilogue (lora.meta == nullptr: none). lora.v holds the
   // shrink's output ([slices, m, v_width], written by the kernel launched
   // just before on the stream); slice s covers y's columns

@@ -538,12 +538,12 @@ TEST(LoraKernelsCudaTest, DecodeGemmMatchesFloat64) {
     cases.push_back(c);
   };
   add(32, 4096, {4096}, 32, 0, 0, 0.0);                // The benchmark's shape, auto splits.
-  add(32, 4096, {4096, 1024, 1024}, 32, 4, 8);         // q/k/v with GQA.
-  add(1, 4096, {4096}, 1, 1, 8, 0.0);                  // One row.
+  add(32, 4096, {4096, 1024, 1024}, 32, 4, 2);         // q/k/v with GQA.
+  add(1, 4096, {4096}, 1, 1, 2, 0.0);                  // One row.
   add(5, 3424, {3424, 856, 856}, 3, 2, 4);             // 3424: 107 chunks, uneven splits.
-  add(8, 11008, {4096}, 8, 8, 8);                      // Down projection's K.
+  add(8, 11008, {4096}, 8, 8, 2);                      // Down projection's K.
   add(13, 96, {200}, 4, 2, 4);                         // 3 chunks over 2 splits; 200 columns.
-  add(16, 32, {1000, 24}, 6, 1, 8);                    // One chunk; ragged last tile.
+  add(16, 32, {1000, 24}, 6, 1, 2);                    // One chunk; ragged last tile.
   add(32, 5120, {14336, 14336}, 17, 0, 0);             // gate/up.
   add(17, 1024, {520}, 9, 8, 4, 0.5);                  // Half the rows without an adapter.
   uint32_t seed = 500;
