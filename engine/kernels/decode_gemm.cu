@@ -46,8 +46,10 @@ constexpr int kTile = kDecodeGemmTileCols;  // Output columns per CTA: 16 * kMTi
 constexpr int kChunk = kDecodeGemmChunk;    // k per warp step: two m16n8k16 k-steps.
 constexpr int kXGroups = 4;                 // cp.async groups the x slice arrives in.
 constexpr int kPartStride = kTile + 4;      // Floats per row of partial sums (bank spread).
+constexpr int kBatch = 4;                   // Epilogue elements whose reads are issued together.
 constexpr int kMaxSmem = 200 * 1024;
-constexpr int kDefaultDepth = 2;  // W chunks in flight per warp (LoraLinearOptions::depth 0).
+constexpr int kDefaultDepth = 2;
+constexpr int kMaxVWidth = 128;  // v staged for ranks up to this (larger: LoraLinear falls back).  // W chunks in flight per warp (LoraLinearOptions::depth 0).
 static_assert(kTile == kWarps * 16 * kMTiles, "kMTiles m16 tiles per warp");
 
 template <typename T>
@@ -130,10 +132,13 @@ __host__ __device__ __forceinline__ int ChunksPerSplit(int k, int splits) {
   return (k / kChunk + splits - 1) / splits;
 }
 
-size_t SmemBytes(int m, int k, int splits, int elem_bytes) {
+// The x slice, then (reusing it) the partial sums, this CTA's sums and, with
+// LoRA (v_width > 0), v of every row on two slices.
+size_t SmemBytes(int m, int k, int splits, int elem_bytes, int v_width = 0) {
   const size_t rows = static_cast<size_t>(RowsFor(m));
   const size_t xs = rows * static_cast<size_t>(XStride(ChunksPerSplit(k, splits))) * elem_bytes;
-  const size_t epilogue = (rows * kPartStride + rows * (kTile / splits)) * sizeof(float);
+  const size_t epilogue =
+      (rows * kPartStride + rows * (kTile / splits) + 2 * rows * v_width) * sizeof(float);
   return std::max(xs, epilogue);
 }
 
@@ -383,29 +388,112 @@ __global__ void __launch_bounds__(kThreads, D == 2 ? 2 : 1) DecodeGemmKernel(con
   cluster.sync();
   float* sums = part + kRows * kPartStride;  // [m][rp], this thread's elements only.
   const int count = p.m * rp;
-  for (int e = tid; e < count; e += kThreads) {
-    const int off = (e / rp) * kPartStride + crank * rp + e % rp;
-    float s = 0.0f;
-    for (int q = 0; q < splits; ++q) s += cluster.map_shared_rank(part, q)[off];
-    sums[e] = s;
+  // Distributed shared memory reads cost hundreds of cycles each: issue all
+  // of a batch's (kBatch elements x every CTA of the cluster) before adding.
+  constexpr int kMaxSplits = 8;
+  const float* remote[kMaxSplits];
+#pragma unroll
+  for (int q = 0; q < kMaxSplits; ++q)
+    remote[q] = q < splits ? cluster.map_shared_rank(part, q) : part;  // Unused: local.
+  for (int e0 = tid; e0 < count; e0 += kThreads * kBatch) {
+    float v[kBatch][kMaxSplits];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int e = min(e0 + u * kThreads, count - 1);
+      const int off = (e / rp) * kPartStride + crank * rp + e % rp;
+#pragma unroll
+      for (int q = 0; q < kMaxSplits; ++q) v[u][q] = remote[q][off];
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      float s = 0.0f;
+#pragma unroll
+      for (int q = 0; q < kMaxSplits; ++q) s += q < splits ? v[u][q] : 0.0f;
+      if (e0 + u * kThreads < count) sums[e0 + u * kThreads] = s;
+    }
   }
   ClusterArrive();  // Done reading the other CTAs' shared memory.
 
   // 6. Epilogue: + LoRA (after the shrink has finished), one rounding, store.
-  if (lora) WaitForPrimary();
+  //    v of the staged slices goes to shared memory once; then kBatch
+  //    elements at a time, the B rows of plain rank-8/16 adapters are loaded
+  //    together before any is used (other adapters: LoraDelta per element).
   T* y = static_cast<T*>(p.y);
-  for (int e = tid; e < count; e += kThreads) {
-    const int t = e / rp;
-    const int n = n0 + e % rp;
-    if (n >= p.n) continue;
-    float s = sums[e];
+  const int vw = p.lora.v_width;
+  float* vstage = sums + kRows * rp;  // [2][kRows][vw]
+  if (lora) {
+    WaitForPrimary();
     if (staged) {
-      s += LoraDelta<T>(rows[n >= p.slice_begin[first_slice + 1] ? 1 : 0][t], p, t, n);
-    } else if (lora) {
-      const int slice = SliceOf(p, n);
-      s += LoraDelta<T>(RowLoraOf(p.lora, slice, tslot[t]), p, t, n);
+      const int vecs = 2 * kRows * vw / 4;
+      for (int i = tid; i < vecs; i += kThreads) {
+        const int ls = (4 * i) / (kRows * vw);
+        const int t = ((4 * i) % (kRows * vw)) / vw;
+        const int j = (4 * i) % vw;
+        const int slice = first_slice + ls;
+        float4 val = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (t < p.m && slice < p.lora.num_slices) {
+          val = *reinterpret_cast<const float4*>(
+              p.lora.v + (static_cast<int64_t>(slice) * p.lora.num_tokens + t) * vw + j);
+        }
+        *reinterpret_cast<float4*>(vstage + 4 * i) = val;
+      }
+      __syncthreads();
     }
-    y[static_cast<int64_t>(t) * p.ld_y + n] = FromF<T>(s);
+  }
+  const int split_col = staged ? p.slice_begin[first_slice + 1] : 0;
+  for (int e0 = tid; e0 < count; e0 += kThreads * kBatch) {
+    uint4 b_lo[kBatch], b_hi[kBatch];
+    bool fast[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int e = min(e0 + u * kThreads, count - 1);
+      const int t = e / rp;
+      const int n = min(n0 + e % rp, p.n - 1);
+      fast[u] = false;
+      b_lo[u] = b_hi[u] = make_uint4(0, 0, 0, 0);
+      if (!staged) continue;
+      const RowLora& r = rows[n >= split_col ? 1 : 0][t];
+      const T* b = static_cast<const T*>(r.b) +
+                   static_cast<int64_t>(n - p.slice_begin[r.slice]) * r.rank;
+      if (r.b != nullptr && (r.rank == 8 || r.rank == 16) && r.a_bias == nullptr && r.act == 0 &&
+          (reinterpret_cast<uintptr_t>(b) & 15) == 0) {
+        fast[u] = true;
+        b_lo[u] = Ld16(b);
+        b_hi[u] = Ld16(b + (r.rank == 16 ? 8 : 0));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int e = e0 + u * kThreads;
+      if (e >= count) break;
+      const int t = e / rp;
+      const int n = n0 + e % rp;
+      if (n >= p.n) continue;
+      float s = sums[e];
+      if (fast[u]) {
+        const int ls = n >= split_col ? 1 : 0;
+        const RowLora& r = rows[ls][t];
+        const float* vv = vstage + (ls * kRows + t) * vw;
+        float bf[8];
+        float acc = 0.0f;
+        ToFloats<T>(b_lo[u], bf);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc = fmaf(vv[j], bf[j], acc);
+        if (r.rank == 16) {
+          ToFloats<T>(b_hi[u], bf);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc = fmaf(vv[8 + j], bf[j], acc);
+        }
+        if (r.b_bias != nullptr)
+          acc += ToF(static_cast<const T*>(r.b_bias)[n - p.slice_begin[r.slice]]);
+        s += r.scale * acc;
+      } else if (staged) {
+        s += LoraDelta<T>(rows[n >= split_col ? 1 : 0][t], p, t, n);
+      } else if (lora) {
+        s += LoraDelta<T>(RowLoraOf(p.lora, SliceOf(p, n), tslot[t]), p, t, n);
+      }
+      y[static_cast<int64_t>(t) * p.ld_y + n] = FromF<T>(s);
+    }
   }
   ClusterWait();
 #endif
@@ -433,7 +521,8 @@ bool DecodeGemmAvailable() {
 template <typename T, int NT, int D>
 std::string Launch(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
   auto* kernel = DecodeGemmKernel<T, NT, D>;
-  const size_t smem = SmemBytes(p.m, p.k, splits, sizeof(T));
+  const size_t smem =
+      SmemBytes(p.m, p.k, splits, sizeof(T), p.lora.meta != nullptr ? p.lora.v_width : 0);
   static bool opted_in[64] = {};
   int dev = 0;
   cudaGetDevice(&dev);
@@ -482,7 +571,8 @@ std::string DispatchRows(const DecodeGemmArgs& p, int splits, cudaStream_t strea
 }
 
 bool SplitFits(int m, int k, int splits) {
-  return k / kChunk >= splits && SmemBytes(m, k, splits, 2) <= static_cast<size_t>(kMaxSmem);
+  return k / kChunk >= splits &&
+         SmemBytes(m, k, splits, 2, kMaxVWidth) <= static_cast<size_t>(kMaxSmem);
 }
 
 // How many CTAs of `kernel` in clusters of `splits` run at once on this

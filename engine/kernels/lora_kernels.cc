@@ -673,7 +673,9 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
                         const LoraLinearOptions& options) {
   try {
     if (auto s = ValidateLinear(x, w, y, table, index); !s.ok()) return s;
-    const bool decode = options.gemm != LinearGemm::kTorch && DecodeGemmServes(x, w);
+    // The decode GEMM stages v of ranks up to 128 in shared memory.
+    const bool decode = options.gemm != LinearGemm::kTorch && DecodeGemmServes(x, w) &&
+                        (table == nullptr || table->max_rank <= 128);
     if (options.gemm == LinearGemm::kDecode && !decode) {
       return absl::InvalidArgumentError(absl::StrCat(
           "lora linear: the decode GEMM does not serve x [", x.size(0), ", ", x.size(1),
