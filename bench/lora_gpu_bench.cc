@@ -14,11 +14,13 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -386,10 +388,33 @@ int Main(bool quick, bool decode_only) {
   return 0;
 }
 
+// One decode GEMM call of a given shape, for a profiler:
+//   lora_gpu_bench --one M N K SPLITS DEPTH
+int ProfileOne(int m, int n, int k, int splits, int depth) {
+  const c10::cuda::CUDAGuard device_guard(at::Device(at::kCUDA, 0));
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const at::Tensor x = at::randn({m, k}, bf16);
+  const at::Tensor w = at::randn({n, k}, bf16);
+  const at::Tensor y = at::empty({m, n}, bf16);
+  LoraLinearOptions o;
+  o.gemm = LinearGemm::kDecode;
+  o.splits = splits;
+  o.depth = depth;
+  for (int i = 0; i < 3; ++i) {
+    if (!LoraLinear(x, w, y, nullptr, nullptr, o).ok()) return 1;
+  }
+  c10::cuda::device_synchronize();
+  return 0;
+}
+
 }  // namespace
 }  // namespace adapterd
 
 int main(int argc, char** argv) {
+  if (argc == 7 && std::strcmp(argv[1], "--one") == 0) {
+    return adapterd::ProfileOne(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]),
+                                std::atoi(argv[5]), std::atoi(argv[6]));
+  }
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool decode = argc > 1 && std::strcmp(argv[1], "--decode") == 0;
   return adapterd::Main(quick, decode);
