@@ -12,6 +12,7 @@
 //
 //   gpu_decode_bench --model DIR --adapters DIR [--batch 32] [--prompt 128]
 //                    [--new 64] [--registered 128] [--tier 16] [--cases pabcd]
+// (p: the forward alone at the batch size; q: the same at batch 8)
 //
 // tokens/s counts every generated token over the whole round (prefill
 // included, as `generate` is timed); ms/step is the decode step time,
@@ -154,8 +155,8 @@ void ProfileForward(const std::string& model_dir, const std::string& adapter_dir
     kernels.push_back(WithLoraKernels(*a, (*model)->dtype()));
   }
   const c10::NoGradGuard no_grad;
-  std::printf("%-40s %12s %12s %8s\n", "forward only (decode step)", "enqueue_ms", "step_ms",
-              "graphs");
+  std::printf("%-40s %12s %12s %8s  (batch %d)\n", "forward only (decode step)", "enqueue_ms",
+              "step_ms", "graphs", batch);
   struct Mode {
     const char* name;
     int adapters;  // 0 base, 1 kernels, 2 ATen path.
@@ -285,6 +286,8 @@ int Main(int argc, char** argv) {
       kv_bytes / 1e9, adapter_bytes / 1e9);
 
   if (cases.find('p') != std::string::npos) ProfileForward(model_dir, adapter_dir, batch, prompt);
+  // A small batch, where the decode GEMM takes the adapted projections.
+  if (cases.find('q') != std::string::npos) ProfileForward(model_dir, adapter_dir, 8, prompt);
 
   EngineOptions options;
   options.model_dir = model_dir;

@@ -618,6 +618,11 @@ bool DecodeGemmServes(const at::Tensor& x, const at::Tensor& w) {
 #endif
 }
 
+bool DecodeGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora) {
+  return lora && x.defined() && x.dim() == 2 && x.size(0) <= kDecodeGemmAutoRows &&
+         DecodeGemmServes(x, w);
+}
+
 namespace {
 
 absl::Status ValidateLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
@@ -674,8 +679,10 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
   try {
     if (auto s = ValidateLinear(x, w, y, table, index); !s.ok()) return s;
     // The decode GEMM stages v of ranks up to 128 in shared memory.
-    const bool decode = options.gemm != LinearGemm::kTorch && DecodeGemmServes(x, w) &&
-                        (table == nullptr || table->max_rank <= 128);
+    const bool decode =
+        (options.gemm == LinearGemm::kDecode ||
+         (options.gemm == LinearGemm::kAuto && DecodeGemmPreferred(x, w, table != nullptr))) &&
+        DecodeGemmServes(x, w) && (table == nullptr || table->max_rank <= 128);
     if (options.gemm == LinearGemm::kDecode && !decode) {
       return absl::InvalidArgumentError(absl::StrCat(
           "lora linear: the decode GEMM does not serve x [", x.size(0), ", ", x.size(1),

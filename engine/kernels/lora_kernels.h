@@ -155,20 +155,30 @@ struct LoraLinearOptions {
   int depth = 0;   // Decode GEMM: 32-wide W chunks in flight per warp (2 or 4); 0: 2.
 };
 
-// Whether LoraLinear takes the decode GEMM for x [T, K] and w [N, K] under
-// kAuto: CUDA on an sm_90+ device, fp16/bf16, T <= 32, K a multiple of 32,
-// w contiguous, 16-byte aligned rows, autograd not recording through either.
+// Whether the decode GEMM can run y = x · wᵀ for x [T, K] and w [N, K]:
+// CUDA on an sm_90+ device, fp16/bf16, T <= 32, K a multiple of 32, w
+// contiguous, 16-byte aligned rows, autograd not recording through either.
 bool DecodeGemmServes(const at::Tensor& x, const at::Tensor& w);
+
+// Whether LoraLinear's kAuto takes the decode GEMM: where it serves and
+// measured faster than cuBLAS followed by LoraApply on the H200
+// (docs/kernels.md): with adapters in the batch (`lora`) and at most
+// kDecodeGemmAutoRows rows. Without adapters cuBLAS is as fast or faster
+// (13.1 against 13.8 us for 4096x4096 at 8 rows), and at 16-32 rows the
+// decode GEMM's streaming falls behind cuBLAS's (20.7 against 13.8 us at 32).
+inline constexpr int64_t kDecodeGemmAutoRows = 8;
+bool DecodeGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora);
 
 // y = x · wᵀ, then, with `table` and `index` (both or neither), the LoRA
 // deltas of every token with an adapter added to y's column slices: the
 // table's slices in order (q | k | v), their out_features summing to w's
 // rows. x: [T, K] with contiguous columns; w: [N, K] contiguous; y: [T, N]
 // with contiguous columns (written, not read); one dtype.
-// Where DecodeGemmServes (a decode step): one tensor-core GEMM that streams w
-// once and adds the deltas in its epilogue, after the shrink launched just
-// before it; base and delta are summed in fp32 and rounded once (LoraApply
-// adds to an already rounded base output). Elsewhere: at::mm, then LoraApply.
+// With the decode GEMM (kDecode, or kAuto where DecodeGemmPreferred): one
+// tensor-core GEMM that streams w once and adds the deltas in its epilogue,
+// after the shrink launched just before it; base and delta are summed in fp32
+// and rounded once (LoraApply adds to an already rounded base output).
+// Otherwise: at::mm, then LoraApply.
 // INVALID_ARGUMENT on mismatched shapes, dtypes or devices, or kDecode where
 // the decode GEMM does not serve; INTERNAL on a CUDA or torch error.
 absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,

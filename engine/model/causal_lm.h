@@ -32,9 +32,10 @@ struct ModelLoadOptions {
   // CUDA: run decode steps (one new token per sequence, no autograd) as CUDA
   // graph replays where the decoder supports it (Llama family).
   bool cuda_graphs = true;
-  // CUDA, fp16/bf16: projections of decode-sized inputs (<= 32 rows) run
-  // through the decode GEMM of engine/kernels, with the batched LoRA in its
-  // epilogue, instead of cuBLAS + the LoRA kernels (Llama family).
+  // CUDA, fp16/bf16: projections with LoRA adapters in small decode steps
+  // (DecodeGemmPreferred: <= 8 rows) run through the decode GEMM of
+  // engine/kernels, the batched LoRA in its epilogue, instead of cuBLAS +
+  // the LoRA kernels (Llama family).
   bool decode_gemm = true;
 };
 

@@ -232,6 +232,13 @@ BatchAdapters BatchAdapters::ForKernels(LoraBatchIndex index, at::Tensor meta, i
   return out;
 }
 
+bool BatchAdapters::AddsToResidual() const {
+  return std::any_of(groups_.begin(), groups_.end(), [](const Group& g) {
+    return g.adapter->method == AdapterMethod::kBottleneck ||
+           g.adapter->method == AdapterMethod::kFusion;
+  });
+}
+
 bool BatchAdapters::UsesKernels(const at::Tensor& x) const {
   return kernel_slots_ > 0 && x.scalar_type() == kernel_dtype_ &&
          !(c10::GradMode::is_enabled() && x.requires_grad());
@@ -301,7 +308,8 @@ void ApplyLoraDeltas(const at::Tensor& x, std::span<const at::Tensor> ys,
 
 at::Tensor LinearWithLora(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                           const BatchAdapters& adapters, int layer, int module, bool decode_gemm) {
-  if (decode_gemm && !bias.defined() && DecodeGemmServes(x, weight)) {
+  if (decode_gemm && !bias.defined() && adapters.UsesKernels(x) &&
+      DecodeGemmPreferred(x, weight, /*lora=*/true)) {
     const int64_t out = weight.size(0);
     at::Tensor y = adapters.DecodeLinear(x, weight, std::span<const int64_t>(&out, 1), layer, module);
     ApplyLoraGroups(x, y, adapters, layer, module, bias, adapters.UsesKernels(x));
@@ -318,7 +326,8 @@ at::Tensor LinearWithLoraDeltas(const at::Tensor& x, const at::Tensor& weight,
                                 int layer, int first_module, bool decode_gemm) {
   const bool any_bias = std::any_of(biases.begin(), biases.end(),
                                     [](const at::Tensor& b) { return b.defined(); });
-  const bool decode = decode_gemm && !any_bias && DecodeGemmServes(x, weight);
+  const bool decode = decode_gemm && !any_bias && adapters.UsesKernels(x) &&
+                      DecodeGemmPreferred(x, weight, /*lora=*/true);
   at::Tensor y = decode ? adapters.DecodeLinear(x, weight, out_features, layer, first_module)
                         : at::linear(x, weight);
   std::vector<at::Tensor> ys;

@@ -96,6 +96,9 @@ class BatchAdapters {
                                   std::vector<int64_t> max_rank, at::ScalarType dtype);
 
   bool empty() const { return groups_.empty() && !has_virtual_ && kernel_slots_ == 0; }
+  // Whether an adapter of the step adds to the residual stream
+  // (AddSubLayerOutput: bottleneck adapters, AdapterFusion).
+  bool AddsToResidual() const;
   const std::vector<Group>& groups() const { return groups_; }
 
   // Replaces the embedding rows of virtual tokens with their adapter's prompt
@@ -145,10 +148,10 @@ void ApplyLoraDeltas(const at::Tensor& x, std::span<const at::Tensor> ys,
                      std::span<const at::Tensor> base_biases);
 
 // at::linear(x, weight, bias) followed by ApplyLoraDelta. With
-// `decode_gemm`, no bias and a decode-step input (DecodeGemmServes), the
-// projection runs through the decode GEMM with the kernel-slot groups' LoRA
-// in its epilogue instead (base and delta rounded once), then the other
-// groups as ApplyLoraDelta applies them.
+// `decode_gemm`, no bias, kernel-slot groups and a small decode step
+// (DecodeGemmPreferred), the projection runs through the decode GEMM with
+// those groups' LoRA in its epilogue instead (base and delta rounded once),
+// then the other groups as ApplyLoraDelta applies them.
 at::Tensor LinearWithLora(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                           const BatchAdapters& adapters, int layer, int module,
                           bool decode_gemm = false);
