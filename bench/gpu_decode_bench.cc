@@ -22,11 +22,14 @@
 #include <c10/core/GradMode.h>
 #include <c10/cuda/CUDAFunctions.h>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <random>
@@ -129,6 +132,13 @@ void WarmGpu() {
   }
 }
 
+// cudaProfilerStart/Stop from the CUDA runtime torch loaded (no link-time
+// dependency on cudart here).
+void CallCudart(const char* name) {
+  using Fn = int (*)();
+  if (auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, name))) fn();
+}
+
 // Where a decode step's time goes, on the model alone (no engine): per step,
 // the host time to enqueue Forward and the time until the GPU is done, for
 // the base model, distinct adapters through the batched kernels, and the same
@@ -155,6 +165,7 @@ void ProfileForward(const std::string& model_dir, const std::string& adapter_dir
     kernels.push_back(WithLoraKernels(*a, (*model)->dtype()));
   }
   const c10::NoGradGuard no_grad;
+  const char* profile_mode = std::getenv("ADAPTERD_PROFILE_MODE");
   std::printf("%-40s %12s %12s %8s  (batch %d)\n", "forward only (decode step)", "enqueue_ms",
               "step_ms", "graphs", batch);
   struct Mode {
@@ -199,11 +210,17 @@ void ProfileForward(const std::string& model_dir, const std::string& adapter_dir
         b.past_lens[r] = prompt + s;
         b.tokens[r] = {static_cast<int32_t>((r + s) % 500 + 3)};
       }
+      // ADAPTERD_PROFILE_MODE=<part of a mode's name>: a profiler started with
+      // profiling off (ncu --profile-from-start off) sees this one step.
+      const bool profile = s == warm && profile_mode != nullptr &&
+                           std::strstr(mode.name, profile_mode) != nullptr;
+      if (profile) CallCudart("cudaProfilerStart");
       const auto t0 = std::chrono::steady_clock::now();
       (*model)->Forward(b, *cache);
       const auto t1 = std::chrono::steady_clock::now();
       c10::cuda::device_synchronize();
       const auto t2 = std::chrono::steady_clock::now();
+      if (profile) CallCudart("cudaProfilerStop");
       if (s < warm) continue;
       enqueue += std::chrono::duration<double>(t1 - t0).count();
       total += std::chrono::duration<double>(t2 - t0).count();
