@@ -2,27 +2,36 @@
 // y[m, n] = x[m, k] · W[n, k]ᵀ for the few rows of a decode step, with the
 // LoRA expand optionally added in the epilogue.
 //
-// At m <= 32 a projection is a stream of its weight bytes: 32 FMAs per bf16
-// weight element, far below the tensor cores' rate, so the kernel is built to
-// keep HBM busy. Each CTA (8 warps) owns 128 output columns (W rows) and one
-// k-range; the CTAs of one column tile that split k form a thread-block
-// cluster and add their partial sums through distributed shared memory (no
-// atomics, no workspace, no memset). Each warp streams its 16 W rows straight
-// from HBM into registers, `depth` 32-wide k-chunks ahead (16-byte loads that
-// bypass L1), and multiplies them by the x slice staged once per CTA in shared
-// memory (cp.async, four groups, so the first chunks start before the whole
-// slice has arrived) with mma.sync m16n8k16: W is the A operand (16 columns),
-// x the B operand (8 rows per n-tile). The k order inside a chunk is permuted
-// the same way for both operands (a lane's 16-byte vector feeds two mma
-// k-steps), so neither needs a shuffle or ldmatrix.
+// At m <= 32 a projection is a stream of its weight bytes, so the kernel is
+// built to keep HBM busy. Each CTA (8 warps) owns 256 output columns (W rows;
+// two m16 tiles per warp) and one k-range; the CTAs of one column tile that
+// split k form a thread-block cluster and add their partial sums through
+// distributed shared memory (no atomics, no workspace, no memset). Each warp
+// streams its 32 W rows straight from HBM into registers, `depth` 32-wide
+// k-chunks ahead (16-byte loads that bypass L1, issued unconditionally so
+// that the compiler can count them in flight), and multiplies them by the x
+// slice staged once per CTA in shared memory (cp.async, four groups, so the
+// first chunks start before the whole slice has arrived) with mma.sync
+// m16n8k16: W is the A operand (16 columns), x the B operand (8 rows per
+// n-tile). The k order inside a chunk is permuted the same way for both
+// operands (a lane's 16-byte vector feeds two mma k-steps), so neither needs
+// a shuffle or ldmatrix. The split count is chosen from how many clusters run
+// at once (cudaOccupancyMaxActiveClusters), so that the grid fills its waves.
 //
 // LoRA in the epilogue: the shrink (v = x·Aᵀ, lora_kernels.cu) runs just
 // before on the stream and lets this kernel launch early (programmatic
 // dependent launch); the GEMM's main loop does not read v, so it overlaps the
-// shrink, and only the epilogue waits (griddepcontrol.wait). Each output
-// element then adds scale · (act(v[t] + a_bias) · B[col] + b_bias) for its
-// row's adapter, in fp32, before the single rounding to the output dtype. The
-// B rows the epilogue reads are prefetched into L2 at kernel start.
+// shrink, and only the epilogue waits (griddepcontrol.wait). Each row's
+// adapter record is staged in shared memory before the main loop, v after the
+// wait; each output element then adds scale · (act(v[t] + a_bias) · B[col] +
+// b_bias) for its row's adapter, in fp32, before the single rounding to the
+// output dtype. The B rows the epilogue reads are prefetched into L2 at
+// kernel start.
+//
+// Measured on the H200 (docs/kernels.md): as fast as cuBLAS for a 4096x4096
+// projection at <= 8 rows and the LoRA add-on there 19-30% of the base GEMM
+// (LoraApply after cuBLAS: 44-67%); at 32 rows it is slower than cuBLAS
+// (20.7 against 13.8 us), which is why the model does not use it by default.
 
 #include <cooperative_groups.h>
 

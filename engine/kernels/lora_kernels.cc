@@ -619,7 +619,8 @@ bool DecodeGemmServes(const at::Tensor& x, const at::Tensor& w) {
 }
 
 bool DecodeGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora) {
-  return lora && x.defined() && x.dim() == 2 && x.size(0) <= kDecodeGemmAutoRows &&
+  return lora && x.defined() && w.defined() && x.dim() == 2 && w.dim() == 2 &&
+         x.size(0) <= kDecodeGemmAutoRows && w.size(0) <= kDecodeGemmAutoCols &&
          DecodeGemmServes(x, w);
 }
 

@@ -162,11 +162,14 @@ bool DecodeGemmServes(const at::Tensor& x, const at::Tensor& w);
 
 // Whether LoraLinear's kAuto takes the decode GEMM: where it serves and
 // measured faster than cuBLAS followed by LoraApply on the H200
-// (docs/kernels.md): with adapters in the batch (`lora`) and at most
-// kDecodeGemmAutoRows rows. Without adapters cuBLAS is as fast or faster
-// (13.1 against 13.8 us for 4096x4096 at 8 rows), and at 16-32 rows the
-// decode GEMM's streaming falls behind cuBLAS's (20.7 against 13.8 us at 32).
+// (docs/kernels.md): with adapters in the batch (`lora`), at most
+// kDecodeGemmAutoRows rows and kDecodeGemmAutoCols output columns (4096x4096
+// at 8 rows: 16.6-18.6 against 19.2-21.9 us). Without adapters cuBLAS is as
+// fast or faster (13.1 against 13.8 us at 8 rows); at 16-32 rows, and for
+// wider weights (q/k/v fused: 35 against 28 us base), the decode GEMM's
+// streaming falls behind cuBLAS's.
 inline constexpr int64_t kDecodeGemmAutoRows = 8;
+inline constexpr int64_t kDecodeGemmAutoCols = 4096;
 bool DecodeGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora);
 
 // y = x · wᵀ, then, with `table` and `index` (both or neither), the LoRA

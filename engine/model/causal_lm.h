@@ -32,11 +32,12 @@ struct ModelLoadOptions {
   // CUDA: run decode steps (one new token per sequence, no autograd) as CUDA
   // graph replays where the decoder supports it (Llama family).
   bool cuda_graphs = true;
-  // CUDA, fp16/bf16: projections with LoRA adapters in small decode steps
-  // (DecodeGemmPreferred: <= 8 rows) run through the decode GEMM of
-  // engine/kernels, the batched LoRA in its epilogue, instead of cuBLAS +
-  // the LoRA kernels (Llama family).
-  bool decode_gemm = true;
+  // CUDA, fp16/bf16 (Llama family): projections with LoRA adapters in small
+  // decode steps (DecodeGemmPreferred) run through the decode GEMM of
+  // engine/kernels, the batched LoRA in its epilogue, instead of cuBLAS + the
+  // LoRA kernels. Off by default: on the H200 the whole decode step measured
+  // slower with it (docs/gpu.md); benchmarks compare both.
+  bool decode_gemm = false;
 };
 
 // One step's work: for each sequence, the new tokens that extend what its

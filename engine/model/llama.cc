@@ -2,7 +2,6 @@
 // layout), GQA, gated MLP. Mirrors transformers' modeling_llama.py.
 
 #include <ATen/ATen.h>
-#include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <array>
@@ -11,12 +10,10 @@
 #include <map>
 #include <mutex>
 #include <string>
-#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "engine/kernels/fused_ops.h"
 #include "engine/model/causal_lm.h"
 #include "engine/model/weights.h"
 #include "engine/peft/batch_adapters.h"
@@ -24,6 +21,7 @@
 
 #ifdef ADAPTERD_WITH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/core/GradMode.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -335,16 +333,10 @@ class LlamaModel final : public CausalLM {
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
     const bool gemm = context_.decode_gemm;
-    // CUDA without autograd: fused kernels for the residual add + next norm,
-    // RoPE and SiLU·up (engine/kernels/fused_ops.h), unless an adapter adds to
-    // the residual stream (bottleneck, fusion).
-    const bool fused = context_.device.is_cuda() && !c10::GradMode::is_enabled() &&
-                       !adapters.AddsToResidual();
-    const double eps = c.norm_eps;
-    at::Tensor h = RmsNorm(x, layers_[0].input_norm);
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const LlamaLayer& l = layers_[i];
       const int li = static_cast<int>(i);
+      at::Tensor h = RmsNorm(x, l.input_norm);
       at::Tensor q, k, v;
       if (l.qkv_w.defined()) {
         const std::array<int64_t, 3> outs = {q_out, kv_out, kv_out};
@@ -354,14 +346,10 @@ class LlamaModel final : public CausalLM {
         // q and k are adjacent in qkv: rotate both heads in one pass.
         at::Tensor qk =
             qkv.narrow(1, 0, q_out + kv_out).view({t, c.num_heads + c.num_kv_heads, c.head_dim});
-        if (fused) {
-          qk = RotaryQk(qk, cos, signed_sin);
-        } else {
-          const int64_t half = c.head_dim / 2;
-          at::Tensor flipped =
-              qk.view({t, c.num_heads + c.num_kv_heads, 2, half}).flip(2).view(qk.sizes());
-          qk = at::addcmul(qk * cos, flipped, signed_sin);
-        }
+        const int64_t half = c.head_dim / 2;
+        at::Tensor flipped =
+            qk.view({t, c.num_heads + c.num_kv_heads, 2, half}).flip(2).view(qk.sizes());
+        qk = at::addcmul(qk * cos, flipped, signed_sin);
         q = qk.narrow(1, 0, c.num_heads);
         k = qk.narrow(1, c.num_heads, c.num_kv_heads);
         v = qkv.narrow(1, q_out + kv_out, kv_out).view({t, c.num_kv_heads, c.head_dim});
@@ -377,14 +365,10 @@ class LlamaModel final : public CausalLM {
       }
       cache.Write(li, step, k, v);
       at::Tensor attn = cache.Attend(li, step, q, scale, c.sliding_layers[i]);
-      const at::Tensor o =
-          LinearWithLora(attn, l.o_w, l.o_b, adapters, li, lora_module::kO, gemm);
-      if (fused) {
-        std::tie(x, h) = AddRmsNorm(x, o, l.post_norm, eps);
-      } else {
-        x = AddSubLayerOutput(adapters, li, AdapterSite::kAttention, x, o);
-        h = RmsNorm(x, l.post_norm);
-      }
+      x = AddSubLayerOutput(adapters, li, AdapterSite::kAttention, x,
+                            LinearWithLora(attn, l.o_w, l.o_b, adapters, li, lora_module::kO,
+                                           gemm));
+      h = RmsNorm(x, l.post_norm);
       at::Tensor mlp;
       if (l.gate_up_w.defined()) {
         const int64_t inter = c.intermediate_size;
@@ -392,26 +376,16 @@ class LlamaModel final : public CausalLM {
         const std::array<at::Tensor, 2> biases = {l.gate_b, l.up_b};
         const at::Tensor gate_up = LinearWithLoraDeltas(h, l.gate_up_w, outs, biases, adapters, li,
                                                         lora_module::kGate, gemm);  // [T, 2 inter]
-        if (fused && c.hidden_act == "silu") {
-          mlp = SiluMul(gate_up);
-        } else {
-          mlp = Activation(gate_up.narrow(1, 0, inter), c.hidden_act)
-                    .mul_(gate_up.narrow(1, inter, inter));
-        }
+        mlp = Activation(gate_up.narrow(1, 0, inter), c.hidden_act)
+                  .mul_(gate_up.narrow(1, inter, inter));
       } else {
         mlp = Activation(LinearWithLora(h, l.gate_w, l.gate_b, adapters, li, lora_module::kGate),
                          c.hidden_act) *
               LinearWithLora(h, l.up_w, l.up_b, adapters, li, lora_module::kUp);
       }
-      const at::Tensor down =
-          LinearWithLora(mlp, l.down_w, l.down_b, adapters, li, lora_module::kDown, gemm);
-      const bool last = i + 1 == c.num_layers;
-      if (fused && !last) {
-        std::tie(x, h) = AddRmsNorm(x, down, layers_[i + 1].input_norm, eps);
-      } else {
-        x = AddSubLayerOutput(adapters, li, AdapterSite::kFfn, x, down);
-        if (!last) h = RmsNorm(x, layers_[i + 1].input_norm);
-      }
+      x = AddSubLayerOutput(adapters, li, AdapterSite::kFfn, x,
+                            LinearWithLora(mlp, l.down_w, l.down_b, adapters, li,
+                                           lora_module::kDown, gemm));
     }
     return x;
   }

@@ -74,7 +74,7 @@ struct ModelContext {
   at::Device device = at::kCPU;
   std::string fingerprint;
   bool cuda_graphs = true;  // ModelLoadOptions::cuda_graphs.
-  bool decode_gemm = true;  // ModelLoadOptions::decode_gemm.
+  bool decode_gemm = false;  // ModelLoadOptions::decode_gemm.
 };
 
 // Builders of the concrete decoders (llama.cc, gpt2.cc), called by

@@ -232,13 +232,6 @@ BatchAdapters BatchAdapters::ForKernels(LoraBatchIndex index, at::Tensor meta, i
   return out;
 }
 
-bool BatchAdapters::AddsToResidual() const {
-  return std::any_of(groups_.begin(), groups_.end(), [](const Group& g) {
-    return g.adapter->method == AdapterMethod::kBottleneck ||
-           g.adapter->method == AdapterMethod::kFusion;
-  });
-}
-
 bool BatchAdapters::UsesKernels(const at::Tensor& x) const {
   return kernel_slots_ > 0 && x.scalar_type() == kernel_dtype_ &&
          !(c10::GradMode::is_enabled() && x.requires_grad());

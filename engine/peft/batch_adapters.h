@@ -96,9 +96,6 @@ class BatchAdapters {
                                   std::vector<int64_t> max_rank, at::ScalarType dtype);
 
   bool empty() const { return groups_.empty() && !has_virtual_ && kernel_slots_ == 0; }
-  // Whether an adapter of the step adds to the residual stream
-  // (AddSubLayerOutput: bottleneck adapters, AdapterFusion).
-  bool AddsToResidual() const;
   const std::vector<Group>& groups() const { return groups_; }
 
   // Replaces the embedding rows of virtual tokens with their adapter's prompt
