@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -78,6 +79,32 @@ double CopyBandwidth() {
   std::printf("copy: memcpy %.0f GB/s, elementwise kernel %.0f GB/s (read+write)\n",
               2.0 * bytes / (memcpy_ms * 1e-3) / 1e9, 2.0 * bytes / (kernel_ms * 1e-3) / 1e9);
   return 2.0 * bytes / (std::min(memcpy_ms, kernel_ms) * 1e-3);
+}
+
+// Per iteration i: inputs x [T, hidden] and T tokens spread over n adapters
+// (slots i·n ... i·n + n − 1 of the pool, shuffled), as the kernels' index and
+// as int64 slot ids for the torch baseline.
+struct Batches {
+  std::vector<at::Tensor> xs;
+  std::vector<LoraBatchIndex> indexes;
+  std::vector<at::Tensor> slot_ids;
+};
+
+std::optional<Batches> MakeBatches(int iters, int64_t t_count, int64_t n, std::mt19937& rng) {
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  Batches b;
+  for (int i = 0; i < iters; ++i) {
+    b.xs.push_back(at::randn({t_count, kHidden}, bf16));
+    std::vector<int32_t> slots(t_count);
+    for (int64_t t = 0; t < t_count; ++t) slots[t] = static_cast<int32_t>((i * n + t % n) % kPool);
+    std::shuffle(slots.begin(), slots.end(), rng);
+    absl::StatusOr<LoraBatchIndex> index = BuildLoraBatchIndex(slots, kPool, n, at::kCUDA);
+    if (!index.ok()) return std::nullopt;
+    b.indexes.push_back(*std::move(index));
+    b.slot_ids.push_back(
+        at::tensor(std::vector<int64_t>(slots.begin(), slots.end()), at::kLong).to(at::kCUDA));
+  }
+  return b;
 }
 
 // Weight copies that together exceed L2 several times, so that replays read HBM.
@@ -169,21 +196,9 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
     for (int64_t n : {1, 8, 32}) {
       if (n > t_count) continue;
       const int iters = 64;
-      std::vector<at::Tensor> xs;
-      std::vector<LoraBatchIndex> indexes;
-      std::vector<at::Tensor> slot_ids;
-      for (int i = 0; i < iters; ++i) {
-        xs.push_back(at::randn({t_count, kHidden}, bf16));
-        std::vector<int32_t> slots(t_count);
-        for (int64_t t = 0; t < t_count; ++t)
-          slots[t] = static_cast<int32_t>((i * n + t % n) % kPool);
-        std::shuffle(slots.begin(), slots.end(), rng);
-        absl::StatusOr<LoraBatchIndex> index = BuildLoraBatchIndex(slots, kPool, n, at::kCUDA);
-        if (!index.ok()) return 1;
-        indexes.push_back(*std::move(index));
-        slot_ids.push_back(
-            at::tensor(std::vector<int64_t>(slots.begin(), slots.end()), at::kLong).to(at::kCUDA));
-      }
+      const std::optional<Batches> batches = MakeBatches(iters, t_count, n, rng);
+      if (!batches) return 1;
+      const auto& [xs, indexes, slot_ids] = *batches;
       at::Tensor y = at::empty({t_count, kHidden}, bf16);
       const std::vector<at::Tensor> ys = {y};
       LoraLinearOptions decode;
@@ -281,20 +296,9 @@ int Main(bool quick, bool decode_only) {
     for (int64_t n : adapter_counts) {
       const int64_t n_eff = std::min(n, t_count);
       const int iters = static_cast<int>(std::clamp<int64_t>(kPool / n_eff, 8, 256));
-      std::vector<at::Tensor> xs, slot_ids;
-      std::vector<LoraBatchIndex> indexes;
-      for (int i = 0; i < iters; ++i) {
-        xs.push_back(at::randn({t_count, kHidden}, bf16));
-        std::vector<int32_t> slots(t_count);
-        for (int64_t t = 0; t < t_count; ++t)
-          slots[t] = static_cast<int32_t>((i * n_eff + t % n_eff) % kPool);
-        std::shuffle(slots.begin(), slots.end(), rng);
-        absl::StatusOr<LoraBatchIndex> index = BuildLoraBatchIndex(slots, kPool, n_eff, at::kCUDA);
-        if (!index.ok()) return 1;
-        indexes.push_back(*std::move(index));
-        slot_ids.push_back(
-            at::tensor(std::vector<int64_t>(slots.begin(), slots.end()), at::kLong).to(at::kCUDA));
-      }
+      const std::optional<Batches> batches = MakeBatches(iters, t_count, n_eff, rng);
+      if (!batches) return 1;
+      const auto& [xs, indexes, slot_ids] = *batches;
       at::Tensor y = at::zeros({t_count, kHidden}, bf16);
       at::Tensor v = at::empty({1, t_count, kRank}, bf16.dtype(at::kFloat));
       const std::vector<at::Tensor> ys = {y};

@@ -126,6 +126,26 @@ __device__ __forceinline__ void ClusterWait() {
 #endif
 }
 
+// Whether `kernel` runs with sm_90 features (thread-block clusters,
+// programmatic dependent launch) on the current device: an sm_90+ device and
+// sm_90 code for the kernel in this binary. `cache` holds one answer per
+// device (0 unknown, 1 yes, 2 no).
+inline bool Sm90KernelRuns(const void* kernel, int (&cache)[64]) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cache[dev] == 0) {
+    int major = 0;
+    cudaFuncAttributes attr = {};
+    const bool ok =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        major >= 9 && cudaFuncGetAttributes(&attr, kernel) == cudaSuccess &&
+        attr.binaryVersion >= 90;
+    cudaGetLastError();  // A failed query leaves no sticky error.
+    cache[dev] = ok ? 1 : 2;
+  }
+  return cache[dev] == 1;
+}
+
 inline std::string LastError() {
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));

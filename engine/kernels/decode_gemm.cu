@@ -509,22 +509,9 @@ __global__ void __launch_bounds__(kThreads, D == 2 ? 2 : 1) DecodeGemmKernel(con
 }
 
 bool DecodeGemmAvailable() {
-  static int cached[64] = {};  // 0 unknown, 1 yes, 2 no.
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  if (cached[dev] == 0) {
-    int major = 0;
-    cudaFuncAttributes attr = {};
-    const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) ==
-                        cudaSuccess &&
-                    major >= 9 &&
-                    cudaFuncGetAttributes(&attr, DecodeGemmKernel<__nv_bfloat16, 1, 2>) ==
-                        cudaSuccess &&
-                    attr.binaryVersion >= 90;
-    cudaGetLastError();
-    cached[dev] = ok ? 1 : 2;
-  }
-  return cached[dev] == 1;
+  static int cached[64] = {};
+  return Sm90KernelRuns(reinterpret_cast<const void*>(&DecodeGemmKernel<__nv_bfloat16, 1, 2>),
+                        cached);
 }
 
 template <typename T, int NT, int D>

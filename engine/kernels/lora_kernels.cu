@@ -539,20 +539,8 @@ size_t FusedSmemBytes(int bm, int max_rank) {
 
 // Clusters need sm_90 in the device and sm_90 code in this binary.
 bool ClustersAvailable() {
-  static int cached[64] = {};  // 0 unknown, 1 yes, 2 no.
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  if (cached[dev] == 0) {
-    int major = 0;
-    cudaFuncAttributes attr = {};
-    const bool ok =
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-        major >= 9 && cudaFuncGetAttributes(&attr, FusedKernel<float, 1>) == cudaSuccess &&
-        attr.binaryVersion >= 90;
-    cudaGetLastError();  // A failed query leaves no sticky error.
-    cached[dev] = ok ? 1 : 2;
-  }
-  return cached[dev] == 1;
+  static int cached[64] = {};
+  return Sm90KernelRuns(reinterpret_cast<const void*>(&FusedKernel<float, 1>), cached);
 }
 
 template <typename T, int BM>

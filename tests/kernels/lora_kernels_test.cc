@@ -41,6 +41,20 @@ struct CaseSpec {
   LoraLinearOptions linear_options;
 };
 
+// A case of t tokens over `adapters` adapters, x [t, in] (row stride in + pad),
+// outputs of `outs` columns, a fraction `none` of the tokens unadapted.
+CaseSpec MakeCase(int64_t t, int64_t in, std::vector<int64_t> outs, int64_t adapters,
+                  double none = 0.2, int64_t pad = 0) {
+  CaseSpec c;
+  c.tokens = t;
+  c.in = in;
+  c.outs = std::move(outs);
+  c.adapters = adapters;
+  c.none_fraction = none;
+  c.x_pad = pad;
+  return c;
+}
+
 // One adapter's weights in the kernel dtype plus their exact float64 values.
 struct SliceRef {
   bool adapted = false;
@@ -472,14 +486,7 @@ TEST(LoraKernelsCudaTest, MatchesFloat64AcrossShapesAndDtypes) {
   std::vector<CaseSpec> cases;
   auto add = [&](int64_t t, int64_t in, std::vector<int64_t> outs, int64_t adapters,
                  double none = 0.2, int64_t pad = 0) {
-    CaseSpec c;
-    c.tokens = t;
-    c.in = in;
-    c.outs = std::move(outs);
-    c.adapters = adapters;
-    c.none_fraction = none;
-    c.x_pad = pad;
-    cases.push_back(c);
+    cases.push_back(MakeCase(t, in, std::move(outs), adapters, none, pad));
   };
   add(1, 3424, {3424}, 1, 0.0);
   add(7, 5120, {5120, 1024, 1024}, 5);
@@ -524,12 +531,7 @@ TEST(LoraKernelsCudaTest, DecodeGemmMatchesFloat64) {
   std::vector<CaseSpec> cases;
   auto add = [&](int64_t t, int64_t in, std::vector<int64_t> outs, int64_t adapters, int splits,
                  int depth, double none = 0.2) {
-    CaseSpec c;
-    c.tokens = t;
-    c.in = in;
-    c.outs = std::move(outs);
-    c.adapters = adapters;
-    c.none_fraction = none;
+    CaseSpec c = MakeCase(t, in, std::move(outs), adapters, none);
     c.linear = true;
     c.round_robin = true;
     c.linear_options.gemm = LinearGemm::kDecode;
@@ -699,13 +701,7 @@ TEST(LoraKernelsCudaTest, FusedKernelMatchesFloat64) {
   std::vector<CaseSpec> cases;
   auto add = [&](int64_t t, int64_t in, std::vector<int64_t> outs, int64_t adapters,
                  double none = 0.2, int64_t pad = 0) {
-    CaseSpec c;
-    c.tokens = t;
-    c.in = in;
-    c.outs = std::move(outs);
-    c.adapters = adapters;
-    c.none_fraction = none;
-    c.x_pad = pad;
+    CaseSpec c = MakeCase(t, in, std::move(outs), adapters, none, pad);
     c.use_apply = true;
     c.round_robin = true;
     c.path = LoraPath::kFused;
