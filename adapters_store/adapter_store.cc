@@ -554,19 +554,9 @@ absl::StatusOr<AdapterRecord> AdapterStore::RegisterFromPath(
   spec.version = version;
   spec.method_hint = method_hint;
   std::vector<std::string> sources;
-  for (const char* file :
-       {kAdapterConfigFile, kPeftWeightsFile, kAdapterHubWeightsFile, kPromptEncoderFile}) {
-    const std::string candidate = absl::StrCat(*real, "/", file);
-    struct stat fst;
-    if (::lstat(candidate.c_str(), &fst) != 0) continue;
-    std::optional<std::string> resolved = RealPath(candidate);
-    if (!resolved || !IsUnder(*resolved, root_of)) return outside;
-    ASSIGN_OR_RETURN(FileDigest digest, DigestFile(*resolved));
-    spec.files.push_back({file, digest.size, digest.sha256});
-    sources.push_back(*resolved);
-  }
+  RETURN_IF_ERROR(CollectAdapterFiles(*real, &root_of, spec, sources));
   bool has_weights = false, has_pickle = false;
-  for (const UploadFileSpec& f : spec.files) has_weights |= f.name != kAdapterConfigFile;
+  for (const UploadFileSpec& f : spec.files) has_weights |= !IsTopLevelConfigFile(f.name);
   if (DIR* d = ::opendir(real->c_str())) {
     while (dirent* e = ::readdir(d)) has_pickle |= IsPickleFileName(e->d_name);
     ::closedir(d);
@@ -622,8 +612,15 @@ absl::StatusOr<AdapterRecord> AdapterStore::PublishDirectory(const std::string& 
   spec.name = name;
   spec.method_hint = method_hint;
   std::vector<std::string> sources;
-  // Regular files only (lstat: a symlink is never followed), at the top and
-  // one level down; names outside the accepted set are left behind.
+  RETURN_IF_ERROR(CollectAdapterFiles(dir, nullptr, spec, sources));
+  return CopyAndCommit(spec, sources);
+}
+
+absl::Status AdapterStore::CollectAdapterFiles(const std::string& dir, const std::string* root,
+                                               UploadSpec& spec,
+                                               std::vector<std::string>& sources) {
+  const absl::Status outside =
+      absl::PermissionDeniedError("path is outside the allowed adapter roots");
   std::function<absl::Status(const std::string&, const std::string&, int)> scan =
       [&](const std::string& path, const std::string& prefix, int depth) -> absl::Status {
     DIR* d = ::opendir(path.c_str());
@@ -635,13 +632,23 @@ absl::StatusOr<AdapterRecord> AdapterStore::PublishDirectory(const std::string& 
     ::closedir(d);
     std::sort(entries.begin(), entries.end());
     for (const std::string& entry : entries) {
-      const std::string full = absl::StrCat(path, "/", entry);
+      std::string full = absl::StrCat(path, "/", entry);
       const std::string file = prefix + entry;
+      const bool subdir_name = depth == 0 && ValidateAdapterName(entry).ok();
+      const bool file_name = ValidateAdapterFileName(file).ok();
+      if (!subdir_name && !file_name) continue;
       struct stat st;
       if (::lstat(full.c_str(), &st) != 0) return StorageError(absl::StrCat("stat ", full), errno);
-      if (S_ISDIR(st.st_mode) && depth == 0 && ValidateAdapterName(entry).ok()) {
+      if (root != nullptr && S_ISLNK(st.st_mode)) {
+        // Followed, but only to a place under the root.
+        std::optional<std::string> resolved = RealPath(full);
+        if (!resolved || !IsUnder(*resolved, *root)) return outside;
+        full = *resolved;
+        if (::stat(full.c_str(), &st) != 0) return StorageError(absl::StrCat("stat ", full), errno);
+      }
+      if (S_ISDIR(st.st_mode) && subdir_name) {
         RETURN_IF_ERROR(scan(full, file + "/", depth + 1));
-      } else if (S_ISREG(st.st_mode) && ValidateAdapterFileName(file).ok()) {
+      } else if (S_ISREG(st.st_mode) && file_name) {
         ASSIGN_OR_RETURN(FileDigest digest, DigestFile(full));
         spec.files.push_back({file, digest.size, digest.sha256});
         sources.push_back(full);
@@ -649,8 +656,7 @@ absl::StatusOr<AdapterRecord> AdapterStore::PublishDirectory(const std::string& 
     }
     return absl::OkStatus();
   };
-  RETURN_IF_ERROR(scan(dir, "", 0));
-  return CopyAndCommit(spec, sources);
+  return scan(dir, "", 0);
 }
 
 absl::Status AdapterStore::CheckQuota(const std::string& owner, const StorageQuota& quota,

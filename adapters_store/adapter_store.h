@@ -137,7 +137,9 @@ class AdapterStore {
   void AbortUpload(const std::string& upload_id);
 
   // Copies the adapter in the server directory `path` into the store and
-  // publishes it like an upload. FAILED_PRECONDITION if no allowed roots are
+  // publishes it like an upload: the files PublishDirectory takes (the
+  // AdapterFusion layout included), symlinks followed within the roots.
+  // FAILED_PRECONDITION if no allowed roots are
   // configured; PERMISSION_DENIED if `path` or a file in it resolves outside
   // them (symlinks included); NOT_FOUND if it does not exist; INVALID_ARGUMENT
   // if it is not a directory or holds pickle weights only; then as CommitUpload.
@@ -211,6 +213,16 @@ class AdapterStore {
   std::shared_ptr<Upload> FindUpload(const std::string& upload_id);
   absl::StatusOr<AdapterRecord> Publish(Upload& upload);
   // Begins an upload of `spec`, copies sources[i] into spec.files[i] and commits.
+  // The adapter files under `dir` into spec.files and `sources` (the paths to
+  // copy from): accepted names (ValidateAdapterFileName) at the top and one
+  // subdirectory level down (AdapterFusion's <adapter>/<file>), sorted;
+  // hidden entries and other names are left behind. Without `root` (the
+  // server's own directories) only regular files count and symlinks are
+  // never followed; with `root` (a registration from a server path) symlinks
+  // are followed, but every file taken must resolve under `root`, else
+  // PERMISSION_DENIED.
+  absl::Status CollectAdapterFiles(const std::string& dir, const std::string* root,
+                                   UploadSpec& spec, std::vector<std::string>& sources);
   absl::StatusOr<AdapterRecord> CopyAndCommit(const UploadSpec& spec,
                                               const std::vector<std::string>& sources);
   // RESOURCE_EXHAUSTED if adding `bytes` (and one more adapter) to owner's

@@ -316,6 +316,50 @@ TEST_F(AdapterStoreTest, RegisterFromPathReadsOnlyUnderTheAllowedRoots) {
   EXPECT_EQ(Snapshot(), before);
 }
 
+// A fusion registered from a server path: the same files PublishDirectory
+// takes, a fused adapter's subdirectory may be a symlink within the roots,
+// never one that leads out of them.
+TEST_F(AdapterStoreTest, RegisterFromPathTakesTheFusionLayoutWithinTheRoots) {
+  const std::string root = tmp_ / "models";
+  std::filesystem::create_directories(root);
+  StoreOptions options = OptionsAt(tmp_ / "data");
+  options.allowed_roots = {root};
+  options.validator = [](const std::string&) -> absl::StatusOr<AdapterMeta> {
+    return AdapterMeta{"fusion", ""};
+  };
+  Reopen(options);
+  const Files child = LoraFiles(4);
+  const Files fusion = {{"adapter_fusion_config.json", "{\"key\": true}"},
+                        {"model_adapter_fusion.safetensors", child.at("adapter_model.safetensors")},
+                        {"README.md", "not an adapter file"}};
+  const Files child_files = {{"adapter_config.json", child.at("adapter_config.json")},
+                             {"adapter.safetensors", child.at("adapter_model.safetensors")}};
+  WriteFiles(root + "/fused", fusion);
+  WriteFiles(root + "/fused/sentiment", child_files);
+  WriteFiles(root + "/shared/nli", child_files);
+  std::filesystem::create_symlink(root + "/shared/nli", root + "/fused/nli");
+  absl::StatusOr<AdapterRecord> rec = store_->RegisterFromPath("t", "f", 0, root + "/fused", "");
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  std::vector<std::string> names;
+  for (const AdapterFile& f : rec->files) names.push_back(f.name);
+  const std::vector<std::string> expected = {
+      "adapter_fusion_config.json",    "model_adapter_fusion.safetensors",
+      "nli/adapter.safetensors",       "nli/adapter_config.json",
+      "sentiment/adapter.safetensors", "sentiment/adapter_config.json"};
+  EXPECT_EQ(names, expected);
+  absl::StatusOr<ResolvedAdapter> resolved = store_->Resolve("t", "f");
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(Slurp(resolved->dir + "/nli/adapter.safetensors"), child.at("adapter_model.safetensors"));
+
+  WriteFiles(tmp_ / "outside/nli", child_files);
+  WriteFiles(root + "/leaky", fusion);
+  std::filesystem::create_symlink(tmp_ / "outside/nli", root + "/leaky/nli");
+  const auto before = Snapshot();
+  EXPECT_EQ(store_->RegisterFromPath("t", "g", 0, root + "/leaky", "").status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Snapshot(), before);
+}
+
 TEST_F(AdapterStoreTest, DeleteRemovesOneVersionOrAllAndReclaimsTheFiles) {
   const Files v1 = LoraFiles(1), v2 = LoraFiles(2);
   ASSERT_TRUE(Upload(*store_, SpecFor("t", "a", v1), v1).ok());
