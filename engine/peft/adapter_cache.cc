@@ -21,7 +21,16 @@ struct AdapterCacheEntry {
   bool reserved = false;   // Device bytes reserved for a copy in flight.
   bool failed = false;
   absl::Status error;
-  int64_t bytes = -1;  // Unknown until loaded.
+  int64_t bytes = -1;  // Host copy; unknown until loaded.
+  // The device copy's bytes once made (to_device may add to the host bytes:
+  // the LoRA kernels' copies in the model's dtype); 0 = not known yet.
+  int64_t device_size = 0;
+  // Bytes this entry holds in device_bytes_: its resident copy or the
+  // reservation for a copy in flight.
+  int64_t device_held = 0;
+  // What the device tier needs for this adapter: its device copy's size once
+  // seen, its host size before.
+  int64_t DeviceSize() const { return device_size > 0 ? device_size : bytes; }
   std::shared_ptr<const Adapter> host, device;
   bool in_device_lru = false, in_host_lru = false;
   std::list<std::shared_ptr<AdapterCacheEntry>>::iterator device_pos, host_pos;
@@ -102,7 +111,7 @@ bool AdapterCache::Idle(const Entry& e) const { return e.leases == 0 && !e.pinne
 int64_t AdapterCache::ExplicitPinnedBytes() const {
   int64_t total = 0;
   for (const auto& [key, e] : entries_) {
-    if (e->pinned && e->bytes > 0) total += e->bytes;
+    if (e->pinned && e->bytes > 0) total += e->DeviceSize();
   }
   return total;
 }
@@ -131,9 +140,9 @@ absl::StatusOr<AdapterLease> AdapterCache::Acquire(const AdapterHandle& handle) 
   std::lock_guard<std::mutex> lock(mu_);
   std::shared_ptr<Entry> e = FindOrCreate(handle);
   if (e->bytes > 0 && !e->pinned &&
-      e->bytes + ExplicitPinnedBytes() > options_.device_budget_bytes) {
+      e->DeviceSize() + ExplicitPinnedBytes() > options_.device_budget_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "adapter \"", handle.name, "\" (", e->bytes, " bytes) does not fit the adapter cache (",
+        "adapter \"", handle.name, "\" (", e->DeviceSize(), " bytes) does not fit the adapter cache (",
         options_.device_budget_bytes, " bytes, ", ExplicitPinnedBytes(), " pinned)"));
   }
   if (e->failed && e->leases == 0) {  // A past failure is retried.
@@ -157,9 +166,9 @@ absl::Status AdapterCache::Prefetch(const AdapterHandle& handle, bool pin) {
   std::lock_guard<std::mutex> lock(mu_);
   std::shared_ptr<Entry> e = FindOrCreate(handle);
   if (pin && !e->pinned) {
-    if (e->bytes > 0 && e->bytes + ExplicitPinnedBytes() > options_.device_budget_bytes) {
+    if (e->bytes > 0 && e->DeviceSize() + ExplicitPinnedBytes() > options_.device_budget_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "pinning adapter \"", handle.name, "\" (", e->bytes,
+          "pinning adapter \"", handle.name, "\" (", e->DeviceSize(),
           " bytes) would make pinned adapters exceed the adapter cache (",
           options_.device_budget_bytes, " bytes, ", ExplicitPinnedBytes(), " pinned)"));
     }
@@ -231,7 +240,8 @@ void AdapterCache::Release(const std::shared_ptr<Entry>& e) {
 void AdapterCache::DropDevice(Entry& e) {
   if (e.device == nullptr) return;
   e.device.reset();
-  device_bytes_ -= e.bytes;
+  device_bytes_ -= e.device_held;
+  e.device_held = 0;
   if (e.in_device_lru) {
     device_lru_.erase(e.device_pos);
     e.in_device_lru = false;
@@ -253,7 +263,7 @@ bool AdapterCache::MakeDeviceRoom(int64_t bytes) {
   if (device_bytes_ + bytes <= budget) return true;
   int64_t evictable = 0;
   for (const auto& e : device_lru_) {
-    if (Idle(*e)) evictable += e->bytes;
+    if (Idle(*e)) evictable += e->device_held;
   }
   if (device_bytes_ - evictable + bytes > budget) return false;
   for (auto it = device_lru_.end(); device_bytes_ + bytes > budget && it != device_lru_.begin();) {
@@ -271,7 +281,8 @@ bool AdapterCache::MakeDeviceRoom(int64_t bytes) {
     it = device_lru_.erase(it);
     e->in_device_lru = false;
     e->device.reset();
-    device_bytes_ -= e->bytes;
+    device_bytes_ -= e->device_held;
+    e->device_held = 0;
     ++stats_.evictions;
   }
   EnforceHostBudget();
@@ -304,7 +315,7 @@ void AdapterCache::Want(const std::shared_ptr<Entry>& e) {
     work_cv_.notify_one();
     return;
   }
-  if (!MakeDeviceRoom(e->bytes)) {
+  if (!MakeDeviceRoom(e->DeviceSize())) {
     if (!e->waiting && (e->leases > 0 || e->pinned || e->prefetch)) {
       e->waiting = true;
       waiting_.push_back(e);
@@ -317,14 +328,17 @@ void AdapterCache::Want(const std::shared_ptr<Entry>& e) {
   }
   if (options_.to_device) {
     e->reserved = true;
-    device_bytes_ += e->bytes;
+    e->device_held = e->DeviceSize();
+    device_bytes_ += e->device_held;
     e->queued = true;
     jobs_.push_back(e);
     work_cv_.notify_one();
     return;
   }
   e->device = e->host;
-  device_bytes_ += e->bytes;
+  e->device_size = e->bytes;
+  e->device_held = e->bytes;
+  device_bytes_ += e->device_held;
   device_lru_.push_front(e);
   e->device_pos = device_lru_.begin();
   e->in_device_lru = true;
@@ -396,12 +410,12 @@ void AdapterCache::WorkerLoop() {
           e->host_pos = host_lru_.begin();
           e->in_host_lru = true;
         }
-        int64_t others_pinned = ExplicitPinnedBytes() - (e->pinned ? e->bytes : 0);
-        if (e->bytes + others_pinned > options_.device_budget_bytes) {
+        int64_t others_pinned = ExplicitPinnedBytes() - (e->pinned ? e->DeviceSize() : 0);
+        if (e->DeviceSize() + others_pinned > options_.device_budget_bytes) {
           e->failed = true;
           e->pinned = false;
           e->error = absl::ResourceExhaustedError(absl::StrCat(
-              "adapter \"", e->handle.name, "\" (", e->bytes,
+              "adapter \"", e->handle.name, "\" (", e->DeviceSize(),
               " bytes) does not fit the adapter cache (", options_.device_budget_bytes,
               " bytes, ", others_pinned, " pinned)"));
           e->load_open = false;
@@ -420,17 +434,23 @@ void AdapterCache::WorkerLoop() {
       lock.lock();
       e->queued = false;
       e->reserved = false;
-      device_bytes_ -= e->bytes;
+      device_bytes_ -= e->device_held;
+      e->device_held = 0;
       if (!copied.ok()) {
         e->failed = true;
         e->error = copied.status();
         ++stats_.load_failures;
       } else if (!e->forgotten || e->leases > 0) {
         e->device = *std::move(copied);
-        device_bytes_ += e->bytes;
+        // The copy's own size (the reservation was the host size the first
+        // time); idle adapters make room where it came out larger.
+        e->device_size = std::max<int64_t>(e->device->num_bytes, 1);
+        e->device_held = e->device_size;
+        device_bytes_ += e->device_held;
         device_lru_.push_front(e);
         e->device_pos = device_lru_.begin();
         e->in_device_lru = true;
+        if (device_bytes_ > options_.device_budget_bytes) MakeDeviceRoom(0);
         e->prefetch = false;
         if (e->load_open) {
           RecordLoad(e->load_time + took);

@@ -27,12 +27,22 @@ AdapterHandle Handle(const std::string& id, int64_t bytes, int64_t version = 1) 
 
 class AdapterCacheTest : public ::testing::Test {
  protected:
+  // device_growth > 0: a host → device copy step (to_device) whose copies are
+  // that many times the host bytes, as the LoRA kernels' dtype copies make them.
   std::unique_ptr<AdapterCache> MakeCache(int64_t device_budget, int64_t host_budget = 0,
-                                          int workers = 1) {
+                                          int workers = 1, double device_growth = 0) {
     AdapterCacheOptions options;
     options.device_budget_bytes = device_budget;
     options.host_budget_bytes = host_budget;
     options.workers = workers;
+    if (device_growth > 0) {
+      options.to_device = [device_growth](const Adapter& host)
+          -> absl::StatusOr<std::shared_ptr<const Adapter>> {
+        auto copy = std::make_shared<Adapter>(host);
+        copy->num_bytes = static_cast<int64_t>(host.num_bytes * device_growth);
+        return copy;
+      };
+    }
     options.load = [this](const AdapterHandle& h)
         -> absl::StatusOr<std::shared_ptr<const Adapter>> {
       ++loads_;
@@ -127,6 +137,29 @@ TEST_F(AdapterCacheTest, HostTierServesAnEvictedAdapterWithoutReadingTheDisk) {
   EXPECT_EQ(loads_, loads);
   EXPECT_EQ(cache->Stats().host_hits, 1);
   EXPECT_LE(cache->Stats().host_bytes, 1000);
+}
+
+// The device tier counts the device copy's own bytes (1.5x the host's here),
+// not the host's: three 100-byte adapters whose copies are 150 bytes each do
+// not all fit 400 bytes, and the budget holds after every load.
+TEST_F(AdapterCacheTest, DeviceTierCountsTheDeviceCopysBytes) {
+  auto cache = MakeCache(400, /*host_budget=*/1000, /*workers=*/1, /*device_growth=*/1.5);
+  Ready(*cache, Handle("a", 100));
+  EXPECT_EQ(cache->Stats().device_bytes, 150);
+  Ready(*cache, Handle("b", 100));
+  EXPECT_EQ(cache->Stats().device_bytes, 300);
+  {
+    AdapterLease c = Ready(*cache, Handle("c", 100));
+    // Reserved at the host size (the copy's is not known before it is made),
+    // then the least recently used idle adapter made room for the real size.
+    EXPECT_EQ(cache->State({"a", 1}).residency, AdapterResidency::kHost);
+    EXPECT_EQ(cache->Stats().device_bytes, 300);
+  }
+  // Known now: a comes back at 150 bytes and b (least recent, idle) leaves first.
+  Ready(*cache, Handle("a", 100));
+  EXPECT_EQ(cache->State({"b", 1}).residency, AdapterResidency::kHost);
+  EXPECT_EQ(cache->Stats().device_bytes, 300);
+  EXPECT_LE(cache->Stats().device_bytes, 400);
 }
 
 TEST_F(AdapterCacheTest, KeysOnAdapterIdAndVersionNeverTheName) {
