@@ -9,6 +9,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/status_macros.h"
 #include "server/proto_convert.h"
 #include "server/request_id.h"
 #include "server/status_convert.h"
@@ -119,6 +120,10 @@ class GenerateStreamCall final : public grpc::ServerWriteReactor<v1::GenerateStr
 
   const std::shared_ptr<CancellationToken>& cancel() const { return cancel_; }
 
+  // The adapter every message names ("name@version" once resolved). Before
+  // the request is submitted only.
+  void set_adapter(std::string adapter) { adapter_ = std::move(adapter); }
+
   // Engine thread.
   void AddTokens(std::vector<GeneratedToken> tokens) {
     {
@@ -217,7 +222,7 @@ class GenerateStreamCall final : public grpc::ServerWriteReactor<v1::GenerateStr
   const std::shared_ptr<CancellationToken> cancel_;
   const std::string request_id_;
   const std::string tenant_;
-  const std::string adapter_;
+  std::string adapter_;  // Set before the engine runs; read-only after.
   const bool logprobs_;
   const absl::Time start_ = absl::Now();
 
@@ -286,15 +291,8 @@ grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext
                  : absl::StatusOr<GenerateRequest>(lease.status());
   absl::Status status = converted.status();
   if (status.ok()) {
-    converted->request_id = request_id;
-    converted->tenant = who.tenant;
-    converted->deadline = DeadlineOf(context);
-    converted->cancel = call->cancel();
-    if (resolver_ != nullptr) status = resolver_->Resolve(who.tenant, *converted);
-    // The version that serves it ("name@version"), as the proto promises.
-    if (status.ok() && converted->adapter_handle) {
-      response->set_adapter(converted->adapter_handle->name);
-    }
+    status = Prepare(*converted, request_id, who, context, call->cancel(),
+                     *response->mutable_adapter());
   }
   if (status.ok()) {
     const bool logprobs = converted->sampling.logprobs;
@@ -324,11 +322,10 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* InferenceService::Generate
                                       converted.ok() && converted->sampling.logprobs);
   absl::Status status = converted.status();
   if (status.ok()) {
-    converted->request_id = request_id;
-    converted->tenant = who.tenant;
-    converted->deadline = DeadlineOf(context);
-    converted->cancel = call->cancel();
-    if (resolver_ != nullptr) status = resolver_->Resolve(who.tenant, *converted);
+    std::string served = request->adapter();
+    status = Prepare(*converted, request_id, who, context, call->cancel(), served);
+    // Every message names the version that serves the stream, as Generate's response does.
+    call->set_adapter(std::move(served));
   }
   if (status.ok()) {
     spdlog::debug("GenerateStream request_id={} tenant={} adapter={} submitted", request_id,
@@ -341,6 +338,22 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* InferenceService::Generate
     call->Reject(status);
   }
   return call;
+}
+
+template <typename Request>
+absl::Status InferenceService::Prepare(Request& request, const std::string& request_id,
+                                       const Principal& who, grpc::CallbackServerContext* context,
+                                       std::shared_ptr<CancellationToken> cancel,
+                                       std::string& served) const {
+  request.request_id = request_id;
+  request.tenant = who.tenant;
+  request.deadline = DeadlineOf(context);
+  request.cancel = std::move(cancel);
+  if (resolver_ != nullptr) {
+    RETURN_IF_ERROR(resolver_->Resolve(who.tenant, request));
+  }
+  if (request.adapter_handle) served = request.adapter_handle->name;
+  return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* context,
@@ -357,14 +370,8 @@ grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* c
                                                : absl::StatusOr<ScoreRequest>(lease.status());
   absl::Status status = converted.status();
   if (status.ok()) {
-    converted->request_id = request_id;
-    converted->tenant = who.tenant;
-    converted->deadline = DeadlineOf(context);
-    converted->cancel = call->cancel();
-    if (resolver_ != nullptr) status = resolver_->Resolve(who.tenant, *converted);
-    if (status.ok() && converted->adapter_handle) {
-      response->set_adapter(converted->adapter_handle->name);
-    }
+    status = Prepare(*converted, request_id, who, context, call->cancel(),
+                     *response->mutable_adapter());
   }
   if (status.ok()) {
     const absl::Time start = absl::Now();

@@ -53,6 +53,15 @@ class InferenceService final : public v1::Inference::CallbackService {
   absl::StatusOr<std::unique_ptr<RequestLease>> Admit(const grpc::CallbackServerContext& context,
                                                       const char* method, Principal* who);
 
+  // What every engine request carries (id, tenant, deadline, cancellation),
+  // then its adapters resolved in the tenant's namespace; `served` becomes
+  // the serving adapter's "name@version" where one was resolved (else it is
+  // left as the request named it). Request: GenerateRequest, ScoreRequest.
+  template <typename Request>
+  absl::Status Prepare(Request& request, const std::string& request_id, const Principal& who,
+                       grpc::CallbackServerContext* context,
+                       std::shared_ptr<CancellationToken> cancel, std::string& served) const;
+
   Engine* const engine_;
   const Authenticator* const auth_;
   QuotaManager* const quotas_;

@@ -61,7 +61,9 @@ def test_publish_swap_delete_and_restart(tmp_path, client):
     long_n = 4000
     ref_long = ids(greedy(py, "task@1", n=long_n))
     stream = py.stream(PROMPT, adapter="task", max_tokens=long_n, ignore_eos=True)
-    got = ids(next(stream))
+    first = next(stream)
+    assert first.adapter == "task@1"  # A stream names the version that serves it.
+    got = ids(first)
     v2 = py.upload_adapter("task", fixture_adapter("lora_dora"))
     assert v2.version == 2
     r2 = greedy(py, "task")
@@ -73,6 +75,7 @@ def test_publish_swap_delete_and_restart(tmp_path, client):
     assert grpc_code(greedy, py, "task@1")[0] == "NOT_FOUND"
     for chunk in stream:
         got += ids(chunk)
+        assert chunk.adapter == "task@1"
     assert still_running, "the stream ended before v2 was published; make it longer"
     assert got == ref_long, "the stream must finish on v1"
 
