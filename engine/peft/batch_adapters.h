@@ -79,11 +79,11 @@ class BatchAdapters {
   void ApplyKernels(const at::Tensor& x, std::span<const at::Tensor> ys, int layer,
                     int first_module) const;
 
-  // y = x · weightᵀ through the decode GEMM (LoraLinear), with the LoRA deltas
-  // of modules first_module, first_module + 1, ... (y's consecutive column
-  // slices of out_features[i] columns) for every kernel-slot group added in
-  // its epilogue when UsesKernels(x). REQUIRES: DecodeGemmServes(x, weight).
-  // Throws c10::Error on a kernel error.
+  // y = x · weightᵀ through LoraLinear (kAuto), with the LoRA deltas of
+  // modules first_module, first_module + 1, ... (y's consecutive column
+  // slices of out_features[i] columns) for every kernel-slot group when
+  // UsesKernels(x): in the decode GEMM's epilogue where DecodeGemmPreferred,
+  // else at::mm then LoraApply. Throws c10::Error on a kernel error.
   at::Tensor DecodeLinear(const at::Tensor& x, const at::Tensor& weight,
                           std::span<const int64_t> out_features, int layer,
                           int first_module) const;
