@@ -28,6 +28,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "bench/counting_sink.h"
 #include "engine/api/engine.h"
 
 namespace adapterd {
@@ -87,28 +88,6 @@ bool WaitResident(Engine& engine, const std::string& id) {
   return false;
 }
 
-class CountingSink : public GenerateSink {
- public:
-  CountingSink(std::mutex* mu, std::condition_variable* cv, int* remaining, int64_t* tokens)
-      : mu_(mu), cv_(cv), remaining_(remaining), tokens_(tokens) {}
-  void OnTokens(std::vector<GeneratedToken> tokens) override {
-    std::lock_guard<std::mutex> lock(*mu_);
-    *tokens_ += static_cast<int64_t>(tokens.size());
-  }
-  void OnFinish(absl::Status status, const GenerateResult&) override {
-    if (!status.ok()) std::fprintf(stderr, "request failed: %s\n", status.ToString().c_str());
-    std::lock_guard<std::mutex> lock(*mu_);
-    --*remaining_;
-    cv_->notify_all();
-  }
-
- private:
-  std::mutex* mu_;
-  std::condition_variable* cv_;
-  int* remaining_;
-  int64_t* tokens_;
-};
-
 struct Throughput {
   double tokens_per_s = 0;
   AdapterCacheStats cache;
@@ -116,29 +95,18 @@ struct Throughput {
 
 Throughput RunWorkload(Engine& engine, const std::vector<std::string>& dirs,
                        const std::vector<int>& picks, int new_tokens) {
-  std::mutex mu;
-  std::condition_variable cv;
-  int remaining = static_cast<int>(picks.size());
-  int64_t tokens = 0;
-  const auto start = Clock::now();
+  std::vector<GenerateRequest> requests;
   for (int k : picks) {
     GenerateRequest req;
     req.prompt = "Adapters served from a cache of loaded weights, ";
     req.sampling.max_tokens = new_tokens;
     req.sampling.ignore_eos = true;
     req.adapter_handle = Handle(dirs[k], absl::StrCat("a", k));
-    absl::Status s = engine.Submit(std::move(req),
-                                   std::make_shared<CountingSink>(&mu, &cv, &remaining, &tokens));
-    if (!s.ok()) {
-      std::fprintf(stderr, "submit failed: %s\n", s.ToString().c_str());
-      std::lock_guard<std::mutex> lock(mu);
-      --remaining;
-    }
+    requests.push_back(std::move(req));
   }
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return remaining == 0; });
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  return {static_cast<double>(tokens) / seconds, engine.Stats().adapter_cache};
+  const bench::Round r =
+      bench::SubmitAndWait(engine, std::move(requests), bench::OnRefused::kSkip);
+  return {static_cast<double>(r.tokens) / r.seconds, engine.Stats().adapter_cache};
 }
 
 int Main(int argc, char** argv) {

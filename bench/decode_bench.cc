@@ -23,38 +23,18 @@
 namespace adapterd {
 namespace {
 
-using bench::CountingSink;
 using bench::Round;
 
 Round RunRound(Engine& engine, int batch, int prompt_tokens, int new_tokens) {
-  std::mutex mu;
-  std::condition_variable cv;
-  int remaining = batch;
-  std::vector<std::shared_ptr<CountingSink>> sinks;
-  const EngineStats before = engine.Stats();
-  const auto start = std::chrono::steady_clock::now();
+  std::vector<GenerateRequest> requests;
   for (int b = 0; b < batch; ++b) {
     GenerateRequest req;
     for (int i = 0; i < prompt_tokens; ++i) req.prompt_ids.push_back((b * 31 + i * 7) % 200 + 1);
     req.sampling.max_tokens = new_tokens;
     req.sampling.ignore_eos = true;
-    auto sink = std::make_shared<CountingSink>(&mu, &cv, &remaining);
-    sinks.push_back(sink);
-    absl::Status s = engine.Submit(std::move(req), sink);
-    if (!s.ok()) {
-      std::fprintf(stderr, "submit failed: %s\n", s.ToString().c_str());
-      std::exit(1);
-    }
+    requests.push_back(std::move(req));
   }
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return remaining == 0; });
-  const auto end = std::chrono::steady_clock::now();
-  const EngineStats after = engine.Stats();
-  Round r;
-  r.seconds = std::chrono::duration<double>(end - start).count();
-  r.steps = after.steps - before.steps;
-  for (auto& s : sinks) r.tokens += static_cast<int64_t>(s->tokens());
-  return r;
+  return bench::SubmitAndWait(engine, std::move(requests));
 }
 
 int Main(int argc, char** argv) {

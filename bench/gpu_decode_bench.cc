@@ -48,17 +48,12 @@
 namespace adapterd {
 namespace {
 
-using bench::CountingSink;
 using bench::Round;
 
 // One request per entry of `adapters` ("" = base; "@K" = store adapter K
 // through the cache; else a start-up adapter's name).
 Round RunRound(Engine& engine, const std::vector<std::string>& adapters, const std::string& dir,
                int prompt_tokens, int new_tokens) {
-  std::mutex mu;
-  std::condition_variable cv;
-  int remaining = static_cast<int>(adapters.size());
-  std::vector<std::shared_ptr<CountingSink>> sinks;
   std::vector<GenerateRequest> requests;
   for (size_t b = 0; b < adapters.size(); ++b) {
     GenerateRequest req;
@@ -82,26 +77,7 @@ Round RunRound(Engine& engine, const std::vector<std::string>& adapters, const s
     }
     requests.push_back(std::move(req));
   }
-  const EngineStats before = engine.Stats();
-  const auto start = std::chrono::steady_clock::now();
-  for (GenerateRequest& req : requests) {
-    auto sink = std::make_shared<CountingSink>(&mu, &cv, &remaining);
-    sinks.push_back(sink);
-    absl::Status s = engine.Submit(std::move(req), sink);
-    if (!s.ok()) {
-      std::fprintf(stderr, "submit failed: %s\n", s.ToString().c_str());
-      std::exit(1);
-    }
-  }
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return remaining == 0; });
-  const auto end = std::chrono::steady_clock::now();
-  const EngineStats after = engine.Stats();
-  Round r;
-  r.seconds = std::chrono::duration<double>(end - start).count();
-  r.steps = after.steps - before.steps;
-  for (auto& s : sinks) r.tokens += static_cast<int64_t>(s->tokens());
-  return r;
+  return bench::SubmitAndWait(engine, std::move(requests));
 }
 
 // Device-to-device copy bandwidth (bytes read + written per second).
