@@ -19,9 +19,9 @@
 #include <string>
 #include <vector>
 
+#include "bench/model_dir.h"
 #include "engine/model/causal_lm.h"
 #include "engine/peft/adapter.h"
-#include "engine/runtime/default_model.h"
 #include "engine/runtime/kv_cache.h"
 
 namespace adapterd {
@@ -90,15 +90,8 @@ double TimeSteps(CausalLM& model, KvCache& cache, const ForwardBatch& batch, int
 int Main(int argc, char** argv) {
   Flags f = Parse(argc, argv);
   if (f.threads > 0) at::set_num_threads(f.threads);
-  std::string dir = f.model;
-  if (dir.empty()) {
-    auto d = MaterializeDefaultModel(f.data_dir, 1234);
-    if (!d.ok()) {
-      std::fprintf(stderr, "%s\n", d.status().ToString().c_str());
-      return 1;
-    }
-    dir = *d;
-  }
+  const std::string dir = bench::ModelDirOrDefault(f.model, f.data_dir);
+  if (dir.empty()) return 1;
   ModelLoadOptions options;
   options.dtype = f.dtype;
   auto model = CausalLM::Load(dir, options);

@@ -21,10 +21,10 @@
 #include <string>
 #include <vector>
 
+#include "bench/model_dir.h"
 #include "engine/api/engine.h"
 #include "engine/model/causal_lm.h"
 #include "engine/model/tokenizer.h"
-#include "engine/runtime/default_model.h"
 #include "engine/training/checkpoint.h"
 #include "engine/training/trainer.h"
 
@@ -62,15 +62,8 @@ Flags Parse(int argc, char** argv) {
 int Main(int argc, char** argv) {
   const Flags f = Parse(argc, argv);
   if (f.threads > 0) at::set_num_threads(f.threads);
-  std::string dir = f.model;
-  if (dir.empty()) {
-    auto d = MaterializeDefaultModel(f.data_dir, 1234);
-    if (!d.ok()) {
-      std::fprintf(stderr, "%s\n", d.status().ToString().c_str());
-      return 1;
-    }
-    dir = *d;
-  }
+  const std::string dir = bench::ModelDirOrDefault(f.model, f.data_dir);
+  if (dir.empty()) return 1;
   ModelLoadOptions load;
   load.device = f.device;
   auto model = CausalLM::Load(dir, load);
