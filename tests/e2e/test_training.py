@@ -243,18 +243,25 @@ def test_cancel_mid_epoch_stops_the_job_and_registers_nothing(tserver, tctl, tpy
     assert grpc_code(tpy.get_adapter, "never-made")[0] == "NOT_FOUND"
 
 
-def test_kill9_mid_job_then_restart_resumes_from_the_checkpoint(tmp_path, client_module):
-    data_dir = tmp_path / "data"
+def start_endless_job(tmp_path, client_module, data_dir, name, seed, min_step):
+    """A server on data_dir with a LoRA job that would run forever (checkpoints
+    every 2 steps), once it has passed min_step. Returns (server, job_id)."""
     s = start_server(extra_args=SERVER_ARGS, tmp_path=data_dir, env=FAKE_ENV)
     py = client_module.AdapterdClient(s.target, proto_dir=PROTO_DIR, timeout=60)
     try:
-        ds = py.upload_dataset(write_jsonl(tmp_path / "resume.jsonl", parity_rows(64, seed=8)))
-        job = py.create_training_job("resumed", ds.dataset_id, config={"rank": 8},
+        ds = py.upload_dataset(write_jsonl(tmp_path / f"{name}.jsonl", parity_rows(64, seed=seed)))
+        job = py.create_training_job(name, ds.dataset_id, config={"rank": 8},
                                      hyperparameters={"max_steps": 1000000, "batch_size": 4,
                                                       "learning_rate": 1e-3, "checkpoint_every": 2})
-        assert wait_for(lambda: py.get_training_job(job.job_id).progress.step >= 6, 120)
+        assert wait_for(lambda: py.get_training_job(job.job_id).progress.step >= min_step, 120)
     finally:
         py.close()
+    return s, job.job_id
+
+
+def test_kill9_mid_job_then_restart_resumes_from_the_checkpoint(tmp_path, client_module):
+    data_dir = tmp_path / "data"
+    s, job_id = start_endless_job(tmp_path, client_module, data_dir, "resumed", seed=8, min_step=6)
     s.proc.send_signal(signal.SIGKILL)
     s.wait_exit()
 
@@ -263,19 +270,19 @@ def test_kill9_mid_job_then_restart_resumes_from_the_checkpoint(tmp_path, client
     try:
         # Never left RUNNING from the dead process: a runner took it again (attempt 2).
         def resumed_or_final():
-            j = py.get_training_job(job.job_id)
+            j = py.get_training_job(job_id)
             return j.attempts == 2 and (j.progress.resumed_from_step > 0 or
                                         state(py, j) in ("SUCCEEDED", "FAILED"))
-        assert wait_for(resumed_or_final, 120), py.get_training_job(job.job_id)
-        j = py.get_training_job(job.job_id)
+        assert wait_for(resumed_or_final, 120), py.get_training_job(job_id)
+        j = py.get_training_job(job_id)
         if state(py, j) == "FAILED":
             assert j.error, j  # FAILED must say why.
         else:
             assert j.progress.resumed_from_step >= 2, j
             assert j.progress.resumed_from_step % 2 == 0, j  # A checkpoint boundary.
             print(f"\nkill -9 at step >= 6; resumed from step {j.progress.resumed_from_step}")
-            py.cancel_training_job(job.job_id)
-            assert state(py, py.wait_training_job(job.job_id, timeout=120)) == "CANCELLED"
+            py.cancel_training_job(job_id)
+            assert state(py, py.wait_training_job(job_id, timeout=120)) == "CANCELLED"
     finally:
         py.close()
         assert s.stop() == 0, s.log
@@ -283,24 +290,15 @@ def test_kill9_mid_job_then_restart_resumes_from_the_checkpoint(tmp_path, client
 
 def test_sigterm_stops_a_running_job_and_the_next_start_resumes_it(tmp_path, client_module):
     data_dir = tmp_path / "data"
-    s = start_server(extra_args=SERVER_ARGS, tmp_path=data_dir, env=FAKE_ENV)
-    py = client_module.AdapterdClient(s.target, proto_dir=PROTO_DIR, timeout=60)
-    try:
-        ds = py.upload_dataset(write_jsonl(tmp_path / "term.jsonl", parity_rows(64, seed=9)))
-        job = py.create_training_job("term", ds.dataset_id, config={"rank": 8},
-                                     hyperparameters={"max_steps": 1000000, "batch_size": 4,
-                                                      "learning_rate": 1e-3, "checkpoint_every": 2})
-        assert wait_for(lambda: py.get_training_job(job.job_id).progress.step >= 4, 120)
-    finally:
-        py.close()
+    s, job_id = start_endless_job(tmp_path, client_module, data_dir, "term", seed=9, min_step=4)
     assert s.stop() == 0, s.log
     assert "queued for the next start" in s.log, s.log
     s = start_server(extra_args=SERVER_ARGS, tmp_path=data_dir, env=FAKE_ENV)
     py = client_module.AdapterdClient(s.target, proto_dir=PROTO_DIR, timeout=60)
     try:
-        assert wait_for(lambda: py.get_training_job(job.job_id).progress.resumed_from_step >= 2, 120)
-        py.cancel_training_job(job.job_id)
-        assert state(py, py.wait_training_job(job.job_id, timeout=120)) == "CANCELLED"
+        assert wait_for(lambda: py.get_training_job(job_id).progress.resumed_from_step >= 2, 120)
+        py.cancel_training_job(job_id)
+        assert state(py, py.wait_training_job(job_id, timeout=120)) == "CANCELLED"
     finally:
         py.close()
         assert s.stop() == 0, s.log
