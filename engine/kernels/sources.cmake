@@ -1,7 +1,7 @@
 # Batched heterogeneous LoRA kernels (engine/kernels): a grouped CPU path and,
-# where ADAPTERD_WITH_CUDA is ON, CUDA kernels. Included from
+# where ADAPTERD_WITH_CUDA is ON, CUDA kernels (and the decode attention). Included from
 # engine/CMakeLists.txt; paths are relative to engine/.
-set(ADAPTERD_KERNELS_SOURCES kernels/lora_kernels.cc)
+set(ADAPTERD_KERNELS_SOURCES kernels/lora_kernels.cc kernels/decode_attention.cc)
 if(ADAPTERD_WITH_CUDA)
   enable_language(CUDA)
   # TORCH_CUDA_ARCH_LIST ("9.0", "8.0;9.0", "9.0+PTX") -> CUDA_ARCHITECTURES ("90", "80;90").
@@ -22,8 +22,9 @@ if(ADAPTERD_WITH_CUDA)
     set(_kernels_archs 90)
   endif()
   set(CMAKE_CUDA_ARCHITECTURES ${_kernels_archs})
-  list(APPEND ADAPTERD_KERNELS_SOURCES kernels/lora_kernels.cu kernels/decode_gemm.cu)
+  list(APPEND ADAPTERD_KERNELS_SOURCES kernels/lora_kernels.cu kernels/decode_gemm.cu
+       kernels/decode_attention.cu)
   # Device code is optimised by ptxas at -O3 whatever the host flags; add
   # -Xptxas=-v locally to read registers and spills (docs/kernels.md).
-  set_source_files_properties(kernels/lora_kernels.cu kernels/decode_gemm.cu PROPERTIES SKIP_PRECOMPILE_HEADERS ON)
+  set_source_files_properties(kernels/lora_kernels.cu kernels/decode_gemm.cu kernels/decode_attention.cu PROPERTIES SKIP_PRECOMPILE_HEADERS ON)
 endif()

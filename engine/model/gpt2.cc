@@ -108,10 +108,9 @@ class Gpt2Model final : public CausalLM {
       at::Tensor q = qkv.narrow(1, 0, h).view({t, c.num_heads, c.head_dim});
       at::Tensor k = qkv.narrow(1, h, h).view({t, c.num_heads, c.head_dim});
       at::Tensor v = qkv.narrow(1, 2 * h, h).view({t, c.num_heads, c.head_dim});
-      cache.Write(li, step, k, v);
       const double layer_scale =
           c.scale_attn_by_inverse_layer_idx ? scale / static_cast<double>(i + 1) : scale;
-      at::Tensor attn = cache.Attend(li, step, q, layer_scale, false);
+      at::Tensor attn = cache.WriteAndAttend(li, step, k, v, q, layer_scale, false);
       at::Tensor proj = at::addmm(l.attn_proj_b, attn, l.attn_proj_w);
       ApplyLoraDelta(attn, proj, adapters, li, lora_module::kAttnCProj, l.attn_proj_b);
       x = AddSubLayerOutput(adapters, li, AdapterSite::kAttention, x, proj);

@@ -363,8 +363,7 @@ class LlamaModel final : public CausalLM {
         q = q * cos + RotateHalf(q) * sin;
         k = k * cos + RotateHalf(k) * sin;
       }
-      cache.Write(li, step, k, v);
-      at::Tensor attn = cache.Attend(li, step, q, scale, c.sliding_layers[i]);
+      at::Tensor attn = cache.WriteAndAttend(li, step, k, v, q, scale, c.sliding_layers[i]);
       x = AddSubLayerOutput(adapters, li, AdapterSite::kAttention, x,
                             LinearWithLora(attn, l.o_w, l.o_b, adapters, li, lora_module::kO,
                                            gemm));
@@ -583,6 +582,7 @@ class LlamaModel final : public CausalLM {
     step.num_tokens = slots;
     step.all_decode = true;
     step.max_kv_len = key.kv_len;
+    step.sliding_window = c.sliding_window;
     step.consecutive_first_slot = 0;
     step.lens.assign(slots, 1);
     step.token_ids = graph_inputs_[0];

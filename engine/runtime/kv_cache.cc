@@ -8,6 +8,7 @@
 #include <limits>
 #include <unordered_set>
 
+#include "engine/kernels/decode_attention.h"
 #include "engine/model/causal_lm.h"
 
 namespace adapterd {
@@ -37,6 +38,7 @@ AttentionStep AttentionStep::Build(const ForwardBatch& batch, int num_slots, int
   TORCH_CHECK(batch.past_lens.size() == n && batch.tokens.size() == n,
               "ForwardBatch: slots, past_lens and tokens differ in length");
   AttentionStep step;
+  step.sliding_window = sliding_window;
   std::unordered_set<int64_t> seen;
   std::vector<int64_t> ids, positions, token_slots, last_rows;
   step.all_decode = true;
@@ -122,8 +124,50 @@ void KvCache::Write(int layer, const AttentionStep& step, const at::Tensor& k,
   values_[layer].index_put_({step.token_slots, Slice(), step.token_positions}, v);
 }
 
+namespace {
+
+DecodeAttentionInputs DecodeInputs(const at::Tensor& keys, const at::Tensor& values,
+                                   const AttentionStep& step, const at::Tensor& q, double scale,
+                                   bool sliding) {
+  DecodeAttentionInputs in;
+  in.q = q;
+  in.k_cache = keys;
+  in.v_cache = values;
+  in.slots = step.token_slots;
+  in.positions = step.token_positions;
+  in.scale = scale;
+  in.window = sliding ? step.sliding_window : 0;
+  in.max_len_hint = step.max_kv_len;
+  return in;
+}
+
+at::Tensor ValueOrThrow(absl::StatusOr<at::Tensor> out) {
+  TORCH_CHECK(out.ok(), out.status().ToString());
+  return *std::move(out);
+}
+
+}  // namespace
+
+at::Tensor KvCache::WriteAndAttend(int layer, const AttentionStep& step, const at::Tensor& k,
+                                   const at::Tensor& v, const at::Tensor& q, double scale,
+                                   bool sliding) {
+  if (step.all_decode && q.is_cuda()) {
+    DecodeAttentionInputs in = DecodeInputs(keys_[layer], values_[layer], step, q, scale, sliding);
+    in.new_k = k;
+    in.new_v = v;
+    if (DecodeAttentionServes(in)) return ValueOrThrow(DecodeAttention(in));
+  }
+  Write(layer, step, k, v);
+  return Attend(layer, step, q, scale, sliding);
+}
+
 at::Tensor KvCache::Attend(int layer, const AttentionStep& step, const at::Tensor& q, double scale,
                            bool sliding) const {
+  if (step.all_decode && q.is_cuda()) {
+    const DecodeAttentionInputs in =
+        DecodeInputs(keys_[layer], values_[layer], step, q, scale, sliding);
+    if (DecodeAttentionServes(in)) return ValueOrThrow(DecodeAttention(in));
+  }
   const int64_t heads = q.size(1);
   const int64_t group = heads / kv_heads_;
   const int64_t d = head_dim_;

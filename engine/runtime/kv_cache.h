@@ -23,6 +23,7 @@ struct AttentionStep {
   int64_t num_tokens = 0;
   bool all_decode = false;  // Every sequence has exactly one new token.
   int64_t max_kv_len = 0;   // max(past_lens + lens).
+  int64_t sliding_window = 0;  // The model's window for its sliding layers; 0 = none.
 
   at::Tensor token_ids;        // [T] int64 on the device.
   at::Tensor token_positions;  // [T] int64 on the device: past_len + j.
@@ -78,8 +79,17 @@ class KvCache {
   // Causal attention of the step's queries `q` ([T, heads, head_dim]) over
   // each sequence's cached prefix and new tokens (Write first). Scores and
   // softmax in float32. Returns [T, heads * head_dim] in q's dtype.
+  // On CUDA decode steps (one token per sequence) the decode attention
+  // kernel (engine/kernels/decode_attention.h) reads each row's keys in place
+  // up to its own position; elsewhere SDPA or matmul + softmax.
   at::Tensor Attend(int layer, const AttentionStep& step, const at::Tensor& q, double scale,
                     bool sliding) const;
+
+  // Write, then Attend. On CUDA decode steps served by the decode attention
+  // kernel, one launch does both (the new keys and values are stored by the
+  // kernel that attends to them).
+  at::Tensor WriteAndAttend(int layer, const AttentionStep& step, const at::Tensor& k,
+                            const at::Tensor& v, const at::Tensor& q, double scale, bool sliding);
 
  private:
   uint64_t id_;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU machine (run from the repo root, through the device tool): build
-# the engine without the server, run the CUDA parity test (model on CUDA vs
-# CPU on the tiny fixtures), write a Llama-7B-shaped bf16 model with 128
-# rank-16 LoRA adapters, and run the decode benchmark (ours: base, one
+# the engine without the server, run the decode attention test and benchmark
+# (ADAPTERD_ATTENTION_BENCH=0 skips the benchmark), the CUDA parity test
+# (model on CUDA vs CPU on the tiny fixtures), write a Llama-7B-shaped bf16
+# model with 128 rank-16 LoRA adapters, and run the decode benchmark (ours: base, one
 # adapter, 32 distinct, 32 rows over 128 with a device tier of 16) and HF
 # transformers + PEFT on the same shapes. Logs go to $OUT.
 #   carry: [".gpu-tree" (or the repo), ".deps/debs", ".whl" (peft wheel)]
@@ -27,9 +28,16 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DADAPTERD_BUILD_SERV
   -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" \
   -DPython3_EXECUTABLE="$(which python3)" > "$OUT/configure.log" 2>&1 || { tail -40 "$OUT/configure.log"; exit 1; }
 start=$(date +%s)
-ninja -C "$build" -j16 cuda_parity_test gpu_decode_bench > "$OUT/build.log" 2>&1 \
-  || { grep -m5 -A12 error "$OUT/build.log"; exit 1; }
+ninja -C "$build" -j16 cuda_parity_test gpu_decode_bench decode_attention_test attention_gpu_bench \
+  > "$OUT/build.log" 2>&1 || { grep -m5 -A12 error "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
+# The decode attention kernel: float64 reference, graph replay, through the
+# cache; then its speed against SDPA over the same caches.
+timeout 120 "$build/tests/kernels/decode_attention_test" > "$OUT/attention_test.log" 2>&1
+echo "decode_attention_test rc=$?"
+grep -E "max err|FAILED|PASSED|Failure|error" "$OUT/attention_test.log" | head -60
+[[ ${ADAPTERD_ATTENTION_BENCH:-1} == 1 ]] && timeout 120 "$build/bench/attention_gpu_bench" 2>&1 \
+  | tee "$OUT/attention_bench.log"
 ADAPTERD_FIXTURES_DIR="$fixtures" timeout 120 "$build/tests/peft/cuda_parity_test" > "$OUT/test.log" 2>&1
 echo "cuda_parity_test rc=$?"
 grep -E "^CUDA |FAILED|PASSED|SKIPPED|Failure|error" "$OUT/test.log" | head -40

@@ -1,0 +1,328 @@
+// Decode attention over the KV cache in place (see decode_attention.h).
+//
+// One CTA of four warps per (query head, row, split). A warp covers four keys
+// per step, eight lanes per key, each lane holding head_dim / 8 dimensions of
+// q, of the key and of the output; each lane group keeps its own online
+// softmax (running max, sum and weighted V), merged across the warp by
+// shuffles and across the warps in shared memory. Scores and softmax in fp32
+// (exp2 with log2(e) folded into the scale). Query heads of one KV head are
+// adjacent in blockIdx.x, so their CTAs read the shared keys through L2.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "engine/kernels/cuda_common.cuh"
+#include "engine/kernels/decode_attention_launch.h"
+
+namespace adapterd::attention_internal {
+namespace {
+
+using lora_internal::LastError;
+using lora_internal::ToF;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kLanesPerKey = 8;
+constexpr int kKeysPerWarpStep = 32 / kLanesPerKey;
+
+// D consecutive elements of T held by one lane: loaded as raw words with the
+// widest aligned vector the row slice allows, converted to fp32 on use.
+template <typename T, int D>
+struct Slice {
+  static constexpr int kBytes = D * static_cast<int>(sizeof(T));
+  static constexpr int kWidth = kBytes % 16 == 0 ? 16 : kBytes % 8 == 0 ? 8 : 4;
+  static constexpr int kWords = kBytes / 4;
+  uint32_t w[kWords];
+
+  __device__ __forceinline__ void Load(const T* p) {
+    if constexpr (kWidth == 16) {
+#pragma unroll
+      for (int i = 0; i < kWords / 4; ++i) {
+        const uint4 u = __ldg(reinterpret_cast<const uint4*>(p) + i);
+        w[4 * i] = u.x;
+        w[4 * i + 1] = u.y;
+        w[4 * i + 2] = u.z;
+        w[4 * i + 3] = u.w;
+      }
+    } else if constexpr (kWidth == 8) {
+#pragma unroll
+      for (int i = 0; i < kWords / 2; ++i) {
+        const uint2 u = __ldg(reinterpret_cast<const uint2*>(p) + i);
+        w[2 * i] = u.x;
+        w[2 * i + 1] = u.y;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kWords; ++i) w[i] = __ldg(reinterpret_cast<const uint32_t*>(p) + i);
+    }
+  }
+
+  __device__ __forceinline__ void Store(T* p) const {
+    if constexpr (kWidth == 16) {
+#pragma unroll
+      for (int i = 0; i < kWords / 4; ++i) {
+        reinterpret_cast<uint4*>(p)[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+      }
+    } else if constexpr (kWidth == 8) {
+#pragma unroll
+      for (int i = 0; i < kWords / 2; ++i) {
+        reinterpret_cast<uint2*>(p)[i] = make_uint2(w[2 * i], w[2 * i + 1]);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kWords; ++i) reinterpret_cast<uint32_t*>(p)[i] = w[i];
+    }
+  }
+
+  __device__ __forceinline__ float At(int i) const {
+    const T* e = reinterpret_cast<const T*>(w);
+    return ToF(e[i]);
+  }
+};
+
+// Keys each lane group takes per loop step (loads issued together).
+template <int D>
+constexpr int kUnroll = D >= 32 ? 1 : D >= 16 ? 2 : 4;
+
+__device__ __forceinline__ float SafeMax(float m) { return m == -INFINITY ? 0.0f : m; }
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeAttentionArgs a) {
+  constexpr int kHeadDim = D * kLanesPerKey;
+  constexpr int kUn = kUnroll<D>;
+  const int head = blockIdx.x;
+  const int row = blockIdx.y;
+  const int split = blockIdx.z;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int group = lane / kLanesPerKey;
+  const int sub = lane % kLanesPerKey;
+  const int kv_head = head / (a.heads / a.kv_heads);
+
+  const int64_t slot = a.slots[row];
+  const int64_t pos = a.positions[row];
+  const int64_t first = a.window > 0 && pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
+  const int64_t begin = max(first, split * a.chunk);
+  // Exclusive; the last split takes whatever lies beyond the chunks.
+  const int64_t end = split + 1 == a.splits ? pos + 1 : min(pos + 1, (split + 1) * a.chunk);
+
+  const int64_t kv_base = (slot * a.kv_heads + kv_head) * a.max_len * kHeadDim + sub * D;
+  const T* k_cache = static_cast<const T*>(a.k_cache) + kv_base;
+  const T* v_cache = static_cast<const T*>(a.v_cache) + kv_base;
+  const T* new_k = nullptr;
+  const T* new_v = nullptr;
+  if (a.new_k != nullptr) {
+    new_k = static_cast<const T*>(a.new_k) + row * a.new_k_row_stride +
+            kv_head * a.new_k_head_stride + sub * D;
+    new_v = static_cast<const T*>(a.new_v) + row * a.new_v_row_stride +
+            kv_head * a.new_v_head_stride + sub * D;
+    // The first query head of the KV head stores the new key and value.
+    if (head % (a.heads / a.kv_heads) == 0 && split == 0 && warp == 0 && group == 0) {
+      Slice<T, D> s;
+      s.Load(new_k);
+      s.Store(static_cast<T*>(a.k_cache) + kv_base + pos * kHeadDim);
+      s.Load(new_v);
+      s.Store(static_cast<T*>(a.v_cache) + kv_base + pos * kHeadDim);
+    }
+  }
+
+  // q pre-scaled so that exp2 gives the softmax's exp.
+  float q[D];
+  {
+    Slice<T, D> s;
+    s.Load(static_cast<const T*>(a.q) + row * a.q_row_stride + head * a.q_head_stride + sub * D);
+    const float qs = a.scale * 1.4426950408889634f;
+#pragma unroll
+    for (int i = 0; i < D; ++i) q[i] = s.At(i) * qs;
+  }
+
+  float m = -INFINITY;
+  float l = 0.0f;
+  float acc[D];
+#pragma unroll
+  for (int i = 0; i < D; ++i) acc[i] = 0.0f;
+
+  constexpr int kStep = kKeysPerWarpStep * kUn * kWarps;
+  for (int64_t base = begin + warp * kKeysPerWarpStep * kUn; base < end; base += kStep) {
+    Slice<T, D> ks[kUn], vs[kUn];
+    bool valid[kUn];
+#pragma unroll
+    for (int u = 0; u < kUn; ++u) {
+      const int64_t key = base + u * kKeysPerWarpStep + group;
+      valid[u] = key < end;
+      const int64_t at = valid[u] ? key : begin;  // Clamped: every load is issued.
+      const bool fresh = new_k != nullptr && at == pos;
+      ks[u].Load(fresh ? new_k : k_cache + at * kHeadDim);
+      vs[u].Load(fresh ? new_v : v_cache + at * kHeadDim);
+    }
+    float s[kUn];
+    float step_max = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < kUn; ++u) {
+      float dot = 0.0f;
+#pragma unroll
+      for (int i = 0; i < D; ++i) dot = fmaf(q[i], ks[u].At(i), dot);
+#pragma unroll
+      for (int o = kLanesPerKey / 2; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      s[u] = valid[u] ? dot : -INFINITY;
+      step_max = fmaxf(step_max, s[u]);
+    }
+    const float m_new = fmaxf(m, step_max);
+    const float ref = SafeMax(m_new);
+    const float corr = exp2f(m - ref);
+    l *= corr;
+#pragma unroll
+    for (int i = 0; i < D; ++i) acc[i] *= corr;
+#pragma unroll
+    for (int u = 0; u < kUn; ++u) {
+      const float p = exp2f(s[u] - ref);
+      l += p;
+#pragma unroll
+      for (int i = 0; i < D; ++i) acc[i] = fmaf(p, vs[u].At(i), acc[i]);
+    }
+    m = m_new;
+  }
+
+  // Merge the four lane groups of the warp (lanes sub, sub + 8, ...).
+#pragma unroll
+  for (int o = kLanesPerKey; o < 32; o *= 2) {
+    const float m_o = __shfl_xor_sync(0xffffffffu, m, o);
+    const float l_o = __shfl_xor_sync(0xffffffffu, l, o);
+    const float m_n = fmaxf(m, m_o);
+    const float c = exp2f(m - SafeMax(m_n));
+    const float c_o = exp2f(m_o - SafeMax(m_n));
+    l = l * c + l_o * c_o;
+#pragma unroll
+    for (int i = 0; i < D; ++i) {
+      const float acc_o = __shfl_xor_sync(0xffffffffu, acc[i], o);
+      acc[i] = acc[i] * c + acc_o * c_o;
+    }
+    m = m_n;
+  }
+
+  // Merge the warps.
+  __shared__ float s_acc[kWarps][kHeadDim];
+  __shared__ float s_m[kWarps];
+  __shared__ float s_l[kWarps];
+  if (group == 0) {
+#pragma unroll
+    for (int i = 0; i < D; ++i) s_acc[warp][sub * D + i] = acc[i];
+    if (sub == 0) {
+      s_m[warp] = m;
+      s_l[warp] = l;
+    }
+  }
+  __syncthreads();
+  float m_all = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, s_m[w]);
+  float weight[kWarps];
+  float l_all = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    weight[w] = exp2f(s_m[w] - SafeMax(m_all));
+    l_all += s_l[w] * weight[w];
+  }
+  const int64_t rh = static_cast<int64_t>(row) * a.heads + head;
+  if (a.splits == 1) {
+    T* out = static_cast<T*>(a.out) + rh * kHeadDim;
+    const float inv = 1.0f / l_all;  // The key at `pos` is always seen: l_all >= 1.
+    for (int d = threadIdx.x; d < kHeadDim; d += kThreads) {
+      float o = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) o = fmaf(s_acc[w][d], weight[w], o);
+      out[d] = lora_internal::FromF<T>(o * inv);
+    }
+  } else {
+    float* part = a.partial_acc + (rh * a.splits + split) * kHeadDim;
+    for (int d = threadIdx.x; d < kHeadDim; d += kThreads) {
+      float o = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) o = fmaf(s_acc[w][d], weight[w], o);
+      part[d] = o;
+    }
+    if (threadIdx.x == 0) {
+      a.partial_ml[(rh * a.splits + split) * 2] = m_all;
+      a.partial_ml[(rh * a.splits + split) * 2 + 1] = l_all;
+    }
+  }
+}
+
+// Combines the splits of one (row, head): grid (heads, rows), head_dim threads.
+template <typename T>
+__global__ void DecodeAttentionCombineKernel(DecodeAttentionArgs a) {
+  const int64_t rh = static_cast<int64_t>(blockIdx.y) * a.heads + blockIdx.x;
+  const float* ml = a.partial_ml + rh * a.splits * 2;
+  float m_all = -INFINITY;
+  for (int s = 0; s < a.splits; ++s) m_all = fmaxf(m_all, ml[2 * s]);
+  const float ref = SafeMax(m_all);
+  float l_all = 0.0f;
+  float o = 0.0f;
+  const float* part = a.partial_acc + rh * a.splits * a.head_dim + threadIdx.x;
+  for (int s = 0; s < a.splits; ++s) {
+    const float w = exp2f(ml[2 * s] - ref);
+    l_all += ml[2 * s + 1] * w;
+    o = fmaf(part[s * a.head_dim], w, o);
+  }
+  static_cast<T*>(a.out)[rh * a.head_dim + threadIdx.x] = lora_internal::FromF<T>(o / l_all);
+}
+
+template <typename T, int D>
+std::string LaunchTyped(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  const dim3 grid(a.heads, a.rows, a.splits);
+  DecodeAttentionKernel<T, D><<<grid, kThreads, 0, stream>>>(a);
+  if (a.splits > 1) {
+    DecodeAttentionCombineKernel<T><<<dim3(a.heads, a.rows), a.head_dim, 0, stream>>>(a);
+  }
+  return LastError();
+}
+
+template <typename T>
+std::string LaunchForDim(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  switch (a.head_dim) {
+    case 16:
+      return LaunchTyped<T, 2>(a, stream);
+    case 32:
+      return LaunchTyped<T, 4>(a, stream);
+    case 64:
+      return LaunchTyped<T, 8>(a, stream);
+    case 96:
+      return LaunchTyped<T, 12>(a, stream);
+    case 128:
+      return LaunchTyped<T, 16>(a, stream);
+    case 256:
+      return LaunchTyped<T, 32>(a, stream);
+    default:
+      return "decode attention: head_dim " + std::to_string(a.head_dim) + " not served";
+  }
+}
+
+}  // namespace
+
+bool DecodeAttentionHeadDimServed(int head_dim) {
+  return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128 ||
+         head_dim == 256;
+}
+
+int DecodeAttentionSms() { return lora_internal::NumSms(); }
+
+std::string LaunchDecodeAttentionCuda(const DecodeAttentionArgs& args, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (args.dtype) {
+    case LoraDType::kFloat32:
+      return LaunchForDim<float>(args, s);
+    case LoraDType::kFloat16:
+      return LaunchForDim<__half>(args, s);
+    case LoraDType::kBFloat16:
+      return LaunchForDim<__nv_bfloat16>(args, s);
+  }
+  return "decode attention: unknown dtype";
+}
+
+}  // namespace adapterd::attention_internal
