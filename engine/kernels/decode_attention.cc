@@ -130,14 +130,16 @@ absl::StatusOr<at::Tensor> DecodeAttention(const DecodeAttentionInputs& in) {
     }
     a.scale = static_cast<float>(in.scale);
     a.window = in.window;
-    // Split the keys where the (row, head) CTAs alone would leave the SMs
-    // idle and the rows are long: at least 256 keys per split.
+    // Split the keys where the CTAs (one per row and block of up to four
+    // query heads of a KV head) would not give every SM four, and the rows
+    // are long: at least 128 keys per split.
     const int64_t bound = in.max_len_hint > 0 ? std::min(in.max_len_hint, max_len) : max_len;
-    const int64_t ctas = rows * heads;
-    const int64_t want = 2 * static_cast<int64_t>(ai::DecodeAttentionSms());
+    const int64_t group = heads / a.kv_heads;
+    const int64_t ctas = rows * heads / (group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1);
+    const int64_t want = 4 * static_cast<int64_t>(ai::DecodeAttentionSms());
     int64_t splits = 1;
-    if (ctas < want && bound > 512) {
-      splits = std::min((want + ctas - 1) / ctas, (bound + 255) / 256);
+    if (ctas < want && bound > 256) {
+      splits = std::min((want + ctas - 1) / ctas, (bound + 127) / 128);
     }
     a.chunk = (bound + splits - 1) / splits;
     a.chunk = (a.chunk + 15) / 16 * 16;

@@ -1,12 +1,13 @@
 // Decode attention over the KV cache in place (see decode_attention.h).
 //
-// One CTA of four warps per (query head, row, split). A warp covers four keys
-// per step, eight lanes per key, each lane holding head_dim / 8 dimensions of
-// q, of the key and of the output; each lane group keeps its own online
-// softmax (running max, sum and weighted V), merged across the warp by
-// shuffles and across the warps in shared memory. Scores and softmax in fp32
-// (exp2 with log2(e) folded into the scale). Query heads of one KV head are
-// adjacent in blockIdx.x, so their CTAs read the shared keys through L2.
+// One CTA of four warps per (head block, row, split), a head block being HG =
+// 1, 2 or 4 query heads of one KV head (GQA: each key is read once for them).
+// Eight lanes per (key, head), each lane holding head_dim / 8 dimensions of
+// q, of the key and of the output; a warp's four lane groups take 4 / HG keys
+// for HG heads per step, each group keeping its own online softmax (running
+// max, sum and weighted V), merged across the warp by shuffles and across
+// the warps in shared memory. Scores and softmax in fp32 (exp2 with log2(e)
+// folded into the scale).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -29,7 +30,7 @@ using lora_internal::ToF;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kLanesPerKey = 8;
-constexpr int kKeysPerWarpStep = 32 / kLanesPerKey;
+constexpr int kGroupsPerWarp = 32 / kLanesPerKey;
 
 // D consecutive elements of T held by one lane: loaded as raw words with the
 // widest aligned vector the row slice allows, converted to fp32 on use.
@@ -92,18 +93,24 @@ constexpr int kUnroll = D >= 32 ? 1 : D >= 16 ? 2 : 4;
 
 __device__ __forceinline__ float SafeMax(float m) { return m == -INFINITY ? 0.0f : m; }
 
-template <typename T, int D>
+// HG query heads of one KV head per CTA: lane group g takes head g % HG and
+// key offset g / HG, so the groups of one key ask for the same addresses and
+// each key is read once per CTA for its HG heads.
+template <typename T, int D, int HG>
 __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeAttentionArgs a) {
   constexpr int kHeadDim = D * kLanesPerKey;
   constexpr int kUn = kUnroll<D>;
-  const int head = blockIdx.x;
-  const int row = blockIdx.y;
+  constexpr int kKeysPerStep = kGroupsPerWarp / HG;  // Keys per warp per unrolled slot.
   const int split = blockIdx.z;
+  const int row = blockIdx.y;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const int group = lane / kLanesPerKey;
+  const int lane_group = lane / kLanesPerKey;
   const int sub = lane % kLanesPerKey;
-  const int kv_head = head / (a.heads / a.kv_heads);
+  const int head = blockIdx.x * HG + lane_group % HG;
+  const int key_offset = lane_group / HG;
+  const int group = a.heads / a.kv_heads;
+  const int kv_head = blockIdx.x * HG / group;
 
   const int64_t slot = a.slots[row];
   const int64_t pos = a.positions[row];
@@ -122,8 +129,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeAttentio
             kv_head * a.new_k_head_stride + sub * D;
     new_v = static_cast<const T*>(a.new_v) + row * a.new_v_row_stride +
             kv_head * a.new_v_head_stride + sub * D;
-    // The first query head of the KV head stores the new key and value.
-    if (head % (a.heads / a.kv_heads) == 0 && split == 0 && warp == 0 && group == 0) {
+    // The CTA of the KV head's first query heads stores the new key and value.
+    if (blockIdx.x * HG % group == 0 && split == 0 && warp == 0 && lane_group == 0) {
       Slice<T, D> s;
       s.Load(new_k);
       s.Store(static_cast<T*>(a.k_cache) + kv_base + pos * kHeadDim);
@@ -148,13 +155,13 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeAttentio
 #pragma unroll
   for (int i = 0; i < D; ++i) acc[i] = 0.0f;
 
-  constexpr int kStep = kKeysPerWarpStep * kUn * kWarps;
-  for (int64_t base = begin + warp * kKeysPerWarpStep * kUn; base < end; base += kStep) {
+  constexpr int kWarpKeys = kKeysPerStep * kUn;
+  for (int64_t base = begin + warp * kWarpKeys; base < end; base += kWarpKeys * kWarps) {
     Slice<T, D> ks[kUn], vs[kUn];
     bool valid[kUn];
 #pragma unroll
     for (int u = 0; u < kUn; ++u) {
-      const int64_t key = base + u * kKeysPerWarpStep + group;
+      const int64_t key = base + u * kKeysPerStep + key_offset;
       valid[u] = key < end;
       const int64_t at = valid[u] ? key : begin;  // Clamped: every load is issued.
       const bool fresh = new_k != nullptr && at == pos;
@@ -189,9 +196,9 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeAttentio
     m = m_new;
   }
 
-  // Merge the four lane groups of the warp (lanes sub, sub + 8, ...).
+  // Merge the lane groups of one head within the warp (lanes 8 * HG apart).
 #pragma unroll
-  for (int o = kLanesPerKey; o < 32; o *= 2) {
+  for (int o = kLanesPerKey * HG; o < 32; o *= 2) {
     const float m_o = __shfl_xor_sync(0xffffffffu, m, o);
     const float l_o = __shfl_xor_sync(0xffffffffu, l, o);
     const float m_n = fmaxf(m, m_o);
@@ -207,49 +214,42 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeAttentio
   }
 
   // Merge the warps.
-  __shared__ float s_acc[kWarps][kHeadDim];
-  __shared__ float s_m[kWarps];
-  __shared__ float s_l[kWarps];
-  if (group == 0) {
+  __shared__ float s_acc[kWarps][HG][kHeadDim];
+  __shared__ float s_m[kWarps][HG];
+  __shared__ float s_l[kWarps][HG];
+  if (key_offset == 0) {
 #pragma unroll
-    for (int i = 0; i < D; ++i) s_acc[warp][sub * D + i] = acc[i];
+    for (int i = 0; i < D; ++i) s_acc[warp][lane_group][sub * D + i] = acc[i];
     if (sub == 0) {
-      s_m[warp] = m;
-      s_l[warp] = l;
+      s_m[warp][lane_group] = m;
+      s_l[warp][lane_group] = l;
     }
   }
   __syncthreads();
-  float m_all = -INFINITY;
+  for (int e = threadIdx.x; e < HG * kHeadDim; e += kThreads) {
+    const int h = e / kHeadDim;
+    const int d = e % kHeadDim;
+    float m_all = -INFINITY;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, s_m[w]);
-  float weight[kWarps];
-  float l_all = 0.0f;
+    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, s_m[w][h]);
+    float l_all = 0.0f;
+    float o = 0.0f;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) {
-    weight[w] = exp2f(s_m[w] - SafeMax(m_all));
-    l_all += s_l[w] * weight[w];
-  }
-  const int64_t rh = static_cast<int64_t>(row) * a.heads + head;
-  if (a.splits == 1) {
-    T* out = static_cast<T*>(a.out) + rh * kHeadDim;
-    const float inv = 1.0f / l_all;  // The key at `pos` is always seen: l_all >= 1.
-    for (int d = threadIdx.x; d < kHeadDim; d += kThreads) {
-      float o = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) o = fmaf(s_acc[w][d], weight[w], o);
-      out[d] = lora_internal::FromF<T>(o * inv);
+    for (int w = 0; w < kWarps; ++w) {
+      const float weight = exp2f(s_m[w][h] - SafeMax(m_all));
+      l_all = fmaf(s_l[w][h], weight, l_all);
+      o = fmaf(s_acc[w][h][d], weight, o);
     }
-  } else {
-    float* part = a.partial_acc + (rh * a.splits + split) * kHeadDim;
-    for (int d = threadIdx.x; d < kHeadDim; d += kThreads) {
-      float o = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) o = fmaf(s_acc[w][d], weight[w], o);
-      part[d] = o;
-    }
-    if (threadIdx.x == 0) {
-      a.partial_ml[(rh * a.splits + split) * 2] = m_all;
-      a.partial_ml[(rh * a.splits + split) * 2 + 1] = l_all;
+    const int64_t rh = static_cast<int64_t>(row) * a.heads + blockIdx.x * HG + h;
+    if (a.splits == 1) {
+      // The key at `pos` is always seen: l_all >= 1.
+      static_cast<T*>(a.out)[rh * kHeadDim + d] = lora_internal::FromF<T>(o / l_all);
+    } else {
+      a.partial_acc[(rh * a.splits + split) * kHeadDim + d] = o;
+      if (d == 0) {
+        a.partial_ml[(rh * a.splits + split) * 2] = m_all;
+        a.partial_ml[(rh * a.splits + split) * 2 + 1] = l_all;
+      }
     }
   }
 }
@@ -275,8 +275,16 @@ __global__ void DecodeAttentionCombineKernel(DecodeAttentionArgs a) {
 
 template <typename T, int D>
 std::string LaunchTyped(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  const dim3 grid(a.heads, a.rows, a.splits);
-  DecodeAttentionKernel<T, D><<<grid, kThreads, 0, stream>>>(a);
+  const int group = a.heads / a.kv_heads;
+  const int hg = group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+  const dim3 grid(a.heads / hg, a.rows, a.splits);
+  if (hg == 4) {
+    DecodeAttentionKernel<T, D, 4><<<grid, kThreads, 0, stream>>>(a);
+  } else if (hg == 2) {
+    DecodeAttentionKernel<T, D, 2><<<grid, kThreads, 0, stream>>>(a);
+  } else {
+    DecodeAttentionKernel<T, D, 1><<<grid, kThreads, 0, stream>>>(a);
+  }
   if (a.splits > 1) {
     DecodeAttentionCombineKernel<T><<<dim3(a.heads, a.rows), a.head_dim, 0, stream>>>(a);
   }

@@ -88,6 +88,7 @@ Case MakeCase(const Shape& s, at::ScalarType dtype, std::mt19937& rng) {
   const at::Device gpu(at::kCUDA, 0);
   const auto opts = at::TensorOptions().dtype(dtype).device(gpu);
   Case c;
+  EXPECT_LE(s.rows, s.slots);
   std::vector<int64_t> all(s.slots);
   for (int64_t i = 0; i < s.slots; ++i) all[i] = i;
   std::shuffle(all.begin(), all.end(), rng);
@@ -155,7 +156,9 @@ std::vector<Shape> Shapes() {
       "short sliding window");
   add({.rows = 3, .heads = 4, .kv_heads = 1, .head_dim = 256, .max_len = 150}, "256-dim heads");
   add({.rows = 4, .heads = 6, .kv_heads = 3, .head_dim = 96, .max_len = 90}, "96-dim heads");
-  add({.rows = 7, .heads = 4, .kv_heads = 2, .head_dim = 32, .max_len = 70}, "32-dim heads");
+  add({.rows = 7, .heads = 4, .kv_heads = 2, .head_dim = 32, .slots = 9, .max_len = 70},
+      "32-dim heads");
+  add({.rows = 3, .heads = 6, .kv_heads = 2, .head_dim = 64, .max_len = 500}, "GQA 3:1 over splits");
   add({.rows = 5, .heads = 4, .kv_heads = 4, .head_dim = 16, .slots = 5, .max_len = 40},
       "16-dim heads (the tiny parity models)");
   add({.rows = 4, .heads = 32, .kv_heads = 8, .head_dim = 128, .max_len = 300, .strided_q = true},
