@@ -631,7 +631,7 @@ int ConcurrentCtasFor(int m, int depth, int splits, size_t smem) {
 // idles (docs/kernels.md). Here W and x go through shared memory in `S`
 // stages of cp.async copies: S - 1 stages (48 KB at S = 4) are in flight per
 // CTA whatever the registers, and with 128 output columns per CTA two CTAs
-// fit on an SM. Per stage: 128 W rows x 64 k and kRows x rows x 64 k, each
+// fit on an SM. Per stage: 128 W rows x 64 k and the x rows x 64 k, each
 // row 128 bytes with its eight 16-byte chunks XOR-swizzled by row % 8, so
 // that the 8 rows an ldmatrix phase reads hit distinct banks. Warp
 // (wn, wk) = (warp % 4, warp / 4) multiplies W rows [32 wn, 32 wn + 32) (two
