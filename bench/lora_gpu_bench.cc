@@ -181,13 +181,12 @@ void SweepDecodeGemm(double copy_bw) {
         o.splits = splits;
         o.stages = stages;
         if (!LoraLinear(x, ws[0], y, nullptr, nullptr, o).ok()) return -1.0;
-        return TimeGraph(iters, [&](int i) {
-          (void)LoraLinear(x, ws[i % nw], y, nullptr, nullptr, o);
-        });
+        return TimeGraph(iters,
+                         [&](int i) { (void)LoraLinear(x, ws[i % nw], y, nullptr, nullptr, o); });
       };
       const double pauto = run_pipe(0, 0);
-      std::printf("%-20s %3ld | %8s %5s | %8.2f %4.0f%% s=%d | pipelined splits/stages:", "", m,
-                  "", "", pauto * 1e3, 100 * wbytes / (pauto * 1e-3) / copy_bw,
+      std::printf("%-20s %3ld | %8s %5s | %8.2f %4.0f%% s=%d | pipelined splits/stages:", "", m, "",
+                  "", pauto * 1e3, 100 * wbytes / (pauto * 1e-3) / copy_bw,
                   lora_internal::DecodeGemmAutoSplits(static_cast<int>(m), static_cast<int>(sh.n),
                                                       static_cast<int>(sh.k), /*pipeline=*/true));
       for (int splits : {1, 2, 4, 8}) {
@@ -223,8 +222,8 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
       "dg)\n");
   std::printf(
       "%4s %4s | %8s %8s %7s | %8s %5s %8s | %7s %6s %6s | %8s %5s %8s %7s %6s %6s | %8s %8s\n",
-      "T", "N", "cublas", "+apply", "apply/b", "dg", "dg_bw", "dg+lora", "add", "add/cb",
-      "add/dg", "pl", "pl_bw", "pl+lora", "pl_add", "add/cb", "tot/cb", "err_dg", "err_pl");
+      "T", "N", "cublas", "+apply", "apply/b", "dg", "dg_bw", "dg+lora", "add", "add/cb", "add/dg",
+      "pl", "pl_bw", "pl+lora", "pl_add", "add/cb", "tot/cb", "err_dg", "err_pl");
   std::mt19937 rng(5);
   const std::vector<int64_t> token_counts =
       quick ? std::vector<int64_t>{32} : std::vector<int64_t>{1, 8, 16, 32};
@@ -288,8 +287,8 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
           "%8.2f %4.0f%% %8.2f %7.2f %5.0f%% %5.2fx | %8.1e %8.1e\n",
           t_count, n, cublas * 1e3, apply * 1e3, 100 * (apply - cublas) / cublas, dg * 1e3,
           100 * wbytes / (dg * 1e-3) / copy_bw, dgl * 1e3, add * 1e3, 100 * add / cublas,
-          100 * add / dg, pl * 1e3, 100 * wbytes / (pl * 1e-3) / copy_bw, pll * 1e3,
-          pl_add * 1e3, 100 * pl_add / cublas, pll / cublas, err, err_pl);
+          100 * add / dg, pl * 1e3, 100 * wbytes / (pl * 1e-3) / copy_bw, pll * 1e3, pl_add * 1e3,
+          100 * pl_add / cublas, pll / cublas, err, err_pl);
       std::fflush(stdout);
       if (!ok) return 1;
     }

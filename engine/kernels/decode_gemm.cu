@@ -622,7 +622,6 @@ int ConcurrentCtasFor(int m, int depth, int splits, size_t smem) {
   }
 }
 
-
 // ---------------------------------------------------------------------------
 // The pipelined variant (DecodeGemmArgs::pipeline).
 //
@@ -648,11 +647,11 @@ int ConcurrentCtasFor(int m, int depth, int splits, size_t smem) {
 // Adapters of other ranks (or a CTA whose columns touch more than two
 // slices) take LoraDelta's per-element global reads.
 
-constexpr int kPTile = 128;                // Output columns per CTA.
-constexpr int kPBk = 64;                   // k per stage: two kChunk chunks.
-constexpr int kPWarpsN = 4;                // Warps across the columns (32 W rows each).
-constexpr int kPPartStride = kPTile + 4;   // Floats per row of partial sums (bank spread).
-constexpr int kBRank = 16;                 // B staged for adapters of rank 8 or 16.
+constexpr int kPTile = 128;                 // Output columns per CTA.
+constexpr int kPBk = 64;                    // k per stage: two kChunk chunks.
+constexpr int kPWarpsN = 4;                 // Warps across the columns (32 W rows each).
+constexpr int kPPartStride = kPTile + 4;    // Floats per row of partial sums (bank spread).
+constexpr int kBRank = 16;                  // B staged for adapters of rank 8 or 16.
 constexpr int kMaxBStageBytes = 64 * 1024;  // Larger (few splits): B from global.
 constexpr int kDefaultStages = 4;
 static_assert(kPTile == kPWarpsN * 32 && kWarps == 2 * kPWarpsN, "warp grid 4 (n) x 2 (k)");
@@ -900,11 +899,8 @@ __global__ void __launch_bounds__(kThreads, 3) PipeDecodeGemmKernel(const Decode
         const int t = (i / kBRank) % kRows;
         const int j = i % kBRank;
         const RowLora& r = rows[ls][t];
-        vreg[q] = BStaged(r) && j < r.rank
-                      ? p.lora.v[(static_cast<int64_t>(r.slice) * p.lora.num_tokens + t) *
-                                     p.lora.v_width +
-                                 j]
-                      : 0.0f;
+        const int64_t row = static_cast<int64_t>(r.slice) * p.lora.num_tokens + t;
+        vreg[q] = BStaged(r) && j < r.rank ? p.lora.v[row * p.lora.v_width + j] : 0.0f;
       }
     }
   }
@@ -1043,8 +1039,8 @@ std::string LaunchPipe(const DecodeGemmArgs& p, int splits, cudaStream_t stream)
     if (dev >= 0 && dev < 64) opted_in[dev] = true;
   }
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(splits),
-                        static_cast<unsigned>((p.n + kPTile - 1) / kPTile));
+  config.gridDim =
+      dim3(static_cast<unsigned>(splits), static_cast<unsigned>((p.n + kPTile - 1) / kPTile));
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = smem;
   config.stream = stream;
@@ -1168,9 +1164,9 @@ int DecodeGemmAutoSplits(int m, int n, int k, bool pipeline) {
   double best_fill = -1.0;
   for (int splits : {1, 2, 4, 8}) {
     if (pipeline ? !PipeSplitFits(k, splits) : !SplitFits(m, k, splits)) continue;
-    const int slots =
-        pipeline ? PipeConcurrentCtasFor(m, splits)
-                 : ConcurrentCtasFor(m, kDefaultDepth, splits, SmemBytes(m, k, splits, 2));
+    const int slots = pipeline
+                          ? PipeConcurrentCtasFor(m, splits)
+                          : ConcurrentCtasFor(m, kDefaultDepth, splits, SmemBytes(m, k, splits, 2));
     if (slots <= 0) continue;
     const double ctas = static_cast<double>(tiles) * splits;
     const double fill = ctas / (std::ceil(ctas / slots) * slots);
@@ -1188,8 +1184,7 @@ int DecodeGemmAutoSplits(int m, int n, int k, bool pipeline) {
 std::string LaunchDecodeGemmCuda(const DecodeGemmArgs& args, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
   const bool pipe = args.pipeline;
-  int splits =
-      args.splits > 0 ? args.splits : DecodeGemmAutoSplits(args.m, args.n, args.k, pipe);
+  int splits = args.splits > 0 ? args.splits : DecodeGemmAutoSplits(args.m, args.n, args.k, pipe);
   if (splits != 1 && splits != 2 && splits != 4 && splits != 8) return "decode gemm: bad splits";
   if (pipe ? !PipeSplitFits(args.k, splits) : !SplitFits(args.m, args.k, splits)) {
     return "decode gemm: the x slice exceeds shared memory";
@@ -1197,7 +1192,8 @@ std::string LaunchDecodeGemmCuda(const DecodeGemmArgs& args, void* stream) {
   std::string err;
   switch (args.dtype) {
     case LoraDType::kFloat16:
-      err = pipe ? DispatchPipeRows<__half>(args, splits, s) : DispatchRows<__half>(args, splits, s);
+      err =
+          pipe ? DispatchPipeRows<__half>(args, splits, s) : DispatchRows<__half>(args, splits, s);
       break;
     case LoraDType::kBFloat16:
       err = pipe ? DispatchPipeRows<__nv_bfloat16>(args, splits, s)
