@@ -32,6 +32,11 @@
 // projection at <= 8 rows and the LoRA add-on there 19-30% of the base GEMM
 // (LoraApply after cuBLAS: 44-67%); at 32 rows it is slower than cuBLAS
 // (20.7 against 13.8 us), which is why the model does not use it by default.
+//
+// DecodeGemmArgs::pipeline selects a second kernel (PipeDecodeGemmKernel,
+// below): W through shared memory in a multi-stage cp.async pipeline, so that
+// the bytes in flight no longer depend on registers, and the epilogue's B
+// rows staged during the main loop.
 
 #include <cooperative_groups.h>
 
@@ -617,6 +622,520 @@ int ConcurrentCtasFor(int m, int depth, int splits, size_t smem) {
   }
 }
 
+// ---------------------------------------------------------------------------
+// The pipelined variant (DecodeGemmArgs::pipeline).
+//
+// The kernel above keeps each warp's W chunks in registers, so registers
+// bound the bytes in flight; at 32 rows it reaches one CTA per SM and DRAM
+// idles (docs/kernels.md). Here W and x go through shared memory in `S`
+// stages of cp.async copies: S - 1 stages (48 KB at S = 4) are in flight per
+// CTA whatever the registers, and with 128 output columns per CTA two CTAs
+// fit on an SM. Per stage: 128 W rows x 64 k and the x rows x 64 k, each
+// row 128 bytes with its eight 16-byte chunks XOR-swizzled by row % 8, so
+// that the 8 rows an ldmatrix phase reads hit distinct banks. Warp
+// (wn, wk) = (warp % 4, warp / 4) multiplies W rows [32 wn, 32 wn + 32) (two
+// m16 tiles, the mma A operand) by every x row (the B operand) over the k16
+// steps 2 wk and 2 wk + 1 of each stage; the two k halves are added in
+// shared memory, then the cluster's k splits through distributed shared
+// memory as above, each CTA finishing 128 / splits columns.
+//
+// LoRA: B does not depend on v, so each CTA copies the B rows of its
+// columns, for every row's adapter of rank 8 or 16, into shared memory
+// alongside the main loop's first stages; after the loop only v (a few KB)
+// is read, and it is read before the split-k reduction so that its latency
+// overlaps it. act(v + a_bias) is formed once per row in shared memory.
+// Adapters of other ranks (or a CTA whose columns touch more than two
+// slices) take LoraDelta's per-element global reads.
+
+constexpr int kPTile = 128;                 // Output columns per CTA.
+constexpr int kPBk = 64;                    // k per stage: two kChunk chunks.
+constexpr int kPWarpsN = 4;                 // Warps across the columns (32 W rows each).
+constexpr int kPPartStride = kPTile + 4;    // Floats per row of partial sums (bank spread).
+constexpr int kBRank = 16;                  // B staged for adapters of rank 8 or 16.
+constexpr int kMaxBStageBytes = 64 * 1024;  // Larger (few splits): B from global.
+constexpr int kDefaultStages = 4;
+static_assert(kPTile == kPWarpsN * 32 && kWarps == 2 * kPWarpsN, "warp grid 4 (n) x 2 (k)");
+static_assert(kPBk == 2 * kChunk, "a stage is two chunks (the k split's unit)");
+
+// Shared memory: the stages, reused after the main loop for the partial sums,
+// this CTA's sums and act(v + a_bias); then (with LoRA) the staged B rows.
+__host__ __device__ __forceinline__ int PipeMainBytes(int rows, int stages, int rp) {
+  const int pipeline = stages * (kPTile + rows) * kPBk * 2;
+  const int epilogue = (rows * kPPartStride + rows * rp + 2 * rows * kBRank) * 4;
+  return pipeline > epilogue ? pipeline : epilogue;
+}
+
+__host__ __device__ __forceinline__ int BStageBytes(int rows, int rp) {
+  const int bytes = rows * rp * kBRank * 2;
+  return bytes <= kMaxBStageBytes ? bytes : 0;
+}
+
+size_t PipeSmemBytes(int m, int splits, int stages, bool lora) {
+  const int rows = RowsFor(m);
+  const int rp = kPTile / splits;
+  return static_cast<size_t>(PipeMainBytes(rows, stages, rp)) +
+         (lora ? static_cast<size_t>(BStageBytes(rows, rp)) : 0);
+}
+
+// W: a 256-byte L2 fetch (the next stage reads the row's next 128 bytes).
+__device__ __forceinline__ void CpAsync16L2(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void CpAsyncWaitN() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+__device__ __forceinline__ void LdMatrixX2(uint32_t (&r)[2], const void* smem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(s));
+}
+
+// Element offset of (row, 16-byte chunk) in a swizzled 64-wide stage tile.
+__device__ __forceinline__ int Swz(int row, int chunk) {
+  return row * kPBk + ((chunk ^ (row & 7)) << 3);
+}
+
+// Whether the epilogue reads row r's B from the staged copy: B rows of 16 or
+// 32 bytes at 16-byte aligned addresses (the copy's granularity).
+__device__ __forceinline__ bool BStaged(const RowLora& r) {
+  return r.b != nullptr && (r.rank == 8 || r.rank == 16) &&
+         (reinterpret_cast<uintptr_t>(r.b) & 15) == 0;
+}
+
+// grid: (splits, ceil(n / kPTile)), clusters of (splits, 1, 1). NT n-tiles
+// of 8 rows (m <= 8 * NT); S stages.
+template <typename T, int NT, int S>
+__global__ void __launch_bounds__(kThreads, 3) PipeDecodeGemmKernel(const DecodeGemmArgs p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  static_assert(S >= 3 && S <= 6, "3 to 6 stages");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ int tslot[kDecodeGemmMaxRows];
+  __shared__ RowLora rows[2][kDecodeGemmMaxRows];
+  constexpr int kRows = NT * 8;
+  constexpr int kWStage = kPTile * kPBk;  // Elements.
+  constexpr int kXStage = kRows * kPBk;
+  const int splits = static_cast<int>(gridDim.x);  // The grid's x extent is one cluster.
+  const int crank = static_cast<int>(blockIdx.x);
+  const int tile = static_cast<int>(blockIdx.y);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int wn = warp % kPWarpsN;
+  const int wk = warp / kPWarpsN;
+  const int kc = p.k / kChunk;
+  const int cps = ChunksPerSplit(p.k, splits);
+  const int c0 = min(kc, crank * cps);
+  const int nchunks = min(kc, c0 + cps) - c0;
+  const int nst = (nchunks + 1) / 2;  // Stages; the last one's second half is zeros if odd.
+  const int64_t k0 = static_cast<int64_t>(c0) * kChunk;
+  const int rp = kPTile / splits;  // Columns this CTA finishes: [n0, n0 + rp).
+  const int n0 = tile * kPTile + crank * rp;
+  T* wsm = reinterpret_cast<T*>(smem_raw);
+  T* xsm = wsm + S * kWStage;
+  T* bsm = reinterpret_cast<T*>(smem_raw + PipeMainBytes(kRows, S, rp));  // [kRows][2][rp][8]
+  const T* w = static_cast<const T*>(p.w);
+  const T* x = static_cast<const T*>(p.x);
+
+  // Stage s (k [64 s, 64 s + 64) of this split) into buffer `buf`; W rows
+  // past n, x rows past m and k past the split are zeros (nothing read).
+  auto load_stage = [&](int s, int buf) {
+    T* wd = wsm + buf * kWStage;
+    T* xd = xsm + buf * kXStage;
+    const int64_t kb = k0 + s * kPBk;
+#pragma unroll
+    for (int j = 0; j < kPTile * 8 / kThreads; ++j) {
+      const int i = tid + j * kThreads;
+      const int r = i >> 3;
+      const int ch = i & 7;
+      const int n = tile * kPTile + r;
+      const bool valid = n < p.n && 2 * s + (ch >> 2) < nchunks;
+      const T* src = valid ? w + static_cast<int64_t>(n) * p.k + kb + ch * 8 : w;
+      CpAsync16L2(wd + Swz(r, ch), src, valid);
+    }
+    if (tid < kRows * 8) {
+      const int r = tid >> 3;
+      const int ch = tid & 7;
+      const bool valid = r < p.m && 2 * s + (ch >> 2) < nchunks;
+      const T* src = valid ? x + static_cast<int64_t>(r) * p.ld_x + kb + ch * 8 : x;
+      CpAsync16(xd + Swz(r, ch), src, valid);
+    }
+  };
+
+  // 1. The first S - 1 stages in flight before anything else; one group per
+  //    stage (empty past the split), so that stage s is group s throughout.
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) {
+    if (s < nst) load_stage(s, s);
+    CpAsyncCommit();
+  }
+
+  // 2. LoRA: each row's slot and adapter records (the index and the table
+  //    were written before the shrink ran), then the B rows of this CTA's
+  //    columns into shared memory. They join the group of stage S - 1 (the
+  //    commit in the first iteration; the final wait_group 0 where there is
+  //    none), so the group count per stage stays uniform.
+  const bool lora = p.lora.meta != nullptr;
+  const int n1 = min(p.n, n0 + rp);
+  const int first_slice = lora ? SliceOf(p, min(n0, p.n - 1)) : 0;
+  const bool staged = lora && SliceOf(p, max(n1 - 1, 0)) <= first_slice + 1;
+  const bool bst_on = staged && BStageBytes(kRows, rp) > 0;
+  const int split_col = staged ? p.slice_begin[first_slice + 1] : 0;
+  if (lora) {
+    const LoraLaunchArgs& l = p.lora;
+    if (tid < kDecodeGemmMaxRows) tslot[tid] = -1;
+    __syncthreads();
+    for (int s = tid; s < l.max_segments; s += kThreads) {
+      const int slot = l.segment_slot[s];
+      if (slot < 0) continue;
+      for (int i = l.segment_start[s]; i < l.segment_start[s + 1]; ++i)
+        tslot[l.sorted_tokens[i]] = slot;
+    }
+    __syncthreads();
+    if (staged && tid < 2 * kDecodeGemmMaxRows) {
+      const int t = tid % kDecodeGemmMaxRows;
+      const int slice = first_slice + tid / kDecodeGemmMaxRows;
+      rows[tid / kDecodeGemmMaxRows][t] = RowLoraOf(
+          l, min(slice, l.num_slices - 1), t < p.m && slice < l.num_slices ? tslot[t] : -1);
+    }
+    __syncthreads();
+    if (bst_on) {
+      // (t, half h, column c) -> bsm[((2 t + h) rp + c) * 8]: the lanes of a
+      // warp read consecutive 16-byte vectors in the epilogue.
+      for (int i = tid; i < kRows * 2 * rp; i += kThreads) {
+        const int c = i % rp;
+        const int h = (i / rp) & 1;
+        const int t = i / (2 * rp);
+        const int n = n0 + c;
+        if (t >= p.m || n >= p.n) continue;
+        const RowLora& r = rows[n >= split_col ? 1 : 0][t];
+        if (!BStaged(r) || 8 * h >= r.rank) continue;
+        const T* src = static_cast<const T*>(r.b) +
+                       static_cast<int64_t>(n - p.slice_begin[r.slice]) * r.rank + 8 * h;
+        CpAsync16(bsm + ((2 * t + h) * rp + c) * 8, src, true);
+      }
+    }
+  }
+
+  // 3. Main loop. Iteration s: stage s has landed (S - 2 younger groups may
+  //    still fly), every warp is done with stage s - 1's buffer (the barrier),
+  //    which then receives stage s + S - 1.
+  float acc[2][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+      acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+  // ldmatrix row addresses: A matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15) in
+  // lane groups of 8, i.e. a0..a3; B (x rows) matrices (k 0-7 | 8-15) x
+  // (rows 0-7 | 8-15), i.e. b0, b1 of two n-tiles.
+  const int a_row = wn * 32 + (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int a_kc = lane >> 4;
+  const int b_row = (lane & 7) + (NT == 1 ? 0 : (lane >> 4) * 8);
+  const int b_kc = (lane >> 3) & 1;
+  for (int s = 0; s < nst; ++s) {
+    CpAsyncWaitN<S - 2>();
+    __syncthreads();
+    const int next = s + S - 1;
+    if (next < nst) load_stage(next, next % S);
+    CpAsyncCommit();
+    const T* wb = wsm + (s % S) * kWStage;
+    const T* xb = xsm + (s % S) * kXStage;
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+      const int ks = 2 * wk + kk;  // k16 step of the stage.
+      uint32_t a[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) LdMatrixX4(a[mt], wb + Swz(a_row + mt * 16, 2 * ks + a_kc));
+      uint32_t b[NT][2];
+      if constexpr (NT == 1) {
+        LdMatrixX2(b[0], xb + Swz(b_row, 2 * ks + b_kc));
+      } else {
+#pragma unroll
+        for (int q = 0; q < NT / 2; ++q) {
+          uint32_t r[4];
+          LdMatrixX4(r, xb + Swz(q * 16 + b_row, 2 * ks + b_kc));
+          b[2 * q][0] = r[0];
+          b[2 * q][1] = r[1];
+          b[2 * q + 1][0] = r[2];
+          b[2 * q + 1][1] = r[3];
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+          Mma<T>::Run(acc[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[nt][0], b[nt][1]);
+    }
+  }
+  CpAsyncCommit();  // The B rows, where no iteration committed them.
+  CpAsyncWaitN<0>();
+  __syncthreads();  // Every copy has landed; every warp is done with the stages.
+
+  // 4. LoRA: v once the shrink has finished, loaded now so that its latency
+  //    overlaps the reductions. Entry i of [2 slices][kRows][kBRank].
+  float vreg[NT];
+  if (lora) {
+    WaitForPrimary();
+    if (bst_on) {
+#pragma unroll
+      for (int q = 0; q < NT; ++q) {
+        const int i = tid + q * kThreads;
+        const int ls = i / (kRows * kBRank);
+        const int t = (i / kBRank) % kRows;
+        const int j = i % kBRank;
+        const RowLora& r = rows[ls][t];
+        const int64_t row = static_cast<int64_t>(r.slice) * p.lora.num_tokens + t;
+        vreg[q] = BStaged(r) && j < r.rank ? p.lora.v[row * p.lora.v_width + j] : 0.0f;
+      }
+    }
+  }
+
+  // 5. Partial sums ([row][column]): the k-half 1 warps store, the k-half 0
+  //    warps add; then each CTA of the cluster adds up its rp columns over the
+  //    cluster's partials.
+  float* part = reinterpret_cast<float*>(smem_raw);
+#pragma unroll
+  for (int half = 1; half >= 0; --half) {
+    if (wk == half) {
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const int t0 = nt * 8 + 2 * (lane & 3);
+          const int r0 = wn * 32 + mt * 16 + (lane >> 2);
+          float* d = part + t0 * kPPartStride + r0;
+          if (half == 1) {
+            d[0] = acc[mt][nt][0];
+            d[kPPartStride] = acc[mt][nt][1];
+            d[8] = acc[mt][nt][2];
+            d[kPPartStride + 8] = acc[mt][nt][3];
+          } else {
+            d[0] += acc[mt][nt][0];
+            d[kPPartStride] += acc[mt][nt][1];
+            d[8] += acc[mt][nt][2];
+            d[kPPartStride + 8] += acc[mt][nt][3];
+          }
+        }
+    }
+    if (half == 1) __syncthreads();
+  }
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  float* sums = part + kRows * kPPartStride;  // [m][rp], this thread's elements only.
+  float* usm = sums + kRows * rp;             // [2][kRows][kBRank]: act(v + a_bias).
+  const int count = p.m * rp;
+  constexpr int kMaxSplits = 8;
+  const float* remote[kMaxSplits];
+#pragma unroll
+  for (int q = 0; q < kMaxSplits; ++q)
+    remote[q] = q < splits ? cluster.map_shared_rank(part, q) : part;  // Unused: local.
+  for (int e0 = tid; e0 < count; e0 += kThreads * kBatch) {
+    float v[kBatch][kMaxSplits];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int e = min(e0 + u * kThreads, count - 1);
+      const int off = (e / rp) * kPPartStride + crank * rp + e % rp;
+#pragma unroll
+      for (int q = 0; q < kMaxSplits; ++q) v[u][q] = remote[q][off];
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      float s = 0.0f;
+#pragma unroll
+      for (int q = 0; q < kMaxSplits; ++q) s += q < splits ? v[u][q] : 0.0f;
+      if (e0 + u * kThreads < count) sums[e0 + u * kThreads] = s;
+    }
+  }
+  ClusterArrive();  // Done reading the other CTAs' shared memory.
+
+  // 6. Epilogue: + LoRA, one rounding, store. usm lies past part, which the
+  //    other CTAs may still be reading.
+  if (bst_on) {
+#pragma unroll
+    for (int q = 0; q < NT; ++q) {
+      const int i = tid + q * kThreads;
+      const int ls = i / (kRows * kBRank);
+      const int t = (i / kBRank) % kRows;
+      const int j = i % kBRank;
+      const RowLora& r = rows[ls][t];
+      float val = vreg[q];
+      if (BStaged(r) && j < r.rank && (r.a_bias != nullptr || r.act != 0)) {
+        const float bias = r.a_bias != nullptr ? ToF(static_cast<const T*>(r.a_bias)[j]) : 0.0f;
+        val = Activate(val + bias, r.act);
+      }
+      usm[i] = val;
+    }
+    __syncthreads();
+  }
+  T* y = static_cast<T*>(p.y);
+  for (int e = tid; e < count; e += kThreads) {
+    const int t = e / rp;
+    const int c = e % rp;
+    const int n = n0 + c;
+    if (n >= p.n) continue;
+    float s = sums[e];
+    if (staged) {
+      const int ls = n >= split_col ? 1 : 0;
+      const RowLora& r = rows[ls][t];
+      if (bst_on && BStaged(r)) {
+        const float* u = usm + (ls * kRows + t) * kBRank;
+        float bf[8];
+        float acc_l = 0.0f;
+        ToFloats<T>(*reinterpret_cast<const uint4*>(bsm + (2 * t * rp + c) * 8), bf);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc_l = fmaf(u[j], bf[j], acc_l);
+        if (r.rank == 16) {
+          ToFloats<T>(*reinterpret_cast<const uint4*>(bsm + ((2 * t + 1) * rp + c) * 8), bf);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc_l = fmaf(u[8 + j], bf[j], acc_l);
+        }
+        if (r.b_bias != nullptr)
+          acc_l += ToF(static_cast<const T*>(r.b_bias)[n - p.slice_begin[r.slice]]);
+        s += r.scale * acc_l;
+      } else if (r.b != nullptr) {
+        s += LoraDelta<T>(r, p, t, n);
+      }
+    } else if (lora) {
+      const RowLora r = RowLoraOf(p.lora, SliceOf(p, n), tslot[t]);
+      if (r.b != nullptr) s += LoraDelta<T>(r, p, t, n);
+    }
+    y[static_cast<int64_t>(t) * p.ld_y + n] = FromF<T>(s);
+  }
+  ClusterWait();
+#endif
+}
+
+template <typename T, int NT, int S>
+std::string LaunchPipe(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
+  auto* kernel = PipeDecodeGemmKernel<T, NT, S>;
+  const bool lora = p.lora.meta != nullptr;
+  const size_t smem = PipeSmemBytes(p.m, splits, S, lora);
+  static bool opted_in[64] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (!(dev >= 0 && dev < 64 && opted_in[dev])) {
+    cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+    if (e == cudaSuccess) {
+      e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                               cudaSharedmemCarveoutMaxShared);
+    }
+    if (e != cudaSuccess) return cudaGetErrorString(e);
+    if (dev >= 0 && dev < 64) opted_in[dev] = true;
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim =
+      dim3(static_cast<unsigned>(splits), static_cast<unsigned>((p.n + kPTile - 1) / kPTile));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(splits);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = lora && p.lora.after_shrink ? 2 : 1;
+  const cudaError_t e = cudaLaunchKernelEx(&config, kernel, p);
+  if (e != cudaSuccess) return cudaGetErrorString(e);
+  return std::string();
+}
+
+int StagesOf(const DecodeGemmArgs& p) { return p.stages > 0 ? p.stages : kDefaultStages; }
+
+template <typename T, int NT>
+std::string DispatchStages(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
+  switch (StagesOf(p)) {
+    case 3:
+      return LaunchPipe<T, NT, 3>(p, splits, stream);
+    case 4:
+      return LaunchPipe<T, NT, 4>(p, splits, stream);
+    case 5:
+      return LaunchPipe<T, NT, 5>(p, splits, stream);
+    case 6:
+      return LaunchPipe<T, NT, 6>(p, splits, stream);
+    default:
+      return "decode gemm: stages must be 3 to 6";
+  }
+}
+
+template <typename T>
+std::string DispatchPipeRows(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
+  switch (RowsFor(p.m)) {
+    case 8:
+      return DispatchStages<T, 1>(p, splits, stream);
+    case 16:
+      return DispatchStages<T, 2>(p, splits, stream);
+    default:
+      return DispatchStages<T, 4>(p, splits, stream);
+  }
+}
+
+// Every split count fits shared memory (the x slice is not staged whole, and
+// the B rows are staged only within kMaxBStageBytes).
+bool PipeSplitFits(int k, int splits) { return k / kChunk >= splits; }
+
+// As ConcurrentCtas, for the pipelined kernel.
+template <int NT, int S>
+int PipeConcurrentCtas(int splits, size_t smem) {
+  auto* kernel = PipeDecodeGemmKernel<__nv_bfloat16, NT, S>;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem) !=
+          cudaSuccess ||
+      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                           cudaSharedmemCarveoutMaxShared) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(splits), 1024);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(splits);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return clusters * splits;
+}
+
+// Occupancy of the default stage count (the split rule does not depend on
+// the stages asked for, nor on LoRA: unadapted rows stay bit-equal).
+int PipeConcurrentCtasFor(int m, int splits) {
+  const size_t smem = PipeSmemBytes(m, splits, kDefaultStages, /*lora=*/false);
+  switch (RowsFor(m)) {
+    case 8:
+      return PipeConcurrentCtas<1, kDefaultStages>(splits, smem);
+    case 16:
+      return PipeConcurrentCtas<2, kDefaultStages>(splits, smem);
+    default:
+      return PipeConcurrentCtas<4, kDefaultStages>(splits, smem);
+  }
+}
+
 }  // namespace
 
 bool DecodeGemmFits(int m, int n, int k) {
@@ -629,22 +1148,25 @@ bool DecodeGemmFits(int m, int n, int k) {
 // The split count whose grid fills the slots of the clusters that run at once
 // best over its waves (the weights are the cost: every slot should stream
 // until the end), the fewest splits among equals. Cached per shape.
-int DecodeGemmAutoSplits(int m, int n, int k) {
+int DecodeGemmAutoSplits(int m, int n, int k, bool pipeline) {
   static std::mutex mu;
-  static std::map<std::tuple<int, int, int, int>, int> cache;
+  static std::map<std::tuple<int, int, int, int, bool>, int> cache;
   int dev = 0;
   cudaGetDevice(&dev);
-  const auto key = std::make_tuple(dev, RowsFor(m), n, k);
+  const auto key = std::make_tuple(dev, RowsFor(m), n, k, pipeline);
   {
     const std::lock_guard<std::mutex> lock(mu);
     if (auto it = cache.find(key); it != cache.end()) return it->second;
   }
-  const int tiles = (n + kTile - 1) / kTile;
+  const int tile_cols = pipeline ? kPTile : kTile;
+  const int tiles = (n + tile_cols - 1) / tile_cols;
   int best = 0;
   double best_fill = -1.0;
   for (int splits : {1, 2, 4, 8}) {
-    if (!SplitFits(m, k, splits)) continue;
-    const int slots = ConcurrentCtasFor(m, kDefaultDepth, splits, SmemBytes(m, k, splits, 2));
+    if (pipeline ? !PipeSplitFits(k, splits) : !SplitFits(m, k, splits)) continue;
+    const int slots = pipeline
+                          ? PipeConcurrentCtasFor(m, splits)
+                          : ConcurrentCtasFor(m, kDefaultDepth, splits, SmemBytes(m, k, splits, 2));
     if (slots <= 0) continue;
     const double ctas = static_cast<double>(tiles) * splits;
     const double fill = ctas / (std::ceil(ctas / slots) * slots);
@@ -661,16 +1183,21 @@ int DecodeGemmAutoSplits(int m, int n, int k) {
 
 std::string LaunchDecodeGemmCuda(const DecodeGemmArgs& args, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
-  int splits = args.splits > 0 ? args.splits : DecodeGemmAutoSplits(args.m, args.n, args.k);
+  const bool pipe = args.pipeline;
+  int splits = args.splits > 0 ? args.splits : DecodeGemmAutoSplits(args.m, args.n, args.k, pipe);
   if (splits != 1 && splits != 2 && splits != 4 && splits != 8) return "decode gemm: bad splits";
-  if (!SplitFits(args.m, args.k, splits)) return "decode gemm: the x slice exceeds shared memory";
+  if (pipe ? !PipeSplitFits(args.k, splits) : !SplitFits(args.m, args.k, splits)) {
+    return "decode gemm: the x slice exceeds shared memory";
+  }
   std::string err;
   switch (args.dtype) {
     case LoraDType::kFloat16:
-      err = DispatchRows<__half>(args, splits, s);
+      err =
+          pipe ? DispatchPipeRows<__half>(args, splits, s) : DispatchRows<__half>(args, splits, s);
       break;
     case LoraDType::kBFloat16:
-      err = DispatchRows<__nv_bfloat16>(args, splits, s);
+      err = pipe ? DispatchPipeRows<__nv_bfloat16>(args, splits, s)
+                 : DispatchRows<__nv_bfloat16>(args, splits, s);
       break;
     case LoraDType::kFloat32:
       return "decode gemm: fp16 or bf16 only";
