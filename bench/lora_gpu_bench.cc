@@ -8,9 +8,7 @@
 // Then the decode GEMM (LoraLinear): for decode row counts, the projection
 // itself on tensor cores with the LoRA expand in its epilogue, against the
 // base cuBLAS GEMM plus LoraApply; and a sweep of the Llama-7B projection
-// shapes over its split counts and pipeline depths against cuBLAS. Both
-// decode GEMM variants side by side: the register-streaming kernel (dg) and
-// the shared-memory pipelined one (pl, LoraLinearOptions::pipeline).
+// shapes over its split counts and pipeline depths against cuBLAS.
 //   lora_gpu_bench [--quick | --decode]
 
 #include <ATen/ATen.h>
@@ -25,7 +23,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <limits>
 #include <optional>
 #include <random>
 #include <vector>
@@ -172,34 +169,6 @@ void SweepDecodeGemm(double copy_bw) {
         }
       }
       std::printf("\n");
-      // The pipelined variant: its rule's choice, then splits (per 128-column
-      // tile) x stages.
-      auto run_pipe = [&](int splits, int stages) {
-        LoraLinearOptions o;
-        o.gemm = LinearGemm::kDecode;
-        o.pipeline = true;
-        o.splits = splits;
-        o.stages = stages;
-        if (!LoraLinear(x, ws[0], y, nullptr, nullptr, o).ok()) return -1.0;
-        return TimeGraph(iters,
-                         [&](int i) { (void)LoraLinear(x, ws[i % nw], y, nullptr, nullptr, o); });
-      };
-      const double pauto = run_pipe(0, 0);
-      std::printf("%-20s %3ld | %8s %5s | %8.2f %4.0f%% s=%d | pipelined splits/stages:", "", m, "",
-                  "", pauto * 1e3, 100 * wbytes / (pauto * 1e-3) / copy_bw,
-                  lora_internal::DecodeGemmAutoSplits(static_cast<int>(m), static_cast<int>(sh.n),
-                                                      static_cast<int>(sh.k), /*pipeline=*/true));
-      for (int splits : {1, 2, 4, 8}) {
-        for (int stages : {3, 4, 5, 6}) {
-          const double t = run_pipe(splits, stages);
-          if (t < 0) {
-            std::printf(" %d/%d: -", splits, stages);
-          } else {
-            std::printf(" %d/%d: %.2f", splits, stages, t * 1e3);
-          }
-        }
-      }
-      std::printf("\n");
       std::fflush(stdout);
     }
   }
@@ -209,9 +178,7 @@ void SweepDecodeGemm(double copy_bw) {
 // T rows over N distinct rank-16 adapters. cublas = at::mm alone; +apply =
 // at::mm then LoraApply (kAuto); dg = the decode GEMM alone; dg+lora =
 // LoraLinear with the adapters (shrink, then the GEMM with the expand in its
-// epilogue). add = (dg+lora - dg): the LoRA's cost, against both bases. pl,
-// pl+lora, pl_add: the same with the pipelined variant; tot/cb = pl+lora /
-// cublas (issue 4's target: <= 1.30 at T=32, N=32).
+// epilogue). add = (dg+lora - dg): the LoRA's cost, against both bases.
 int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at::Tensor& b_pool,
                float scale, double copy_bw, bool quick) {
   const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
@@ -220,10 +187,8 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
   std::printf(
       "\nLoRA in the decode GEMM's epilogue (4096x4096, rank 16; us per call; add = dg+lora - "
       "dg)\n");
-  std::printf(
-      "%4s %4s | %8s %8s %7s | %8s %5s %8s | %7s %6s %6s | %8s %5s %8s %7s %6s %6s | %8s %8s\n",
-      "T", "N", "cublas", "+apply", "apply/b", "dg", "dg_bw", "dg+lora", "add", "add/cb", "add/dg",
-      "pl", "pl_bw", "pl+lora", "pl_add", "add/cb", "tot/cb", "err_dg", "err_pl");
+  std::printf("%4s %4s | %8s %8s %7s | %8s %5s %8s | %7s %6s %6s | %8s\n", "T", "N", "cublas",
+              "+apply", "apply/b", "dg", "dg_bw", "dg+lora", "add", "add/cb", "add/dg", "relerr");
   std::mt19937 rng(5);
   const std::vector<int64_t> token_counts =
       quick ? std::vector<int64_t>{32} : std::vector<int64_t>{1, 8, 16, 32};
@@ -238,8 +203,6 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
       const std::vector<at::Tensor> ys = {y};
       LoraLinearOptions decode;
       decode.gemm = LinearGemm::kDecode;
-      LoraLinearOptions pipe = decode;
-      pipe.pipeline = true;
       bool ok = true;
       const double cublas =
           TimeGraph(iters, [&](int i) { at::mm_out(y, xs[i], ws[i % nw].t()); });
@@ -253,17 +216,12 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
       const double dgl = TimeGraph(iters, [&](int i) {
         ok &= LoraLinear(xs[i], ws[i % nw], y, &table, &indexes[i], decode).ok();
       });
-      const double pl = TimeGraph(iters, [&](int i) {
-        ok &= LoraLinear(xs[i], ws[i % nw], y, nullptr, nullptr, pipe).ok();
-      });
-      const double pll = TimeGraph(iters, [&](int i) {
-        ok &= LoraLinear(xs[i], ws[i % nw], y, &table, &indexes[i], pipe).ok();
-      });
       if (!ok) {
         std::printf("decode gemm call failed\n");
         return 1;
       }
-      // One call of each variant against fp32 torch: base + gathered LoRA.
+      // One call against fp32 torch: base + gathered LoRA.
+      ok &= LoraLinear(xs[0], ws[0], y, &table, &indexes[0], decode).ok();
       const at::Tensor xf = xs[0].to(at::kFloat);
       const at::Tensor want =
           at::mm(xf, ws[0].to(at::kFloat).t()) +
@@ -272,23 +230,15 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
                   b_pool.index_select(0, slot_ids[0]).to(at::kFloat).transpose(1, 2))
                   .squeeze(1) *
               scale;
-      auto rel_err = [&](const LoraLinearOptions& o) {
-        y.fill_(std::numeric_limits<double>::quiet_NaN());
-        ok &= LoraLinear(xs[0], ws[0], y, &table, &indexes[0], o).ok();
-        return ((y.to(at::kFloat) - want).norm() / want.norm()).item<double>();
-      };
-      const double err = rel_err(decode);
-      const double err_pl = rel_err(pipe);
+      const double err = ((y.to(at::kFloat) - want).norm() / want.norm()).item<double>();
       const double wbytes = static_cast<double>(kHidden) * kHidden * 2;
       const double add = dgl - dg;
-      const double pl_add = pll - pl;
       std::printf(
           "%4ld %4ld | %8.2f %8.2f %6.0f%% | %8.2f %4.0f%% %8.2f | %7.2f %5.0f%% %5.0f%% | "
-          "%8.2f %4.0f%% %8.2f %7.2f %5.0f%% %5.2fx | %8.1e %8.1e\n",
+          "%8.1e\n",
           t_count, n, cublas * 1e3, apply * 1e3, 100 * (apply - cublas) / cublas, dg * 1e3,
           100 * wbytes / (dg * 1e-3) / copy_bw, dgl * 1e3, add * 1e3, 100 * add / cublas,
-          100 * add / dg, pl * 1e3, 100 * wbytes / (pl * 1e-3) / copy_bw, pll * 1e3, pl_add * 1e3,
-          100 * pl_add / cublas, pll / cublas, err, err_pl);
+          100 * add / dg, err);
       std::fflush(stdout);
       if (!ok) return 1;
     }
@@ -442,10 +392,9 @@ int Main(bool quick, bool decode_only) {
   return 0;
 }
 
-// One decode GEMM call of a given shape, for a profiler (STAGES > 0: the
-// pipelined variant with that many stages; DEPTH is then unused):
-//   lora_gpu_bench --one M N K SPLITS DEPTH [STAGES]
-int ProfileOne(int m, int n, int k, int splits, int depth, int stages) {
+// One decode GEMM call of a given shape, for a profiler:
+//   lora_gpu_bench --one M N K SPLITS DEPTH
+int ProfileOne(int m, int n, int k, int splits, int depth) {
   const c10::cuda::CUDAGuard device_guard(at::Device(at::kCUDA, 0));
   const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
   const at::Tensor x = at::randn({m, k}, bf16);
@@ -455,8 +404,6 @@ int ProfileOne(int m, int n, int k, int splits, int depth, int stages) {
   o.gemm = LinearGemm::kDecode;
   o.splits = splits;
   o.depth = depth;
-  o.pipeline = stages > 0;
-  o.stages = stages;
   for (int i = 0; i < 3; ++i) {
     if (!LoraLinear(x, w, y, nullptr, nullptr, o).ok()) return 1;
   }
@@ -468,10 +415,9 @@ int ProfileOne(int m, int n, int k, int splits, int depth, int stages) {
 }  // namespace adapterd
 
 int main(int argc, char** argv) {
-  if ((argc == 7 || argc == 8) && std::strcmp(argv[1], "--one") == 0) {
+  if (argc == 7 && std::strcmp(argv[1], "--one") == 0) {
     return adapterd::ProfileOne(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]),
-                                std::atoi(argv[5]), std::atoi(argv[6]),
-                                argc == 8 ? std::atoi(argv[7]) : 0);
+                                std::atoi(argv[5]), std::atoi(argv[6]));
   }
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool decode = argc > 1 && std::strcmp(argv[1], "--decode") == 0;

@@ -716,8 +716,6 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
     args.ld_y = y.size(0) > 1 ? y.stride(0) : y.size(1);
     args.splits = options.splits;
     args.depth = options.depth;
-    args.pipeline = options.pipeline;
-    args.stages = options.stages;
     at::Tensor v;  // Lives until both launches are queued (stream-ordered reuse).
     if (table != nullptr && table->max_rank > 0 && index->num_tokens > 0 &&
         index->max_segment_tokens > 0) {

@@ -153,11 +153,6 @@ struct LoraLinearOptions {
   LinearGemm gemm = LinearGemm::kAuto;
   int splits = 0;  // Decode GEMM: k splits per 256-column tile (1, 2, 4, 8); 0: its rule.
   int depth = 0;   // Decode GEMM: 32-wide W chunks in flight per warp (2 or 4); 0: 2.
-  // Decode GEMM: the pipelined variant (W through shared memory in `stages`
-  // cp.async stages, 3 to 6, 0: 4; 128-column tiles, so `splits` splits k
-  // per 128 columns; `depth` unused). Off by default (docs/kernels.md).
-  bool pipeline = false;
-  int stages = 0;
 };
 
 // Whether the decode GEMM can run y = x · wᵀ for x [T, K] and w [N, K]:

@@ -85,12 +85,6 @@ struct DecodeGemmArgs {
   int64_t ld_y = 0;
   int splits = 0;  // K splits per output tile (a thread-block cluster): 1, 2, 4 or 8; 0: auto.
   int depth = 0;   // W chunks each warp keeps in flight: 2 or 4; 0: 2.
-  // The pipelined variant (decode_gemm.cu): W and x through shared memory in
-  // `stages` cp.async stages (3 to 6; 0: 4), 128 output columns per CTA, the
-  // epilogue's B rows staged during the main loop. `depth` is then unused;
-  // `splits` splits k per 128-column tile. Off: the register-streaming kernel.
-  bool pipeline = false;
-  int stages = 0;
   // LoRA in the epilogue (lora.meta == nullptr: none). lora.v holds the
   // shrink's output ([slices, m, v_width], written by the kernel launched
   // just before on the stream); slice s covers y's columns
@@ -103,9 +97,8 @@ struct DecodeGemmArgs {
 // running sm_90 code, m <= kDecodeGemmMaxRows, k a multiple of
 // kDecodeGemmChunk, the x slice within shared memory for some split).
 bool DecodeGemmFits(int m, int n, int k);
-// The split count the decode GEMM (the pipelined variant with `pipeline`)
-// takes for a shape when args.splits is 0.
-int DecodeGemmAutoSplits(int m, int n, int k, bool pipeline = false);
+// The split count the decode GEMM takes for a shape when args.splits is 0.
+int DecodeGemmAutoSplits(int m, int n, int k);
 // Returns an empty string on success, else the CUDA error text.
 std::string LaunchDecodeGemmCuda(const DecodeGemmArgs& args, void* stream);
 

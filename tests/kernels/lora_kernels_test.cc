@@ -274,19 +274,16 @@ Errors RunCase(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint3
 std::string Name(at::ScalarType t) { return std::string(c10::toString(t)); }
 
 void ExpectGood(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint32_t seed) {
-  const LoraLinearOptions& lo = c.linear_options;
   SCOPED_TRACE(::testing::Message() << Name(dtype) << " tokens=" << c.tokens << " in=" << c.in
-                                    << " adapters=" << c.adapters << " seed=" << seed
-                                    << (lo.pipeline ? " pipelined" : "") << " splits=" << lo.splits
-                                    << " depth=" << lo.depth << " stages=" << lo.stages);
+                                    << " adapters=" << c.adapters << " seed=" << seed);
   const Errors e = RunCase(c, dtype, device, seed);
   std::printf(
-      "  %-4s %-9s T=%-5ld in=%-5ld slices=%zu adapters=%-4ld%s%s%s%s  |v-ref|/|ref|=%.2e  "
+      "  %-4s %-9s T=%-5ld in=%-5ld slices=%zu adapters=%-4ld%s%s%s  |v-ref|/|ref|=%.2e  "
       "|y-ref|/|delta|=%.2e\n",
       device.is_cpu() ? "cpu" : "cuda", Name(dtype).c_str(), c.tokens, c.in, c.outs.size(),
       c.adapters, c.bottleneck ? " bottleneck" : "", c.use_apply ? " apply" : "",
-      c.use_apply && c.path == LoraPath::kFused ? " fused" : c.linear ? " linear" : "",
-      c.linear && lo.pipeline ? " pipelined" : "", e.v, e.y);
+      c.use_apply && c.path == LoraPath::kFused ? " fused" : c.linear ? " linear" : "", e.v,
+      e.y);
   EXPECT_TRUE(e.v_finite);
   EXPECT_LT(e.v, 1e-5);
   EXPECT_LT(e.y, YTolerance(dtype));
@@ -527,10 +524,7 @@ TEST(LoraKernelsCudaTest, BottleneckAdaptersMatchFloat64) {
 // its epilogue, against float64: both 16-bit dtypes, every split count and
 // pipeline depth, row counts around the 8-row tiles, K from one chunk to the
 // down projection's, column counts that are not multiples of the 128-column
-// tile, q/k/v slices, a tile whose columns touch more than two slices,
-// bottleneck adapters; and where it does not serve. Every case again with
-// the pipelined variant (stages 3 to 6 and the default), plus one only it
-// serves (32 rows of K = 11008 in one split: its B rows are not staged).
+// tile, q/k/v slices, bottleneck adapters; and where it does not serve.
 TEST(LoraKernelsCudaTest, DecodeGemmMatchesFloat64) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   const at::Device gpu(at::kCUDA, 0);
@@ -554,35 +548,12 @@ TEST(LoraKernelsCudaTest, DecodeGemmMatchesFloat64) {
   add(16, 32, {1000, 24}, 6, 1, 2);                    // One chunk; ragged last tile.
   add(32, 5120, {14336, 14336}, 17, 0, 0);             // gate/up.
   add(17, 1024, {520}, 9, 8, 4, 0.5);                  // Half the rows without an adapter.
-  add(9, 256, {100, 8, 20, 300}, 5, 8, 2);             // Tiles over three slices.
   uint32_t seed = 500;
   for (const CaseSpec& c : cases)
     for (at::ScalarType t : {at::kHalf, at::kBFloat16}) ExpectGood(c, t, gpu, seed++);
   CaseSpec bottleneck = cases[3];
   bottleneck.bottleneck = true;
   for (at::ScalarType t : {at::kHalf, at::kBFloat16}) ExpectGood(bottleneck, t, gpu, seed++);
-
-  // The pipelined variant: the same cases (its splits split 128-column tiles).
-  std::vector<CaseSpec> piped = cases;
-  const int stages[] = {0, 3, 5, 6};
-  for (size_t i = 0; i < piped.size(); ++i) {
-    piped[i].linear_options.pipeline = true;
-    piped[i].linear_options.stages = stages[i % 4];
-  }
-  CaseSpec long_k = MakeCase(32, 11008, {4096}, 32, 0.1);
-  long_k.linear = true;
-  long_k.round_robin = true;
-  long_k.linear_options.gemm = LinearGemm::kDecode;
-  long_k.linear_options.pipeline = true;
-  long_k.linear_options.splits = 1;
-  piped.push_back(long_k);
-  for (int b : {1, 3}) {  // Bottleneck adapters: B staged (rank 8, 16) and not.
-    CaseSpec c = piped[b];
-    c.bottleneck = true;
-    piped.push_back(c);
-  }
-  for (const CaseSpec& c : piped)
-    for (at::ScalarType t : {at::kHalf, at::kBFloat16}) ExpectGood(c, t, gpu, seed++);
   // kAuto where the decode GEMM does not serve: fp32, 64 rows, misaligned x.
   CaseSpec fallback = cases[1];
   fallback.linear_options = LoraLinearOptions{};
@@ -608,15 +579,14 @@ TEST(LoraKernelsCudaTest, DecodeGemmMatchesFloat64) {
 // Captures one call into a CUDA graph, then rewrites the index in place and
 // replays. Split: LoraShrink + LoraExpand, any number of tokens per adapter;
 // fused: LoraApply(kFused), at most 4 tokens per adapter (the bound);
-// linear: LoraLinear's decode GEMM with the expand in its epilogue (32 rows);
-// linear pipelined: the same with its pipelined variant.
-enum class GraphMode { kSplit, kFused, kLinear, kLinearPipelined };
+// linear: LoraLinear's decode GEMM with the expand in its epilogue (32 rows).
+enum class GraphMode { kSplit, kFused, kLinear };
 
 void ExpectGraphReplayFollowsIndex(GraphMode mode) {
   const at::Device gpu(at::kCUDA, 0);
   const c10::cuda::CUDAGuard guard(gpu);
   const bool fused = mode == GraphMode::kFused;
-  const bool linear = mode == GraphMode::kLinear || mode == GraphMode::kLinearPipelined;
+  const bool linear = mode == GraphMode::kLinear;
   const int64_t kTokens = linear ? 32 : 64;
   constexpr int64_t kIn = 3424, kOut = 1024, kSlots = 16, kMaxSeg = 16;
   at::manual_seed(7);
@@ -655,7 +625,6 @@ void ExpectGraphReplayFollowsIndex(GraphMode mode) {
   const at::Tensor w_base = linear ? at::randn({kOut, kIn}, opts) / 58.0 : at::Tensor();
   LoraLinearOptions decode;
   decode.gemm = LinearGemm::kDecode;
-  decode.pipeline = mode == GraphMode::kLinearPipelined;
 
   const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
   at::cuda::CUDAGraph graph;
@@ -704,8 +673,7 @@ void ExpectGraphReplayFollowsIndex(GraphMode mode) {
                   static_cast<double>(w.scale);
     }
     const double err = RelErr(y.to(at::kDouble), want, want - delta_base);
-    EXPECT_LT(err, YTolerance(at::kBFloat16))
-        << "round " << round << (decode.pipeline ? " pipelined" : "");
+    EXPECT_LT(err, YTolerance(at::kBFloat16)) << "round " << round;
   }
 }
 
@@ -722,7 +690,6 @@ TEST(LoraKernelsCudaTest, FusedGraphReplayFollowsIndexRewrittenInPlace) {
 TEST(LoraKernelsCudaTest, DecodeGemmGraphReplayFollowsIndexRewrittenInPlace) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   ExpectGraphReplayFollowsIndex(GraphMode::kLinear);
-  ExpectGraphReplayFollowsIndex(GraphMode::kLinearPipelined);
 }
 
 // The fused single-launch kernel (decode shape: at most 8 tokens per adapter)
