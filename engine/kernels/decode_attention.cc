@@ -93,6 +93,10 @@ bool DecodeAttentionServes(const DecodeAttentionInputs& in) {
 #endif
 }
 
+bool DecodeAttentionPreferred(const DecodeAttentionInputs& in) {
+  return DecodeAttentionServes(in) && in.q.size(1) == in.k_cache.size(1);
+}
+
 absl::StatusOr<at::Tensor> DecodeAttention(const DecodeAttentionInputs& in) {
   if (auto s = CheckShapes(in); !s.ok()) return s;
   if (!DecodeAttentionServes(in)) {

@@ -44,6 +44,15 @@ struct DecodeAttentionInputs {
 // kv_heads, aligned rows, no autograd.
 bool DecodeAttentionServes(const DecodeAttentionInputs& in);
 
+// Whether the model should take it over SDPA: where DecodeAttentionServes and
+// every query head has its own KV head. Measured on the H200
+// (attention_gpu_bench, docs/kernels.md): with MHA it is 1.3-2.4x faster than
+// SDPA at decode lengths (<= 192 keys, and whenever row lengths differ) and
+// 0.87-0.97x on long uniform rows; with GQA it is 0.5x (a CTA's lane groups
+// share one key's loads, leaving a quarter of the bytes in flight), so GQA
+// models keep SDPA.
+bool DecodeAttentionPreferred(const DecodeAttentionInputs& in);
+
 // Returns [rows, heads * head_dim] in q's dtype. INVALID_ARGUMENT where the
 // shapes do not fit, UNIMPLEMENTED where !DecodeAttentionServes, INTERNAL
 // on a CUDA error. Positions and slots are not checked on the device:

@@ -155,7 +155,7 @@ at::Tensor KvCache::WriteAndAttend(int layer, const AttentionStep& step, const a
     DecodeAttentionInputs in = DecodeInputs(keys_[layer], values_[layer], step, q, scale, sliding);
     in.new_k = k;
     in.new_v = v;
-    if (DecodeAttentionServes(in)) return ValueOrThrow(DecodeAttention(in));
+    if (DecodeAttentionPreferred(in)) return ValueOrThrow(DecodeAttention(in));
   }
   Write(layer, step, k, v);
   return Attend(layer, step, q, scale, sliding);
@@ -166,7 +166,7 @@ at::Tensor KvCache::Attend(int layer, const AttentionStep& step, const at::Tenso
   if (step.all_decode && q.is_cuda()) {
     const DecodeAttentionInputs in =
         DecodeInputs(keys_[layer], values_[layer], step, q, scale, sliding);
-    if (DecodeAttentionServes(in)) return ValueOrThrow(DecodeAttention(in));
+    if (DecodeAttentionPreferred(in)) return ValueOrThrow(DecodeAttention(in));
   }
   const int64_t heads = q.size(1);
   const int64_t group = heads / kv_heads_;

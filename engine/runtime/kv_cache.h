@@ -81,7 +81,8 @@ class KvCache {
   // softmax in float32. Returns [T, heads * head_dim] in q's dtype.
   // On CUDA decode steps (one token per sequence) the decode attention
   // kernel (engine/kernels/decode_attention.h) reads each row's keys in place
-  // up to its own position; elsewhere SDPA or matmul + softmax.
+  // up to its own position where it is preferred (MHA); elsewhere SDPA or
+  // matmul + softmax.
   at::Tensor Attend(int layer, const AttentionStep& step, const at::Tensor& q, double scale,
                     bool sliding) const;
 

@@ -215,6 +215,12 @@ TEST(DecodeAttentionCudaTest, RejectsWhatItDoesNotServe) {
   std::mt19937 rng(7);
   Case c = MakeCase({.rows = 2, .heads = 4, .kv_heads = 4, .head_dim = 64, .max_len = 16},
                     at::kHalf, rng);
+  EXPECT_TRUE(DecodeAttentionPreferred(c.in));  // MHA.
+  DecodeAttentionInputs gqa = c.in;
+  gqa.k_cache = c.in.k_cache.narrow(1, 0, 2).contiguous();
+  gqa.v_cache = c.in.v_cache.narrow(1, 0, 2).contiguous();
+  EXPECT_TRUE(DecodeAttentionServes(gqa));
+  EXPECT_FALSE(DecodeAttentionPreferred(gqa));  // GQA keeps SDPA (docs/kernels.md).
   DecodeAttentionInputs bad = c.in;
   bad.q = c.in.q.narrow(1, 0, 3);  // 3 heads over 4 KV heads.
   EXPECT_EQ(DecodeAttention(bad).status().code(), absl::StatusCode::kInvalidArgument);
@@ -284,7 +290,8 @@ TEST(DecodeAttentionCudaTest, KvCacheWriteAndAttendMatchesTheCpuPath) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   const at::Device gpu(at::kCUDA, 0);
   constexpr int kLayers = 2, kSlots = 5;
-  constexpr int64_t kMaxLen = 64, kKv = 2, kHeads = 8, kDim = 64, kWindow = 9;
+  // MHA: the cache takes the kernel where it is preferred (GQA keeps SDPA).
+  constexpr int64_t kMaxLen = 64, kKv = 8, kHeads = 8, kDim = 64, kWindow = 9;
   KvCache cpu(kLayers, kSlots, kMaxLen, kKv, kDim, at::kFloat, at::kCPU);
   KvCache cuda(kLayers, kSlots, kMaxLen, kKv, kDim, at::kFloat, gpu);
   for (int l = 0; l < kLayers; ++l) {
