@@ -61,6 +61,17 @@ absl::Status CheckShapes(const DecodeAttentionInputs& in) {
       return absl::InvalidArgumentError("decode attention: new_k/new_v must be [rows, kv_heads, head_dim]");
     }
   }
+  if (in.rope_cos.defined() != in.rope_sin.defined() ||
+      (in.rope_cos.defined() && !in.new_k.defined())) {
+    return absl::InvalidArgumentError(
+        "decode attention: rotary tables come as cos and sin together, with new_k");
+  }
+  for (const at::Tensor* t : {&in.rope_cos, &in.rope_sin}) {
+    if (t->defined() && (t->dim() != 2 || t->size(0) != rows || t->size(1) != d ||
+                         t->scalar_type() != q.scalar_type())) {
+      return absl::InvalidArgumentError("decode attention: rotary tables must be [rows, head_dim]");
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -73,7 +84,8 @@ bool DecodeAttentionServes(const DecodeAttentionInputs& in) {
   const at::ScalarType t = q.scalar_type();
   if (!q.is_cuda() || (t != at::kFloat && t != at::kHalf && t != at::kBFloat16)) return false;
   if (in.k_cache.scalar_type() != t || in.v_cache.scalar_type() != t) return false;
-  for (const at::Tensor* o : {&in.k_cache, &in.v_cache, &in.slots, &in.positions, &in.new_k, &in.new_v}) {
+  for (const at::Tensor* o : {&in.k_cache, &in.v_cache, &in.slots, &in.positions, &in.new_k,
+                              &in.new_v, &in.rope_cos, &in.rope_sin}) {
     if (o->defined() && o->device() != q.device()) return false;
   }
   if (c10::GradMode::is_enabled() && q.requires_grad()) return false;
@@ -83,7 +95,8 @@ bool DecodeAttentionServes(const DecodeAttentionInputs& in) {
     return false;
   }
   const int64_t width = LaneBytes(q.size(2), q.element_size());
-  for (const at::Tensor* o : {&in.q, &in.k_cache, &in.v_cache, &in.new_k, &in.new_v}) {
+  for (const at::Tensor* o :
+       {&in.q, &in.k_cache, &in.v_cache, &in.new_k, &in.new_v, &in.rope_cos, &in.rope_sin}) {
     if (o->defined() && !Aligned(*o, width)) return false;
   }
   return q.size(0) > 0 && q.size(0) < 65536 && in.k_cache.size(2) > 0;
@@ -131,6 +144,12 @@ absl::StatusOr<at::Tensor> DecodeAttention(const DecodeAttentionInputs& in) {
       a.new_k_head_stride = in.new_k.stride(1);
       a.new_v_row_stride = in.new_v.stride(0);
       a.new_v_head_stride = in.new_v.stride(1);
+    }
+    if (in.rope_cos.defined()) {
+      a.rope_cos = in.rope_cos.const_data_ptr();
+      a.rope_sin = in.rope_sin.const_data_ptr();
+      a.rope_cos_row_stride = in.rope_cos.stride(0);
+      a.rope_sin_row_stride = in.rope_sin.stride(0);
     }
     a.scale = static_cast<float>(in.scale);
     a.window = in.window;

@@ -85,7 +85,34 @@ struct Slice {
     const T* e = reinterpret_cast<const T*>(w);
     return ToF(e[i]);
   }
+
+  __device__ __forceinline__ void Set(int i, float v) {
+    reinterpret_cast<T*>(w)[i] = lora_internal::FromF<T>(v);
+  }
 };
+
+// Rotary embedding of one lane's slice of a head (dims sub*D ...), as
+// transformers applies it and the engine's eager path computes it:
+// round(round(x·cos) + rotate_half(x)·sin), rotate_half(x)[d] = −x[d + half]
+// for d < half, else x[d − half]. The partner dims live in lane sub ^ 4 of
+// the same lane group; every lane of the warp must call this.
+template <typename T, int D>
+__device__ __forceinline__ void Rotate(Slice<T, D>& x, const T* cos, const T* sin, int sub) {
+  Slice<T, D> c, s;
+  c.Load(cos);
+  s.Load(sin);
+  const bool low = sub < kLanesPerKey / 2;
+  float out[D];
+#pragma unroll
+  for (int i = 0; i < D; ++i) {
+    const float xi = x.At(i);
+    const float partner = __shfl_xor_sync(0xffffffffu, xi, kLanesPerKey / 2);
+    const float rounded = ToF(lora_internal::FromF<T>(xi * c.At(i)));
+    out[i] = fmaf(partner, low ? -s.At(i) : s.At(i), rounded);
+  }
+#pragma unroll
+  for (int i = 0; i < D; ++i) x.Set(i, out[i]);
+}
 
 // Keys each lane group takes per loop step (loads issued together).
 template <int D>
@@ -122,28 +149,39 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeAttentio
   const int64_t kv_base = (slot * a.kv_heads + kv_head) * a.max_len * kHeadDim + sub * D;
   const T* k_cache = static_cast<const T*>(a.k_cache) + kv_base;
   const T* v_cache = static_cast<const T*>(a.v_cache) + kv_base;
-  const T* new_k = nullptr;
+  const T* rope_cos = nullptr;
+  const T* rope_sin = nullptr;
+  if (a.rope_cos != nullptr) {
+    rope_cos = static_cast<const T*>(a.rope_cos) + row * a.rope_cos_row_stride + sub * D;
+    rope_sin = static_cast<const T*>(a.rope_sin) + row * a.rope_sin_row_stride + sub * D;
+  }
+  // The step's own key (rotated where tables are given), held by every lane
+  // for its slice; the key at `pos` is taken from here, not the cache.
+  const bool has_new = a.new_k != nullptr;
   const T* new_v = nullptr;
-  if (a.new_k != nullptr) {
-    new_k = static_cast<const T*>(a.new_k) + row * a.new_k_row_stride +
-            kv_head * a.new_k_head_stride + sub * D;
+  Slice<T, D> fresh_k;
+  if (has_new) {
+    fresh_k.Load(static_cast<const T*>(a.new_k) + row * a.new_k_row_stride +
+                 kv_head * a.new_k_head_stride + sub * D);
+    if (rope_cos != nullptr) Rotate(fresh_k, rope_cos, rope_sin, sub);
     new_v = static_cast<const T*>(a.new_v) + row * a.new_v_row_stride +
             kv_head * a.new_v_head_stride + sub * D;
     // The CTA of the KV head's first query heads stores the new key and value.
     if (blockIdx.x * HG % group == 0 && split == 0 && warp == 0 && lane_group == 0) {
+      fresh_k.Store(static_cast<T*>(a.k_cache) + kv_base + pos * kHeadDim);
       Slice<T, D> s;
-      s.Load(new_k);
-      s.Store(static_cast<T*>(a.k_cache) + kv_base + pos * kHeadDim);
       s.Load(new_v);
       s.Store(static_cast<T*>(a.v_cache) + kv_base + pos * kHeadDim);
     }
   }
 
-  // q pre-scaled so that exp2 gives the softmax's exp.
+  // q (rotated where tables are given), pre-scaled so that exp2 gives the
+  // softmax's exp.
   float q[D];
   {
     Slice<T, D> s;
     s.Load(static_cast<const T*>(a.q) + row * a.q_row_stride + head * a.q_head_stride + sub * D);
+    if (rope_cos != nullptr) Rotate(s, rope_cos, rope_sin, sub);
     const float qs = a.scale * 1.4426950408889634f;
 #pragma unroll
     for (int i = 0; i < D; ++i) q[i] = s.At(i) * qs;
@@ -164,8 +202,12 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeAttentio
       const int64_t key = base + u * kKeysPerStep + key_offset;
       valid[u] = key < end;
       const int64_t at = valid[u] ? key : begin;  // Clamped: every load is issued.
-      const bool fresh = new_k != nullptr && at == pos;
-      ks[u].Load(fresh ? new_k : k_cache + at * kHeadDim);
+      const bool fresh = has_new && at == pos;
+      if (fresh) {
+        ks[u] = fresh_k;
+      } else {
+        ks[u].Load(k_cache + at * kHeadDim);
+      }
       vs[u].Load(fresh ? new_v : v_cache + at * kHeadDim);
     }
     float s[kUn];

@@ -32,6 +32,13 @@ struct DecodeAttentionInputs {
   // stored into the cache there (the cache write and the attention in one
   // launch); absent, the cache must already hold them.
   at::Tensor new_k, new_v;
+  // Optional rotary tables [rows, head_dim] (last dim contiguous, q's dtype;
+  // transformers' cos and sin with the attention scaling folded in): given,
+  // q and new_k arrive unrotated and are rotated here as transformers'
+  // apply_rotary_pos_emb does, each product rounded to the dtype as the
+  // engine's eager RoPE is (so the stored key is the one it would store).
+  // Requires new_k.
+  at::Tensor rope_cos, rope_sin;
   double scale = 1.0;
   int64_t window = 0;  // > 0: sliding window.
   // An upper bound on position + 1 over the rows (for the split count; must

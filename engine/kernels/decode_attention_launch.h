@@ -37,6 +37,13 @@ struct DecodeAttentionArgs {
   int64_t new_k_head_stride = 0;
   int64_t new_v_row_stride = 0;
   int64_t new_v_head_stride = 0;
+  // Rotary tables ([rows, head_dim], row strides below, q's dtype), or null:
+  // given, q and new_k arrive unrotated and the kernels rotate them (new_k is
+  // then required).
+  const void* rope_cos = nullptr;
+  const void* rope_sin = nullptr;
+  int64_t rope_cos_row_stride = 0;
+  int64_t rope_sin_row_stride = 0;
   float scale = 1.0f;
   int64_t window = 0;  // > 0: only keys k > position - window.
   // Key range split over `splits` CTAs per (row, head) of `chunk` positions

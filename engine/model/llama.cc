@@ -325,10 +325,12 @@ class LlamaModel final : public CausalLM {
     at::Tensor sin = (emb.sin() * attention_scaling_).to(context_.dtype).unsqueeze(1);
     // CUDA: rotate_half(x)·sin as flip(x halves)·(−sin | sin), the sign folded
     // into the table once per step (three kernels per layer instead of five).
-    at::Tensor signed_sin;
+    at::Tensor signed_sin, cos_rows, sin_rows;
     if (context_.device.is_cuda()) {
       const int64_t half = c.head_dim / 2;
       signed_sin = at::cat({-sin.narrow(-1, 0, half), sin.narrow(-1, half, half)}, -1);
+      cos_rows = cos.squeeze(1);  // [T, D], for the decode attention kernel.
+      sin_rows = sin.squeeze(1);
     }
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
     const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
@@ -337,22 +339,28 @@ class LlamaModel final : public CausalLM {
       const LlamaLayer& l = layers_[i];
       const int li = static_cast<int>(i);
       at::Tensor h = RmsNorm(x, l.input_norm);
-      at::Tensor q, k, v;
+      at::Tensor q, k, v, attn;
       if (l.qkv_w.defined()) {
         const std::array<int64_t, 3> outs = {q_out, kv_out, kv_out};
         const std::array<at::Tensor, 3> biases = {l.q_b, l.k_b, l.v_b};
         at::Tensor qkv = LinearWithLoraDeltas(h, l.qkv_w, outs, biases, adapters, li,
                                               lora_module::kQ, gemm);  // [T, q_out + 2 kv_out]
-        // q and k are adjacent in qkv: rotate both heads in one pass.
         at::Tensor qk =
             qkv.narrow(1, 0, q_out + kv_out).view({t, c.num_heads + c.num_kv_heads, c.head_dim});
-        const int64_t half = c.head_dim / 2;
-        at::Tensor flipped =
-            qk.view({t, c.num_heads + c.num_kv_heads, 2, half}).flip(2).view(qk.sizes());
-        qk = at::addcmul(qk * cos, flipped, signed_sin);
-        q = qk.narrow(1, 0, c.num_heads);
-        k = qk.narrow(1, c.num_heads, c.num_kv_heads);
         v = qkv.narrow(1, q_out + kv_out, kv_out).view({t, c.num_kv_heads, c.head_dim});
+        // CUDA decode steps: the decode attention kernel rotates q and k itself.
+        attn = cache.TryRotateWriteAndAttend(li, step, qk.narrow(1, c.num_heads, c.num_kv_heads),
+                                             v, qk.narrow(1, 0, c.num_heads), cos_rows, sin_rows,
+                                             scale, c.sliding_layers[i]);
+        if (!attn.defined()) {
+          // q and k are adjacent in qkv: rotate both heads in one pass.
+          const int64_t half = c.head_dim / 2;
+          at::Tensor flipped =
+              qk.view({t, c.num_heads + c.num_kv_heads, 2, half}).flip(2).view(qk.sizes());
+          qk = at::addcmul(qk * cos, flipped, signed_sin);
+          q = qk.narrow(1, 0, c.num_heads);
+          k = qk.narrow(1, c.num_heads, c.num_kv_heads);
+        }
       } else {
         q = LinearWithLora(h, l.q_w, l.q_b, adapters, li, lora_module::kQ)
                 .view({t, c.num_heads, c.head_dim});
@@ -363,7 +371,7 @@ class LlamaModel final : public CausalLM {
         q = q * cos + RotateHalf(q) * sin;
         k = k * cos + RotateHalf(k) * sin;
       }
-      at::Tensor attn = cache.WriteAndAttend(li, step, k, v, q, scale, c.sliding_layers[i]);
+      if (!attn.defined()) attn = cache.WriteAndAttend(li, step, k, v, q, scale, c.sliding_layers[i]);
       x = AddSubLayerOutput(adapters, li, AdapterSite::kAttention, x,
                             LinearWithLora(attn, l.o_w, l.o_b, adapters, li, lora_module::kO,
                                            gemm));

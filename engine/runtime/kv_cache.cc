@@ -161,6 +161,20 @@ at::Tensor KvCache::WriteAndAttend(int layer, const AttentionStep& step, const a
   return Attend(layer, step, q, scale, sliding);
 }
 
+at::Tensor KvCache::TryRotateWriteAndAttend(int layer, const AttentionStep& step,
+                                            const at::Tensor& k, const at::Tensor& v,
+                                            const at::Tensor& q, const at::Tensor& cos,
+                                            const at::Tensor& sin, double scale, bool sliding) {
+  if (!step.all_decode || !q.is_cuda()) return at::Tensor();
+  DecodeAttentionInputs in = DecodeInputs(keys_[layer], values_[layer], step, q, scale, sliding);
+  in.new_k = k;
+  in.new_v = v;
+  in.rope_cos = cos;
+  in.rope_sin = sin;
+  if (!DecodeAttentionPreferred(in)) return at::Tensor();
+  return ValueOrThrow(DecodeAttention(in));
+}
+
 at::Tensor KvCache::Attend(int layer, const AttentionStep& step, const at::Tensor& q, double scale,
                            bool sliding) const {
   if (step.all_decode && q.is_cuda()) {

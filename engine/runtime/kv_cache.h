@@ -92,6 +92,17 @@ class KvCache {
   at::Tensor WriteAndAttend(int layer, const AttentionStep& step, const at::Tensor& k,
                             const at::Tensor& v, const at::Tensor& q, double scale, bool sliding);
 
+  // WriteAndAttend for unrotated q and k with the step's rotary tables
+  // (`cos`, `sin`: [T, head_dim], the model dtype), rotating them inside the
+  // decode attention kernel (one launch instead of the RoPE kernels, the
+  // write and the attention). Only on CUDA decode steps that kernel takes
+  // (see Attend): elsewhere returns an undefined tensor having done nothing,
+  // and the caller rotates and calls WriteAndAttend.
+  at::Tensor TryRotateWriteAndAttend(int layer, const AttentionStep& step, const at::Tensor& k,
+                                     const at::Tensor& v, const at::Tensor& q,
+                                     const at::Tensor& cos, const at::Tensor& sin, double scale,
+                                     bool sliding);
+
  private:
   uint64_t id_;
   int num_slots_;

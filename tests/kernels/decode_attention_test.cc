@@ -36,6 +36,7 @@ struct Shape {
   int64_t window = 0;
   bool strided_q = false;  // q is a narrow of a [rows, heads + kv_heads, d] tensor.
   bool new_kv = false;     // The step's keys/values passed in (the kernel stores them).
+  bool rope = false;       // q and the new keys unrotated, with rotary tables (needs new_kv).
   std::vector<int64_t> positions;  // Per row; empty: random in [0, max_len).
   std::string name;
 };
@@ -75,12 +76,35 @@ double MaxError(const at::Tensor& got, const at::Tensor& want) {
   return ((g - want).abs() / (want.abs() + 1.0)).max().item<double>();
 }
 
+// x [rows, heads, d] rotated as the engine's eager RoPE does on CUDA (in x's
+// dtype: x·cos rounded, then + flip(x halves)·(−sin | sin) rounded once).
+at::Tensor RotateLikeEager(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t rows = x.size(0), heads = x.size(1), d = x.size(2), half = d / 2;
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor signed_sin =
+      at::cat({-sin.narrow(1, 0, half), sin.narrow(1, half, half)}, 1).unsqueeze(1);
+  const at::Tensor flipped = xc.view({rows, heads, 2, half}).flip(2).view(xc.sizes());
+  return at::addcmul(xc * cos.unsqueeze(1), flipped, signed_sin);
+}
+
+// Rotary tables [rows, d] in `dtype` for the positions (theta 10000).
+std::pair<at::Tensor, at::Tensor> RopeTables(const std::vector<int64_t>& positions, int64_t d,
+                                             at::ScalarType dtype) {
+  const at::Tensor inv =
+      at::pow(10000.0, -at::arange(0, d, 2, at::kDouble) / static_cast<double>(d));
+  const at::Tensor freqs = at::tensor(positions, at::kDouble).unsqueeze(1) * inv.unsqueeze(0);
+  const at::Tensor emb = at::cat({freqs, freqs}, 1);
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
 #ifdef ADAPTERD_WITH_CUDA
 
 struct Case {
   DecodeAttentionInputs in;
   std::vector<int64_t> slots, positions;
   at::Tensor k_cpu, v_cpu;  // The caches the reference reads (new keys in place).
+  at::Tensor q_ref;         // The q the reference reads (rotated where the kernel rotates).
+  at::Tensor k_stored;      // The new keys the cache must hold after the call.
 };
 
 // Random caches with every key outside a row's range NaN-poisoned (a kernel
@@ -116,18 +140,27 @@ Case MakeCase(const Shape& s, at::ScalarType dtype, std::mt19937& rng) {
   c.in.v_cache = v_poisoned.to(opts);
   c.k_cpu = k.to(dtype);  // Rounded as the device holds them.
   c.v_cpu = v.to(dtype);
-  if (s.new_kv) {
-    c.in.new_k = at::randn({s.rows, s.kv_heads, s.head_dim}, opts);
-    c.in.new_v = at::randn({s.rows, s.kv_heads, s.head_dim}, opts);
-    for (int64_t r = 0; r < s.rows; ++r) {
-      c.k_cpu[c.slots[r]].select(1, c.positions[r]).copy_(c.in.new_k[r].cpu());
-      c.v_cpu[c.slots[r]].select(1, c.positions[r]).copy_(c.in.new_v[r].cpu());
-    }
-  }
   if (s.strided_q) {
     c.in.q = at::randn({s.rows, s.heads + s.kv_heads, s.head_dim}, opts).narrow(1, 0, s.heads);
   } else {
     c.in.q = at::randn({s.rows, s.heads, s.head_dim}, opts);
+  }
+  c.q_ref = c.in.q.cpu();
+  if (s.new_kv) {
+    c.in.new_k = at::randn({s.rows, s.kv_heads, s.head_dim}, opts);
+    c.in.new_v = at::randn({s.rows, s.kv_heads, s.head_dim}, opts);
+    c.k_stored = c.in.new_k.cpu();
+    if (s.rope) {
+      const auto [cos, sin] = RopeTables(c.positions, s.head_dim, dtype);
+      c.in.rope_cos = cos.to(gpu);
+      c.in.rope_sin = sin.to(gpu);
+      c.q_ref = RotateLikeEager(c.q_ref, cos, sin);
+      c.k_stored = RotateLikeEager(c.k_stored, cos, sin);
+    }
+    for (int64_t r = 0; r < s.rows; ++r) {
+      c.k_cpu[c.slots[r]].select(1, c.positions[r]).copy_(c.k_stored[r]);
+      c.v_cpu[c.slots[r]].select(1, c.positions[r]).copy_(c.in.new_v[r].cpu());
+    }
   }
   c.in.slots = at::tensor(c.slots, at::kLong).to(gpu);
   c.in.positions = at::tensor(c.positions, at::kLong).to(gpu);
@@ -171,6 +204,15 @@ std::vector<Shape> Shapes() {
   add({.rows = 4, .heads = 4, .kv_heads = 4, .head_dim = 64, .max_len = 80, .window = 5,
        .new_kv = true},
       "new keys with a sliding window");
+  add({.rows = 5, .heads = 32, .kv_heads = 32, .head_dim = 128, .slots = 8, .max_len = 300,
+       .strided_q = true, .new_kv = true, .rope = true, .positions = {0, 299, 17, 128, 255}},
+      "RoPE in the kernel, 7B MHA");
+  add({.rows = 3, .heads = 8, .kv_heads = 2, .head_dim = 64, .max_len = 2000, .window = 300,
+       .new_kv = true, .rope = true, .positions = {1999, 5, 900}},
+      "RoPE in the kernel, GQA, window, splits");
+  add({.rows = 5, .heads = 4, .kv_heads = 4, .head_dim = 16, .slots = 5, .max_len = 40,
+       .strided_q = true, .new_kv = true, .rope = true},
+      "RoPE in the kernel, 16-dim heads");
   return out;
 }
 
@@ -185,12 +227,12 @@ TEST(DecodeAttentionCudaTest, MatchesFloat64) {
       ASSERT_TRUE(DecodeAttentionServes(c.in));
       absl::StatusOr<at::Tensor> out = DecodeAttention(c.in);
       ASSERT_TRUE(out.ok()) << out.status();
-      const at::Tensor want = Reference(c.in.q, c.k_cpu, c.v_cpu, c.slots, c.positions,
+      const at::Tensor want = Reference(c.q_ref, c.k_cpu, c.v_cpu, c.slots, c.positions,
                                         c.in.scale, s.window);
       const double err = MaxError(*out, want);
       EXPECT_LE(err, Tolerance(dtype));
       // Negative control: the same check fails without the tail of each row's keys.
-      const at::Tensor short_ref = Reference(c.in.q, c.k_cpu, c.v_cpu, c.slots, c.positions,
+      const at::Tensor short_ref = Reference(c.q_ref, c.k_cpu, c.v_cpu, c.slots, c.positions,
                                              c.in.scale, s.window, /*drop_tail=*/true);
       bool any_longer = false;
       for (int64_t p : c.positions) {
@@ -198,10 +240,17 @@ TEST(DecodeAttentionCudaTest, MatchesFloat64) {
       }
       if (any_longer) EXPECT_GT(MaxError(*out, short_ref), Tolerance(dtype));
       if (s.new_kv) {
+        // Rotated keys: as the eager RoPE rounds them, within one unit in the
+        // last place (CPU and GPU may contract x·cos + partner·sin differently).
+        const double ulp = dtype == at::kBFloat16 ? 1.0 / 128 : dtype == at::kHalf ? 1.0 / 1024 : 1e-6;
         for (int64_t r = 0; r < s.rows; ++r) {
           const at::Tensor stored_k = c.in.k_cache[c.slots[r]].select(1, c.positions[r]).cpu();
           const at::Tensor stored_v = c.in.v_cache[c.slots[r]].select(1, c.positions[r]).cpu();
-          EXPECT_TRUE(stored_k.equal(c.in.new_k[r].cpu())) << "row " << r;
+          const at::Tensor want_k = c.k_stored[r].to(at::kDouble);
+          EXPECT_TRUE(((stored_k.to(at::kDouble) - want_k).abs() <= want_k.abs() * ulp + 1e-30)
+                          .all()
+                          .item<bool>())
+              << "row " << r;
           EXPECT_TRUE(stored_v.equal(c.in.new_v[r].cpu())) << "row " << r;
         }
       }
@@ -319,6 +368,28 @@ TEST(DecodeAttentionCudaTest, KvCacheWriteAndAttendMatchesTheCpuPath) {
     EXPECT_TRUE(cuda.values(l).narrow(0, 0, kSlots).cpu().equal(cpu.values(l))) << "layer " << l;
     const at::Tensor again = cuda.Attend(l, on_gpu, q.to(gpu), 0.125, sliding);
     EXPECT_LE((again.cpu() - want).abs().max().item<double>(), 1e-5) << "layer " << l;
+  }
+  // Unrotated q and k with the step's rotary tables: the kernel rotates, the
+  // CPU cache gets them rotated by the eager code.
+  std::vector<int64_t> positions;
+  for (size_t i = 0; i < batch.slots.size(); ++i) positions.push_back(batch.past_lens[i]);
+  const auto [cos, sin] = RopeTables(positions, kDim, at::kFloat);
+  const AttentionStep next_cpu = AttentionStep::Build(batch, kSlots, kMaxLen, 10, kWindow, at::kCPU);
+  const AttentionStep next_gpu = AttentionStep::Build(batch, kSlots, kMaxLen, 10, kWindow, gpu);
+  for (int l = 0; l < kLayers; ++l) {
+    const bool sliding = l == 0;
+    const at::Tensor want = cpu.WriteAndAttend(l, next_cpu, RotateLikeEager(k, cos, sin), v,
+                                               RotateLikeEager(q, cos, sin), 0.125, sliding);
+    EXPECT_FALSE(cpu.TryRotateWriteAndAttend(l, next_cpu, k, v, q, cos, sin, 0.125, sliding)
+                     .defined());  // Not a CUDA step: nothing done.
+    const at::Tensor got = cuda.TryRotateWriteAndAttend(l, next_gpu, k.to(gpu), v.to(gpu),
+                                                        q.to(gpu), cos.to(gpu), sin.to(gpu), 0.125,
+                                                        sliding);
+    ASSERT_TRUE(got.defined());
+    EXPECT_LE((got.cpu() - want).abs().max().item<double>(), 1e-5) << "layer " << l;
+    EXPECT_LE((cuda.keys(l).narrow(0, 0, kSlots).cpu() - cpu.keys(l)).abs().max().item<double>(),
+              1e-6)
+        << "layer " << l;
   }
 }
 

@@ -10,11 +10,14 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "engine/model/causal_lm.h"
+#include "engine/model/safetensors.h"
 #include "engine/peft/adapter.h"
 #include "engine/peft/batch_adapters.h"
 #include "engine/runtime/kv_cache.h"
@@ -46,15 +49,20 @@ struct Loaded {
   std::vector<std::shared_ptr<const Adapter>> adapters;  // AdapterNames order.
 };
 
-Loaded Load(const std::string& base, const std::string& device, const std::string& dtype) {
-  Loaded out;
+std::unique_ptr<CausalLM> LoadModelAt(const std::string& dir, const std::string& device,
+                                      const std::string& dtype) {
   ModelLoadOptions options;
   options.device = device;
   options.dtype = dtype;
-  auto model = CausalLM::Load(FixturesDir() + "/models/" + base, options);
+  auto model = CausalLM::Load(dir, options);
   EXPECT_TRUE(model.ok()) << model.status();
-  if (!model.ok()) return out;
-  out.model = *std::move(model);
+  return model.ok() ? *std::move(model) : nullptr;
+}
+
+Loaded Load(const std::string& base, const std::string& device, const std::string& dtype) {
+  Loaded out;
+  out.model = LoadModelAt(FixturesDir() + "/models/" + base, device, dtype);
+  if (out.model == nullptr) return out;
   for (const std::string& name : AdapterNames(base)) {
     auto a = LoadAdapter(name, FixturesDir() + "/adapters/" + base + "/" + name, *out.model);
     EXPECT_TRUE(a.ok()) << a.status();
@@ -290,6 +298,100 @@ TEST_P(CudaParityTest, GraphDecodeStepsMatchTheCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Bases, CudaParityTest, ::testing::Values("llama", "gpt2"));
+
+// The tiny llama fixture (4 query heads over 2 KV heads) as the same function
+// with a KV head per query head: k_proj and v_proj rows repeated per group.
+// On CUDA, MHA decode steps take the decode attention kernel with RoPE inside
+// it (GQA keeps SDPA), so this is the model-level check of that path.
+std::string MhaLlamaDir() {
+  namespace fs = std::filesystem;
+  const std::string src = FixturesDir() + "/models/llama";
+  const std::string dst = ::testing::TempDir() + "/llama_mha";
+  fs::create_directories(dst);
+  for (const auto& e : fs::directory_iterator(src)) {
+    const std::string name = e.path().filename().string();
+    if (name != "model.safetensors" && name != "config.json") {
+      fs::copy_file(e.path(), dst + "/" + name, fs::copy_options::overwrite_existing);
+    }
+  }
+  std::string config = adapterd::testing::ReadFile(src + "/config.json");
+  const std::string from = "\"num_key_value_heads\": 2", to = "\"num_key_value_heads\": 4";
+  const size_t at = config.find(from);
+  EXPECT_NE(at, std::string::npos);
+  if (at != std::string::npos) config.replace(at, from.size(), to);
+  std::ofstream(dst + "/config.json") << config;
+  auto file = SafetensorsFile::Open(src + "/model.safetensors");
+  EXPECT_TRUE(file.ok()) << file.status();
+  if (!file.ok()) return dst;
+  std::vector<SafetensorsTensor> tensors;
+  for (const SafetensorsTensorInfo& info : (*file)->tensors()) {
+    SafetensorsTensor t{info.name, info.dtype, info.shape, std::string((*file)->Data(info))};
+    const bool kv = info.name.ends_with("k_proj.weight") || info.name.ends_with("v_proj.weight");
+    if (kv) {
+      EXPECT_EQ(info.dtype, "F32");
+      const int64_t head_dim = 16, hidden = info.shape[1];
+      at::Tensor w = at::from_blob(t.data.data(), {info.shape[0] / head_dim, head_dim, hidden},
+                                   at::kFloat)
+                         .repeat_interleave(2, 0)
+                         .contiguous();
+      t.shape[0] *= 2;
+      t.data.assign(static_cast<const char*>(w.const_data_ptr()), w.numel() * sizeof(float));
+    }
+    tensors.push_back(std::move(t));
+  }
+  EXPECT_TRUE(WriteSafetensors(dst + "/model.safetensors", tensors).ok());
+  return dst;
+}
+
+TEST(CudaParityMhaTest, DecodeKernelWithRopeMatchesTheCpu) {
+  if (!HaveCuda()) GTEST_SKIP() << "no CUDA device: the CUDA path is tested on the GPU machine";
+  const c10::NoGradGuard no_grad;
+  const std::string dir = MhaLlamaDir();
+  Loaded cpu, gpu, gqa, bf16;
+  cpu.model = LoadModelAt(dir, "cpu", "float32");
+  gpu.model = LoadModelAt(dir, "cuda", "float32");
+  gqa.model = LoadModelAt(FixturesDir() + "/models/llama", "cpu", "float32");
+  bf16.model = LoadModelAt(dir, "cuda", "bfloat16");
+  ASSERT_TRUE(cpu.model && gpu.model && gqa.model && bf16.model);
+  ASSERT_EQ(gpu.model->config().num_kv_heads, gpu.model->config().num_heads);
+  std::vector<Row> rows;
+  for (size_t r = 0; r < 6; ++r) {
+    std::vector<int32_t> p;
+    for (size_t j = 0; j < 2 + r * 3; ++j) p.push_back(static_cast<int32_t>((r * 31 + j * 7) % 500 + 3));
+    rows.push_back({-1, p});
+  }
+  // The conversion is exact: MHA and GQA agree on the CPU.
+  const std::vector<at::Tensor> reference = RunSteps(gqa, rows, false, 2);
+  const std::vector<at::Tensor> converted = RunSteps(cpu, rows, false, 2);
+  for (size_t s = 0; s < reference.size(); ++s) {
+    EXPECT_LT((reference[s] - converted[s]).abs().max().item<double>(), 1e-5) << "step " << s;
+  }
+  for (bool spread : {false, true}) {
+    const int64_t before = gpu.model->decode_graph_replays();
+    const std::vector<at::Tensor> want = RunSteps(cpu, rows, spread, 4);
+    const std::vector<at::Tensor> got = RunSteps(gpu, rows, spread, 4);
+    EXPECT_EQ(gpu.model->decode_graph_replays() - before, 4);
+    for (size_t s = 0; s < want.size(); ++s) {
+      const double d = (want[s] - got[s]).abs().max().item<double>();
+      std::printf("CUDA llama MHA fp32 graph decode, %s slots, step %zu: max |cuda - cpu| %.3g\n",
+                  spread ? "spread" : "consecutive", s, d);
+      EXPECT_LT(d, kFp32Tolerance) << "step " << s;
+    }
+    const std::vector<at::Tensor> low = RunSteps(bf16, rows, spread, 4);
+    int agree = 0, checked = 0;
+    for (size_t s = 1; s < want.size(); ++s) {
+      const at::Tensor top2 = std::get<0>(want[s].topk(2, -1));
+      for (int64_t r = 0; r < want[s].size(0); ++r) {
+        if ((top2[r][0] - top2[r][1]).item<double>() < 0.05) continue;
+        ++checked;
+        agree += want[s][r].argmax().item<int64_t>() == low[s][r].argmax().item<int64_t>();
+      }
+    }
+    std::printf("CUDA llama MHA bf16 graph decode: argmax agrees on %d of %d rows\n", agree, checked);
+    EXPECT_GT(checked, 10);
+    EXPECT_EQ(agree, checked);
+  }
+}
 
 }  // namespace
 }  // namespace adapterd
