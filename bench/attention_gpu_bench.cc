@@ -98,14 +98,13 @@ void Run(const Shape& s, double copy_bps) {
 
   // The engine's previous path: additive mask over [0, bound), SDPA.
   const at::Tensor k_pos = at::arange(bound, pos.options()).unsqueeze(0);
-  const at::Tensor mask =
-      at::zeros({s.rows, 1, 1, bound}, opts)
-          .masked_fill_(k_pos.gt(pos.unsqueeze(1)).view({s.rows, 1, 1, bound}),
-                        -std::numeric_limits<double>::infinity());
+  const at::Tensor mask = at::zeros({s.rows, 1, 1, bound}, opts)
+                              .masked_fill_(k_pos.gt(pos.unsqueeze(1)).view({s.rows, 1, 1, bound}),
+                                            -std::numeric_limits<double>::infinity());
   auto sdpa = [&](int c) {
-    return at::scaled_dot_product_attention(
-        q.unsqueeze(2), keys[c].narrow(2, 0, bound), values[c].narrow(2, 0, bound), mask, 0.0,
-        false, scale, s.heads != s.kv_heads);
+    return at::scaled_dot_product_attention(q.unsqueeze(2), keys[c].narrow(2, 0, bound),
+                                            values[c].narrow(2, 0, bound), mask, 0.0, false, scale,
+                                            s.heads != s.kv_heads);
   };
   auto ours = [&](int c) {
     DecodeAttentionInputs in;
@@ -118,8 +117,10 @@ void Run(const Shape& s, double copy_bps) {
     in.max_len_hint = bound;
     return *DecodeAttention(in);
   };
-  const double diff =
-      (ours(0).to(at::kFloat) - sdpa(0).reshape({s.rows, -1}).to(at::kFloat)).abs().max().item<double>();
+  const double diff = (ours(0).to(at::kFloat) - sdpa(0).reshape({s.rows, -1}).to(at::kFloat))
+                          .abs()
+                          .max()
+                          .item<double>();
   const double ours_ms = TimeGraph(kCaches * 4, [&](int i) { ours(i % kCaches); });
   const double sdpa_ms = TimeGraph(kCaches * 4, [&](int i) { sdpa(i % kCaches); });
   const double bytes = 2.0 * keys_read * s.kv_heads * s.head_dim * 2;
@@ -140,7 +141,8 @@ int main() {
   }
   const double copy = adapterd::CopyBandwidth();
   std::printf("copy bandwidth (elementwise kernel, read+write): %.0f GB/s\n", copy / 1e9);
-  std::printf("bf16; %% = bytes of the keys and values each row reads over copy bandwidth / time\n");
+  std::printf(
+      "bf16; %% = bytes of the keys and values each row reads over copy bandwidth / time\n");
   std::printf("%-34s %10s | %17s | %17s | %6s | %s\n", "shape", "KV bytes", "ours", "SDPA (before)",
               "speed", "max|diff|");
   const std::vector<Shape> shapes = {

@@ -38,7 +38,8 @@ absl::Status CheckShapes(const DecodeAttentionInputs& in) {
   const auto& q = in.q;
   const auto& k = in.k_cache;
   if (!q.defined() || !k.defined() || !in.v_cache.defined() || !in.slots.defined() ||
-      !in.positions.defined() || q.dim() != 3 || k.dim() != 4 || !in.v_cache.sizes().equals(k.sizes())) {
+      !in.positions.defined() || q.dim() != 3 || k.dim() != 4 ||
+      !in.v_cache.sizes().equals(k.sizes())) {
     return absl::InvalidArgumentError(
         "decode attention: q [rows, heads, head_dim] and caches [slots, kv_heads, max_len, "
         "head_dim] of one shape are required");
@@ -58,7 +59,8 @@ absl::Status CheckShapes(const DecodeAttentionInputs& in) {
   for (const at::Tensor* t : {&in.new_k, &in.new_v}) {
     if (t->defined() && (t->dim() != 3 || t->size(0) != rows || t->size(1) != kv_heads ||
                          t->size(2) != d || t->scalar_type() != q.scalar_type())) {
-      return absl::InvalidArgumentError("decode attention: new_k/new_v must be [rows, kv_heads, head_dim]");
+      return absl::InvalidArgumentError(
+          "decode attention: new_k/new_v must be [rows, kv_heads, head_dim]");
     }
   }
   if (in.rope_cos.defined() != in.rope_sin.defined() ||
@@ -113,7 +115,8 @@ bool DecodeAttentionPreferred(const DecodeAttentionInputs& in) {
 absl::StatusOr<at::Tensor> DecodeAttention(const DecodeAttentionInputs& in) {
   if (auto s = CheckShapes(in); !s.ok()) return s;
   if (!DecodeAttentionServes(in)) {
-    return absl::UnimplementedError("decode attention: these inputs are not served (see DecodeAttentionServes)");
+    return absl::UnimplementedError(
+        "decode attention: these inputs are not served (see DecodeAttentionServes)");
   }
 #ifdef ADAPTERD_WITH_CUDA
   try {

@@ -68,7 +68,8 @@ struct Slice {
     if constexpr (kWidth == 16) {
 #pragma unroll
       for (int i = 0; i < kWords / 4; ++i) {
-        reinterpret_cast<uint4*>(p)[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+        reinterpret_cast<uint4*>(p)[i] =
+            make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
       }
     } else if constexpr (kWidth == 8) {
 #pragma unroll
@@ -116,7 +117,9 @@ __device__ __forceinline__ void Rotate(Slice<T, D>& x, const T* cos, const T* si
 
 // Keys each lane group takes per loop step (loads issued together).
 template <int D>
-constexpr int kUnroll = D >= 32 ? 1 : D >= 16 ? 2 : 4;
+constexpr int kUnroll = D >= 32   ? 1
+                        : D >= 16 ? 2
+                                  : 4;
 
 __device__ __forceinline__ float SafeMax(float m) { return m == -INFINITY ? 0.0f : m; }
 

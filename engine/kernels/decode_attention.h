@@ -22,9 +22,9 @@
 namespace adapterd {
 
 struct DecodeAttentionInputs {
-  at::Tensor q;        // [rows, heads, head_dim], last dim contiguous.
-  at::Tensor k_cache;  // [slots, kv_heads, max_len, head_dim], contiguous.
-  at::Tensor v_cache;  // Same shape.
+  at::Tensor q;          // [rows, heads, head_dim], last dim contiguous.
+  at::Tensor k_cache;    // [slots, kv_heads, max_len, head_dim], contiguous.
+  at::Tensor v_cache;    // Same shape.
   at::Tensor slots;      // int64 [rows]: each row's slot.
   at::Tensor positions;  // int64 [rows]: each query's position (< max_len).
   // Optional [rows, kv_heads, head_dim] (last dim contiguous): the step's new

@@ -349,8 +349,8 @@ class LlamaModel final : public CausalLM {
             qkv.narrow(1, 0, q_out + kv_out).view({t, c.num_heads + c.num_kv_heads, c.head_dim});
         v = qkv.narrow(1, q_out + kv_out, kv_out).view({t, c.num_kv_heads, c.head_dim});
         // CUDA decode steps: the decode attention kernel rotates q and k itself.
-        attn = cache.TryRotateWriteAndAttend(li, step, qk.narrow(1, c.num_heads, c.num_kv_heads),
-                                             v, qk.narrow(1, 0, c.num_heads), cos_rows, sin_rows,
+        attn = cache.TryRotateWriteAndAttend(li, step, qk.narrow(1, c.num_heads, c.num_kv_heads), v,
+                                             qk.narrow(1, 0, c.num_heads), cos_rows, sin_rows,
                                              scale, c.sliding_layers[i]);
         if (!attn.defined()) {
           // q and k are adjacent in qkv: rotate both heads in one pass.
@@ -371,7 +371,8 @@ class LlamaModel final : public CausalLM {
         q = q * cos + RotateHalf(q) * sin;
         k = k * cos + RotateHalf(k) * sin;
       }
-      if (!attn.defined()) attn = cache.WriteAndAttend(li, step, k, v, q, scale, c.sliding_layers[i]);
+      if (!attn.defined())
+        attn = cache.WriteAndAttend(li, step, k, v, q, scale, c.sliding_layers[i]);
       x = AddSubLayerOutput(adapters, li, AdapterSite::kAttention, x,
                             LinearWithLora(attn, l.o_w, l.o_b, adapters, li, lora_module::kO,
                                            gemm));

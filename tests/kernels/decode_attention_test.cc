@@ -176,16 +176,32 @@ std::vector<Shape> Shapes() {
     s.name = std::move(name);
     out.push_back(s);
   };
-  add({.rows = 5, .heads = 32, .kv_heads = 32, .head_dim = 128, .slots = 8, .max_len = 300,
+  add({.rows = 5,
+       .heads = 32,
+       .kv_heads = 32,
+       .head_dim = 128,
+       .slots = 8,
+       .max_len = 300,
        .positions = {0, 299, 17, 128, 255}},
       "7B MHA, one key and a full row");
   add({.rows = 6, .heads = 8, .kv_heads = 2, .head_dim = 64, .max_len = 200}, "GQA 4:1");
   add({.rows = 3, .heads = 16, .kv_heads = 2, .head_dim = 128, .max_len = 260}, "GQA 8:1");
-  add({.rows = 2, .heads = 4, .kv_heads = 4, .head_dim = 128, .slots = 3, .max_len = 4000,
+  add({.rows = 2,
+       .heads = 4,
+       .kv_heads = 4,
+       .head_dim = 128,
+       .slots = 3,
+       .max_len = 4000,
        .positions = {3999, 1000}},
       "4000 keys over splits");
-  add({.rows = 3, .heads = 4, .kv_heads = 2, .head_dim = 128, .slots = 3, .max_len = 3000,
-       .window = 200, .positions = {2999, 150, 1200}},
+  add({.rows = 3,
+       .heads = 4,
+       .kv_heads = 2,
+       .head_dim = 128,
+       .slots = 3,
+       .max_len = 3000,
+       .window = 200,
+       .positions = {2999, 150, 1200}},
       "sliding window over splits");
   add({.rows = 4, .heads = 8, .kv_heads = 8, .head_dim = 64, .max_len = 100, .window = 7},
       "short sliding window");
@@ -193,25 +209,59 @@ std::vector<Shape> Shapes() {
   add({.rows = 4, .heads = 6, .kv_heads = 3, .head_dim = 96, .max_len = 90}, "96-dim heads");
   add({.rows = 7, .heads = 4, .kv_heads = 2, .head_dim = 32, .slots = 9, .max_len = 70},
       "32-dim heads");
-  add({.rows = 3, .heads = 6, .kv_heads = 2, .head_dim = 64, .max_len = 500}, "GQA 3:1 over splits");
+  add({.rows = 3, .heads = 6, .kv_heads = 2, .head_dim = 64, .max_len = 500},
+      "GQA 3:1 over splits");
   add({.rows = 5, .heads = 4, .kv_heads = 4, .head_dim = 16, .slots = 5, .max_len = 40},
       "16-dim heads (the tiny parity models)");
   add({.rows = 4, .heads = 32, .kv_heads = 8, .head_dim = 128, .max_len = 300, .strided_q = true},
       "q a narrow of q|k");
-  add({.rows = 5, .heads = 8, .kv_heads = 2, .head_dim = 128, .max_len = 2500, .strided_q = true,
-       .new_kv = true, .positions = {0, 2499, 700, 3, 1999}},
+  add({.rows = 5,
+       .heads = 8,
+       .kv_heads = 2,
+       .head_dim = 128,
+       .max_len = 2500,
+       .strided_q = true,
+       .new_kv = true,
+       .positions = {0, 2499, 700, 3, 1999}},
       "new keys stored by the kernel, over splits");
-  add({.rows = 4, .heads = 4, .kv_heads = 4, .head_dim = 64, .max_len = 80, .window = 5,
+  add({.rows = 4,
+       .heads = 4,
+       .kv_heads = 4,
+       .head_dim = 64,
+       .max_len = 80,
+       .window = 5,
        .new_kv = true},
       "new keys with a sliding window");
-  add({.rows = 5, .heads = 32, .kv_heads = 32, .head_dim = 128, .slots = 8, .max_len = 300,
-       .strided_q = true, .new_kv = true, .rope = true, .positions = {0, 299, 17, 128, 255}},
+  add({.rows = 5,
+       .heads = 32,
+       .kv_heads = 32,
+       .head_dim = 128,
+       .slots = 8,
+       .max_len = 300,
+       .strided_q = true,
+       .new_kv = true,
+       .rope = true,
+       .positions = {0, 299, 17, 128, 255}},
       "RoPE in the kernel, 7B MHA");
-  add({.rows = 3, .heads = 8, .kv_heads = 2, .head_dim = 64, .max_len = 2000, .window = 300,
-       .new_kv = true, .rope = true, .positions = {1999, 5, 900}},
+  add({.rows = 3,
+       .heads = 8,
+       .kv_heads = 2,
+       .head_dim = 64,
+       .max_len = 2000,
+       .window = 300,
+       .new_kv = true,
+       .rope = true,
+       .positions = {1999, 5, 900}},
       "RoPE in the kernel, GQA, window, splits");
-  add({.rows = 5, .heads = 4, .kv_heads = 4, .head_dim = 16, .slots = 5, .max_len = 40,
-       .strided_q = true, .new_kv = true, .rope = true},
+  add({.rows = 5,
+       .heads = 4,
+       .kv_heads = 4,
+       .head_dim = 16,
+       .slots = 5,
+       .max_len = 40,
+       .strided_q = true,
+       .new_kv = true,
+       .rope = true},
       "RoPE in the kernel, 16-dim heads");
   return out;
 }
@@ -227,8 +277,8 @@ TEST(DecodeAttentionCudaTest, MatchesFloat64) {
       ASSERT_TRUE(DecodeAttentionServes(c.in));
       absl::StatusOr<at::Tensor> out = DecodeAttention(c.in);
       ASSERT_TRUE(out.ok()) << out.status();
-      const at::Tensor want = Reference(c.q_ref, c.k_cpu, c.v_cpu, c.slots, c.positions,
-                                        c.in.scale, s.window);
+      const at::Tensor want =
+          Reference(c.q_ref, c.k_cpu, c.v_cpu, c.slots, c.positions, c.in.scale, s.window);
       const double err = MaxError(*out, want);
       EXPECT_LE(err, Tolerance(dtype));
       // Negative control: the same check fails without the tail of each row's keys.
@@ -242,7 +292,9 @@ TEST(DecodeAttentionCudaTest, MatchesFloat64) {
       if (s.new_kv) {
         // Rotated keys: as the eager RoPE rounds them, within one unit in the
         // last place (CPU and GPU may contract x·cos + partner·sin differently).
-        const double ulp = dtype == at::kBFloat16 ? 1.0 / 128 : dtype == at::kHalf ? 1.0 / 1024 : 1e-6;
+        const double ulp = dtype == at::kBFloat16 ? 1.0 / 128
+                           : dtype == at::kHalf   ? 1.0 / 1024
+                                                  : 1e-6;
         for (int64_t r = 0; r < s.rows; ++r) {
           const at::Tensor stored_k = c.in.k_cache[c.slots[r]].select(1, c.positions[r]).cpu();
           const at::Tensor stored_v = c.in.v_cache[c.slots[r]].select(1, c.positions[r]).cpu();
@@ -293,8 +345,7 @@ TEST(DecodeAttentionCudaTest, RejectsWhatItDoesNotServe) {
 TEST(DecodeAttentionCudaTest, GraphReplayFollowsPositionsRewrittenInPlace) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   std::mt19937 rng(11);
-  const Shape s{.rows = 6, .heads = 8, .kv_heads = 2, .head_dim = 128, .slots = 8,
-                .max_len = 1024};
+  const Shape s{.rows = 6, .heads = 8, .kv_heads = 2, .head_dim = 128, .slots = 8, .max_len = 1024};
   // Poisoning depends on positions: start from clean caches for every round.
   Case c = MakeCase(s, at::kBFloat16, rng);
   const at::Tensor k_clean = c.k_cpu.to(c.in.k_cache.device());
@@ -374,7 +425,8 @@ TEST(DecodeAttentionCudaTest, KvCacheWriteAndAttendMatchesTheCpuPath) {
   std::vector<int64_t> positions;
   for (size_t i = 0; i < batch.slots.size(); ++i) positions.push_back(batch.past_lens[i]);
   const auto [cos, sin] = RopeTables(positions, kDim, at::kFloat);
-  const AttentionStep next_cpu = AttentionStep::Build(batch, kSlots, kMaxLen, 10, kWindow, at::kCPU);
+  const AttentionStep next_cpu =
+      AttentionStep::Build(batch, kSlots, kMaxLen, 10, kWindow, at::kCPU);
   const AttentionStep next_gpu = AttentionStep::Build(batch, kSlots, kMaxLen, 10, kWindow, gpu);
   for (int l = 0; l < kLayers; ++l) {
     const bool sliding = l == 0;
@@ -382,9 +434,8 @@ TEST(DecodeAttentionCudaTest, KvCacheWriteAndAttendMatchesTheCpuPath) {
                                                RotateLikeEager(q, cos, sin), 0.125, sliding);
     EXPECT_FALSE(cpu.TryRotateWriteAndAttend(l, next_cpu, k, v, q, cos, sin, 0.125, sliding)
                      .defined());  // Not a CUDA step: nothing done.
-    const at::Tensor got = cuda.TryRotateWriteAndAttend(l, next_gpu, k.to(gpu), v.to(gpu),
-                                                        q.to(gpu), cos.to(gpu), sin.to(gpu), 0.125,
-                                                        sliding);
+    const at::Tensor got = cuda.TryRotateWriteAndAttend(
+        l, next_gpu, k.to(gpu), v.to(gpu), q.to(gpu), cos.to(gpu), sin.to(gpu), 0.125, sliding);
     ASSERT_TRUE(got.defined());
     EXPECT_LE((got.cpu() - want).abs().max().item<double>(), 1e-5) << "layer " << l;
     EXPECT_LE((cuda.keys(l).narrow(0, 0, kSlots).cpu() - cpu.keys(l)).abs().max().item<double>(),

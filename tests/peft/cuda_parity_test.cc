@@ -330,10 +330,10 @@ std::string MhaLlamaDir() {
     if (kv) {
       EXPECT_EQ(info.dtype, "F32");
       const int64_t head_dim = 16, hidden = info.shape[1];
-      at::Tensor w = at::from_blob(t.data.data(), {info.shape[0] / head_dim, head_dim, hidden},
-                                   at::kFloat)
-                         .repeat_interleave(2, 0)
-                         .contiguous();
+      at::Tensor w =
+          at::from_blob(t.data.data(), {info.shape[0] / head_dim, head_dim, hidden}, at::kFloat)
+              .repeat_interleave(2, 0)
+              .contiguous();
       t.shape[0] *= 2;
       t.data.assign(static_cast<const char*>(w.const_data_ptr()), w.numel() * sizeof(float));
     }
@@ -357,7 +357,8 @@ TEST(CudaParityMhaTest, DecodeKernelWithRopeMatchesTheCpu) {
   std::vector<Row> rows;
   for (size_t r = 0; r < 6; ++r) {
     std::vector<int32_t> p;
-    for (size_t j = 0; j < 2 + r * 3; ++j) p.push_back(static_cast<int32_t>((r * 31 + j * 7) % 500 + 3));
+    for (size_t j = 0; j < 2 + r * 3; ++j)
+      p.push_back(static_cast<int32_t>((r * 31 + j * 7) % 500 + 3));
     rows.push_back({-1, p});
   }
   // The conversion is exact: MHA and GQA agree on the CPU.
@@ -387,7 +388,8 @@ TEST(CudaParityMhaTest, DecodeKernelWithRopeMatchesTheCpu) {
         agree += want[s][r].argmax().item<int64_t>() == low[s][r].argmax().item<int64_t>();
       }
     }
-    std::printf("CUDA llama MHA bf16 graph decode: argmax agrees on %d of %d rows\n", agree, checked);
+    std::printf("CUDA llama MHA bf16 graph decode: argmax agrees on %d of %d rows\n", agree,
+                checked);
     EXPECT_GT(checked, 10);
     EXPECT_EQ(agree, checked);
   }
