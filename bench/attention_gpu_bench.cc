@@ -8,20 +8,16 @@
 //   attention_gpu_bench
 
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAEvent.h>
-#include <ATen/cuda/CUDAGraph.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <functional>
 #include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "bench/cuda_graph_timer.h"
 #include "engine/kernels/decode_attention.h"
 
 namespace adapterd {
@@ -29,42 +25,7 @@ namespace {
 
 constexpr int kCaches = 8;
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Median milliseconds per call of `body(i)`, i in [0, iters), as one graph.
-double TimeGraph(int iters, const std::function<void(int)>& body, int replays = 10) {
-  const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
-  const c10::cuda::CUDAStreamGuard guard(stream);
-  body(0);
-  stream.synchronize();
-  at::cuda::CUDAGraph graph;
-  graph.capture_begin();
-  for (int i = 0; i < iters; ++i) body(i);
-  graph.capture_end();
-  graph.replay();
-  std::vector<double> ms;
-  for (int r = 0; r < replays; ++r) {
-    at::cuda::CUDAEvent start(cudaEventDefault), end(cudaEventDefault);
-    start.record(stream);
-    graph.replay();
-    end.record(stream);
-    end.synchronize();
-    ms.push_back(start.elapsed_time(end) / iters);
-  }
-  return Median(ms);
-}
-
-double CopyBandwidth() {
-  const auto opts = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
-  const int64_t bytes = int64_t{1} << 31;
-  at::Tensor src = at::randn({bytes / 4}, opts);
-  at::Tensor dst = at::empty({bytes / 4}, opts);
-  const double ms = TimeGraph(8, [&](int) { at::neg_out(dst, src); });
-  return 2.0 * bytes / (ms * 1e-3);
-}
+using bench::TimeGraph;
 
 struct Shape {
   int64_t rows, heads, kv_heads, head_dim, len;
@@ -139,8 +100,7 @@ int main() {
     std::printf("attention_gpu_bench: no CUDA device\n");
     return 1;
   }
-  const double copy = adapterd::CopyBandwidth();
-  std::printf("copy bandwidth (elementwise kernel, read+write): %.0f GB/s\n", copy / 1e9);
+  const double copy = adapterd::bench::CopyBandwidth();
   std::printf(
       "bf16; %% = bytes of the keys and values each row reads over copy bandwidth / time\n");
   std::printf("%-34s %10s | %17s | %17s | %6s | %s\n", "shape", "KV bytes", "ours", "SDPA (before)",

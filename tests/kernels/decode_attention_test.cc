@@ -176,93 +176,40 @@ std::vector<Shape> Shapes() {
     s.name = std::move(name);
     out.push_back(s);
   };
-  add({.rows = 5,
-       .heads = 32,
-       .kv_heads = 32,
-       .head_dim = 128,
-       .slots = 8,
-       .max_len = 300,
-       .positions = {0, 299, 17, 128, 255}},
-      "7B MHA, one key and a full row");
+  // clang-format off
+  add({.rows = 5, .heads = 32, .kv_heads = 32, .head_dim = 128, .slots = 8, .max_len = 300,
+       .positions = {0, 299, 17, 128, 255}}, "7B MHA, one key and a full row");
   add({.rows = 6, .heads = 8, .kv_heads = 2, .head_dim = 64, .max_len = 200}, "GQA 4:1");
   add({.rows = 3, .heads = 16, .kv_heads = 2, .head_dim = 128, .max_len = 260}, "GQA 8:1");
-  add({.rows = 2,
-       .heads = 4,
-       .kv_heads = 4,
-       .head_dim = 128,
-       .slots = 3,
-       .max_len = 4000,
-       .positions = {3999, 1000}},
-      "4000 keys over splits");
-  add({.rows = 3,
-       .heads = 4,
-       .kv_heads = 2,
-       .head_dim = 128,
-       .slots = 3,
-       .max_len = 3000,
-       .window = 200,
-       .positions = {2999, 150, 1200}},
-      "sliding window over splits");
+  add({.rows = 2, .heads = 4, .kv_heads = 4, .head_dim = 128, .slots = 3, .max_len = 4000,
+       .positions = {3999, 1000}}, "4000 keys over splits");
+  add({.rows = 3, .heads = 4, .kv_heads = 2, .head_dim = 128, .slots = 3, .max_len = 3000,
+       .window = 200, .positions = {2999, 150, 1200}}, "sliding window over splits");
   add({.rows = 4, .heads = 8, .kv_heads = 8, .head_dim = 64, .max_len = 100, .window = 7},
       "short sliding window");
   add({.rows = 3, .heads = 4, .kv_heads = 1, .head_dim = 256, .max_len = 150}, "256-dim heads");
   add({.rows = 4, .heads = 6, .kv_heads = 3, .head_dim = 96, .max_len = 90}, "96-dim heads");
   add({.rows = 7, .heads = 4, .kv_heads = 2, .head_dim = 32, .slots = 9, .max_len = 70},
       "32-dim heads");
-  add({.rows = 3, .heads = 6, .kv_heads = 2, .head_dim = 64, .max_len = 500},
-      "GQA 3:1 over splits");
+  add({.rows = 3, .heads = 6, .kv_heads = 2, .head_dim = 64, .max_len = 500}, "GQA 3:1 over splits");
   add({.rows = 5, .heads = 4, .kv_heads = 4, .head_dim = 16, .slots = 5, .max_len = 40},
       "16-dim heads (the tiny parity models)");
   add({.rows = 4, .heads = 32, .kv_heads = 8, .head_dim = 128, .max_len = 300, .strided_q = true},
       "q a narrow of q|k");
-  add({.rows = 5,
-       .heads = 8,
-       .kv_heads = 2,
-       .head_dim = 128,
-       .max_len = 2500,
-       .strided_q = true,
-       .new_kv = true,
-       .positions = {0, 2499, 700, 3, 1999}},
+  add({.rows = 5, .heads = 8, .kv_heads = 2, .head_dim = 128, .max_len = 2500, .strided_q = true,
+       .new_kv = true, .positions = {0, 2499, 700, 3, 1999}},
       "new keys stored by the kernel, over splits");
-  add({.rows = 4,
-       .heads = 4,
-       .kv_heads = 4,
-       .head_dim = 64,
-       .max_len = 80,
-       .window = 5,
-       .new_kv = true},
-      "new keys with a sliding window");
-  add({.rows = 5,
-       .heads = 32,
-       .kv_heads = 32,
-       .head_dim = 128,
-       .slots = 8,
-       .max_len = 300,
-       .strided_q = true,
-       .new_kv = true,
-       .rope = true,
-       .positions = {0, 299, 17, 128, 255}},
+  add({.rows = 4, .heads = 4, .kv_heads = 4, .head_dim = 64, .max_len = 80, .window = 5,
+       .new_kv = true}, "new keys with a sliding window");
+  add({.rows = 5, .heads = 32, .kv_heads = 32, .head_dim = 128, .slots = 8, .max_len = 300,
+       .strided_q = true, .new_kv = true, .rope = true, .positions = {0, 299, 17, 128, 255}},
       "RoPE in the kernel, 7B MHA");
-  add({.rows = 3,
-       .heads = 8,
-       .kv_heads = 2,
-       .head_dim = 64,
-       .max_len = 2000,
-       .window = 300,
-       .new_kv = true,
-       .rope = true,
-       .positions = {1999, 5, 900}},
+  add({.rows = 3, .heads = 8, .kv_heads = 2, .head_dim = 64, .max_len = 2000, .window = 300,
+       .new_kv = true, .rope = true, .positions = {1999, 5, 900}},
       "RoPE in the kernel, GQA, window, splits");
-  add({.rows = 5,
-       .heads = 4,
-       .kv_heads = 4,
-       .head_dim = 16,
-       .slots = 5,
-       .max_len = 40,
-       .strided_q = true,
-       .new_kv = true,
-       .rope = true},
-      "RoPE in the kernel, 16-dim heads");
+  add({.rows = 5, .heads = 4, .kv_heads = 4, .head_dim = 16, .slots = 5, .max_len = 40,
+       .strided_q = true, .new_kv = true, .rope = true}, "RoPE in the kernel, 16-dim heads");
+  // clang-format on
   return out;
 }
 
