@@ -57,8 +57,8 @@ constexpr int kXGroups = 4;                 // cp.async groups the x slice arriv
 constexpr int kPartStride = kTile + 4;      // Floats per row of partial sums (bank spread).
 constexpr int kBatch = 4;                   // Epilogue elements whose reads are issued together.
 constexpr int kMaxSmem = 200 * 1024;
-constexpr int kDefaultDepth = 2;
-constexpr int kMaxVWidth = 128;  // v staged for ranks up to this (larger: LoraLinear falls back).  // W chunks in flight per warp (LoraLinearOptions::depth 0).
+constexpr int kDefaultDepth = 2;  // W chunks in flight per warp (LoraLinearOptions::depth 0).
+constexpr int kMaxVWidth = 128;   // v staged for ranks up to this (larger: LoraLinear falls back).
 static_assert(kTile == kWarps * 16 * kMTiles, "kMTiles m16 tiles per warp");
 
 template <typename T>
