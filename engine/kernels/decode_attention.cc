@@ -77,11 +77,9 @@ absl::Status CheckShapes(const DecodeAttentionInputs& in) {
   return absl::OkStatus();
 }
 
-}  // namespace
-
-bool DecodeAttentionServes(const DecodeAttentionInputs& in) {
+// DecodeAttentionServes for inputs whose shapes CheckShapes accepted.
+bool ServesCheckedShapes(const DecodeAttentionInputs& in) {
 #ifdef ADAPTERD_WITH_CUDA
-  if (!CheckShapes(in).ok()) return false;
   const auto& q = in.q;
   const at::ScalarType t = q.scalar_type();
   if (!q.is_cuda() || (t != at::kFloat && t != at::kHalf && t != at::kBFloat16)) return false;
@@ -108,13 +106,19 @@ bool DecodeAttentionServes(const DecodeAttentionInputs& in) {
 #endif
 }
 
+}  // namespace
+
+bool DecodeAttentionServes(const DecodeAttentionInputs& in) {
+  return CheckShapes(in).ok() && ServesCheckedShapes(in);
+}
+
 bool DecodeAttentionPreferred(const DecodeAttentionInputs& in) {
   return DecodeAttentionServes(in) && in.q.size(1) == in.k_cache.size(1);
 }
 
 absl::StatusOr<at::Tensor> DecodeAttention(const DecodeAttentionInputs& in) {
   if (auto s = CheckShapes(in); !s.ok()) return s;
-  if (!DecodeAttentionServes(in)) {
+  if (!ServesCheckedShapes(in)) {
     return absl::UnimplementedError(
         "decode attention: these inputs are not served (see DecodeAttentionServes)");
   }
@@ -160,8 +164,7 @@ absl::StatusOr<at::Tensor> DecodeAttention(const DecodeAttentionInputs& in) {
     // query heads of a KV head) would not give every SM four, and the rows
     // are long: at least 128 keys per split.
     const int64_t bound = in.max_len_hint > 0 ? std::min(in.max_len_hint, max_len) : max_len;
-    const int64_t group = heads / a.kv_heads;
-    const int64_t ctas = rows * heads / (group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1);
+    const int64_t ctas = rows * heads / ai::HeadsPerCta(a.heads, a.kv_heads);
     const int64_t want = 4 * static_cast<int64_t>(ai::DecodeAttentionSms());
     int64_t splits = 1;
     if (ctas < want && bound > 256) {

@@ -320,8 +320,7 @@ __global__ void DecodeAttentionCombineKernel(DecodeAttentionArgs a) {
 
 template <typename T, int D>
 std::string LaunchTyped(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  const int group = a.heads / a.kv_heads;
-  const int hg = group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+  const int hg = HeadsPerCta(a.heads, a.kv_heads);
   const dim3 grid(a.heads / hg, a.rows, a.splits);
   if (hg == 4) {
     DecodeAttentionKernel<T, D, 4><<<grid, kThreads, 0, stream>>>(a);

@@ -57,6 +57,14 @@ struct DecodeAttentionArgs {
   void* out = nullptr;  // [rows, heads * head_dim], contiguous, q's dtype.
 };
 
+// Query heads of one KV head that one CTA takes (they share its key loads):
+// 4, 2 or 1, the largest dividing the group. The launch grid and the host's
+// split count both follow it.
+inline int HeadsPerCta(int heads, int kv_heads) {
+  const int group = heads / kv_heads;
+  return group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+}
+
 // Whether the kernels serve head_dim (16, 32, 64, 96, 128 or 256).
 bool DecodeAttentionHeadDimServed(int head_dim);
 // The number of SMs of the current device (for the split count).
