@@ -151,12 +151,8 @@ at::Tensor ValueOrThrow(absl::StatusOr<at::Tensor> out) {
 at::Tensor KvCache::WriteAndAttend(int layer, const AttentionStep& step, const at::Tensor& k,
                                    const at::Tensor& v, const at::Tensor& q, double scale,
                                    bool sliding) {
-  if (step.all_decode && q.is_cuda()) {
-    DecodeAttentionInputs in = DecodeInputs(keys_[layer], values_[layer], step, q, scale, sliding);
-    in.new_k = k;
-    in.new_v = v;
-    if (DecodeAttentionPreferred(in)) return ValueOrThrow(DecodeAttention(in));
-  }
+  at::Tensor out = TryRotateWriteAndAttend(layer, step, k, v, q, {}, {}, scale, sliding);
+  if (out.defined()) return out;
   Write(layer, step, k, v);
   return Attend(layer, step, q, scale, sliding);
 }

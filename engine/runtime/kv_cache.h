@@ -21,8 +21,8 @@ struct AttentionStep {
   std::vector<int64_t> lens;       // Per sequence: new tokens.
   std::vector<int64_t> offsets;    // Per sequence: first token row.
   int64_t num_tokens = 0;
-  bool all_decode = false;  // Every sequence has exactly one new token.
-  int64_t max_kv_len = 0;   // max(past_lens + lens).
+  bool all_decode = false;     // Every sequence has exactly one new token.
+  int64_t max_kv_len = 0;      // max(past_lens + lens).
   int64_t sliding_window = 0;  // The model's window for its sliding layers; 0 = none.
 
   at::Tensor token_ids;        // [T] int64 on the device.
@@ -97,7 +97,8 @@ class KvCache {
   // decode attention kernel (one launch instead of the RoPE kernels, the
   // write and the attention). Only on CUDA decode steps that kernel takes
   // (see Attend): elsewhere returns an undefined tensor having done nothing,
-  // and the caller rotates and calls WriteAndAttend.
+  // and the caller rotates and calls WriteAndAttend. `cos` and `sin`
+  // undefined: q and k come rotated (WriteAndAttend's kernel path).
   at::Tensor TryRotateWriteAndAttend(int layer, const AttentionStep& step, const at::Tensor& k,
                                      const at::Tensor& v, const at::Tensor& q,
                                      const at::Tensor& cos, const at::Tensor& sin, double scale,
