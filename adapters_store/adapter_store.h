@@ -212,7 +212,6 @@ class AdapterStore {
   std::shared_ptr<Upload> TakeUpload(const std::string& upload_id);
   std::shared_ptr<Upload> FindUpload(const std::string& upload_id);
   absl::StatusOr<AdapterRecord> Publish(Upload& upload);
-  // Begins an upload of `spec`, copies sources[i] into spec.files[i] and commits.
   // The adapter files under `dir` into spec.files and `sources` (the paths to
   // copy from): accepted names (ValidateAdapterFileName) at the top and one
   // subdirectory level down (AdapterFusion's <adapter>/<file>), sorted;
@@ -223,6 +222,7 @@ class AdapterStore {
   // PERMISSION_DENIED.
   absl::Status CollectAdapterFiles(const std::string& dir, const std::string* root,
                                    UploadSpec& spec, std::vector<std::string>& sources);
+  // Begins an upload of `spec`, copies sources[i] into spec.files[i] and commits.
   absl::StatusOr<AdapterRecord> CopyAndCommit(const UploadSpec& spec,
                                               const std::vector<std::string>& sources);
   // RESOURCE_EXHAUSTED if adding `bytes` (and one more adapter) to owner's
