@@ -3,9 +3,9 @@
 # the engine without the server, run the decode attention test and benchmark
 # (ADAPTERD_ATTENTION_BENCH=0 skips the benchmark), the CUDA parity test
 # (model on CUDA vs CPU on the tiny fixtures), write a Llama-7B-shaped bf16
-# model with 128 rank-16 LoRA adapters, and run the decode benchmark (ours: base, one
-# adapter, 32 distinct, 32 rows over 128 with a device tier of 16) and HF
-# transformers + PEFT on the same shapes. Logs go to $OUT.
+# model with 128 rank-16 LoRA adapters, and run the decode benchmark (ours:
+# base, one adapter, 32 distinct, 32 rows over 128 with a device tier of 16)
+# and HF transformers + PEFT on the same shapes. Logs go to $OUT.
 #   carry: [".gpu-tree" (or the repo), ".deps/debs", ".whl" (peft wheel)]
 #   command: bash scripts/gpu/decode.sh [FIXTURES_DIR] [bench cases, default pabcd] [hf|nohf]
 # FIXTURES_DIR: the tiny fixtures made by ctest (build-*/fixtures), carried.
