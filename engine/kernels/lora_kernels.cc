@@ -274,7 +274,8 @@ absl::Status ValidateShrink(const at::Tensor& x, const LoraWeightTable& table,
 }
 
 absl::Status ShrinkImpl(const at::Tensor& x, const LoraWeightTable& table,
-                        const LoraBatchIndex& index, const at::Tensor& v) {
+                        const LoraBatchIndex& index, const at::Tensor& v,
+                        bool after_producer = false) {
   if (auto s = ValidateShrink(x, table, index, v); !s.ok()) return s;
   if (x.is_cpu()) {
     ShrinkCpu(x, table, index, v);
@@ -289,6 +290,7 @@ absl::Status ShrinkImpl(const at::Tensor& x, const LoraWeightTable& table,
     args.ld_x = x.stride(0);
     args.v = v.mutable_data_ptr<float>();
     args.v_width = static_cast<int>(v.size(2));
+    args.after_producer = after_producer;
     const std::string err =
         lora_internal::LaunchLoraShrinkCuda(args, c10::cuda::getCurrentCUDAStream().stream());
     if (!err.empty()) return absl::InternalError(absl::StrCat("lora shrink: ", err));
@@ -529,7 +531,7 @@ absl::Status LoraExpand(const at::Tensor& v, const LoraWeightTable& table,
 
 absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
                        const LoraBatchIndex& index, std::span<const at::Tensor> y,
-                       [[maybe_unused]] LoraPath path) {
+                       const LoraApplyOptions& options) {
   if (x.defined() && x.is_cpu()) {
     // Validate through the two-step path's checks on an empty v, then fuse.
     try {
@@ -551,6 +553,7 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
     return absl::InternalError(absl::StrCat("lora: ", e.what_without_backtrace()));
   }
 #ifdef ADAPTERD_WITH_CUDA
+  const LoraPath path = options.path;
   if (path != LoraPath::kSplit && x.defined() && x.is_cuda()) {
     try {
       if (auto s = ValidateShrink(x, table, index, v); !s.ok()) return s;
@@ -564,6 +567,7 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
         args.y[s] = y[s].data_ptr();
         args.ld_y[s] = y[s].stride(0);
       }
+      args.after_producer = options.after_base_gemm;
       if ((path == LoraPath::kFused || FusedPreferred(args)) &&
           lora_internal::LoraFusedFits(args)) {
         const std::string err =
@@ -582,11 +586,11 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
     }
   }
 #endif
-  if (auto s = LoraShrink(x, table, index, v); !s.ok()) return s;
   try {
+    if (auto s = ShrinkImpl(x, table, index, v, options.after_base_gemm); !s.ok()) return s;
     return ExpandImpl(v, table, index, y, /*after_shrink=*/true);
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("lora expand: ", e.what_without_backtrace()));
+    return absl::InternalError(absl::StrCat("lora: ", e.what_without_backtrace()));
   }
 }
 
@@ -699,7 +703,8 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
         y.copy_(at::mm(x, w.t()));
       }
       if (table == nullptr) return absl::OkStatus();
-      return LoraApply(x, *table, *index, Slices(y, *table));
+      return LoraApply(x, *table, *index, Slices(y, *table),
+                       LoraApplyOptions{.after_base_gemm = true});
     }
 #ifdef ADAPTERD_WITH_CUDA
     const c10::cuda::CUDAGuard guard(x.device());

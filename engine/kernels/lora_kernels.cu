@@ -5,6 +5,11 @@
 // block for a few tokens), 16-byte loads issued together without branches in
 // the loops, and the expand launched as a programmatic dependent of the
 // shrink so that its prologue and first weight loads overlap the shrink.
+// After a base GEMM (LoraLaunchArgs::after_producer) the first kernel is
+// itself the GEMM's programmatic dependent. Every CTA of a kernel that may run
+// as a dependent waits for its primary (WaitForPrimary: a no-op otherwise)
+// before it writes, touches y, or exits, so that the grid's completion
+// implies its primary's and the stream's order holds for what follows.
 
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
@@ -45,15 +50,15 @@ __global__ void __launch_bounds__(kShrinkThreads) ShrinkKernel(const LoraLaunchA
   const int slot = p.segment_slot[seg];
   const int s0 = p.segment_start[seg];
   const int s1 = p.segment_start[seg + 1];
-  if (slot < 0) return;
+  if (slot < 0) return WaitForPrimary();
   const int m0 = s0 + mt * BM;
-  if (m0 >= s1) return;
+  if (m0 >= s1) return WaitForPrimary();
   const int mcount = min(BM, s1 - m0);
   const int64_t* meta = p.meta + (static_cast<int64_t>(slice) * p.num_slots + slot) * kMetaFields;
   const T* a_ptr = reinterpret_cast<const T*>(meta[kMetaA]);
   const int rank = static_cast<int>(meta[kMetaRank]);
   const int r0 = rt * RT;
-  if (a_ptr == nullptr || r0 >= rank) return;
+  if (a_ptr == nullptr || r0 >= rank) return WaitForPrimary();
   const int rcount = min(RT, rank - r0);
   const int K = p.in_features;
   const T* x = static_cast<const T*>(p.x);
@@ -126,6 +131,7 @@ __global__ void __launch_bounds__(kShrinkThreads) ShrinkKernel(const LoraLaunchA
       if (lane == 0) red[warp][m * RT + r] = s;
     }
   __syncthreads();
+  WaitForPrimary();  // v may be memory the base GEMM before this kernel still reads.
   const int i = threadIdx.x;
   if (i < BM * RT) {
     const int m = i / RT;
@@ -235,17 +241,17 @@ __global__ void __launch_bounds__(kThreads)
   const int slot = p.segment_slot[seg];
   const int s0 = p.segment_start[seg];
   const int s1 = p.segment_start[seg + 1];
-  if (slot < 0) return;
+  if (slot < 0) return WaitForPrimary();
   const int mt_begin = mg * mt_per_cta;
-  if (s0 + mt_begin * BM >= s1) return;
+  if (s0 + mt_begin * BM >= s1) return WaitForPrimary();
   const int mt_end = min(mt_begin + mt_per_cta, (s1 - s0 + BM - 1) / BM);
   const int64_t* meta = p.meta + (static_cast<int64_t>(slice) * p.num_slots + slot) * kMetaFields;
-  if (meta[kMetaA] == 0) return;
+  if (meta[kMetaA] == 0) return WaitForPrimary();
   const T* b_ptr = reinterpret_cast<const T*>(meta[kMetaB]);
   const int rank = static_cast<int>(meta[kMetaRank]);
   const int out = static_cast<int>(meta[kMetaOut]);
   const int o_base = ot * kThreads * C;
-  if (o_base >= out) return;
+  if (o_base >= out) return WaitForPrimary();
   const T* a_bias = reinterpret_cast<const T*>(meta[kMetaABias]);
   const T* b_bias = reinterpret_cast<const T*>(meta[kMetaBBias]);
   const int act = static_cast<int>(meta[kMetaAct]);
@@ -329,10 +335,10 @@ __global__ void __launch_bounds__(kThreads) FusedKernel(const LoraLaunchArgs p) 
   const int slot = p.segment_slot[seg];
   const int s0 = p.segment_start[seg];
   const int s1 = p.segment_start[seg + 1];
-  if (slot < 0 || s1 <= s0) return;
+  if (slot < 0 || s1 <= s0) return WaitForPrimary();
   const int64_t* meta = p.meta + (static_cast<int64_t>(slice) * p.num_slots + slot) * kMetaFields;
   const T* a_ptr = reinterpret_cast<const T*>(meta[kMetaA]);
-  if (a_ptr == nullptr) return;
+  if (a_ptr == nullptr) return WaitForPrimary();
   const T* b_ptr = reinterpret_cast<const T*>(meta[kMetaB]);
   const int rank = static_cast<int>(meta[kMetaRank]);
   const int out = static_cast<int>(meta[kMetaOut]);
@@ -451,6 +457,7 @@ __global__ void __launch_bounds__(kThreads) FusedKernel(const LoraLaunchArgs p) 
   }
   __syncthreads();  // vs and stok are complete (and every warp converged for the arrive).
   ClusterArrive();  // Done reading the other CTAs' shared memory.
+  WaitForPrimary();  // After a base GEMM: y is written (B's first vectors are in flight).
 
   T* y = static_cast<T*>(p.y[slice]);
   const int64_t ld = p.ld_y[slice];
@@ -466,9 +473,17 @@ template <typename T, int BM>
 void LaunchShrink(const LoraLaunchArgs& p, cudaStream_t stream) {
   const int rtiles = (p.max_rank + kShrinkRows - 1) / kShrinkRows;
   const int mtiles = (p.max_segment_tokens + BM - 1) / BM;
-  const dim3 grid(static_cast<unsigned>(static_cast<int64_t>(mtiles) * rtiles), p.num_slices,
-                  p.max_segments);
-  ShrinkKernel<T, BM><<<grid, kShrinkThreads, 0, stream>>>(p, rtiles);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(static_cast<int64_t>(mtiles) * rtiles),
+                        p.num_slices, p.max_segments);
+  config.blockDim = dim3(kShrinkThreads);
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = p.after_producer ? 1 : 0;
+  (void)cudaLaunchKernelEx(&config, ShrinkKernel<T, BM>, p, rtiles);  // LastError() reports it.
 }
 
 template <typename T>
@@ -550,13 +565,15 @@ std::string LaunchFused(const LoraLaunchArgs& p, cudaStream_t stream) {
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = FusedSmemBytes(BM, p.max_rank);
   config.stream = stream;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = kClusterCtas;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attr;
-  config.numAttrs = 1;
+  config.numAttrs = p.after_producer ? 2 : 1;
   const cudaError_t e = cudaLaunchKernelEx(&config, FusedKernel<T, BM>, p);
   if (e != cudaSuccess) return cudaGetErrorString(e);
   return std::string();

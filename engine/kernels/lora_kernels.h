@@ -139,11 +139,28 @@ enum class LoraPath : int {
   kFused = 2,
 };
 
+struct LoraApplyOptions {
+  LoraPath path = LoraPath::kAuto;
+  // CUDA: the last kernel queued on the stream is the base GEMM that wrote y
+  // (or an add into y after it) and writes none of x, the index, the table
+  // and the adapters' weights. LoraApply's first kernel is then launched as
+  // its programmatic dependent: its launch, index, weight and x reads and
+  // the shrink's arithmetic overlap the GEMM's tail, and it waits for the
+  // GEMM before it writes or touches y. Wrong where that kernel writes x
+  // (e.g. a copy making x contiguous); ignored on the CPU.
+  bool after_base_gemm = false;
+};
+
 // y[s] += shrink-then-expand of x, as LoraShrink followed by LoraExpand
 // computes it (v is not returned): prefer this over the two calls above.
 absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
                        const LoraBatchIndex& index, std::span<const at::Tensor> y,
-                       LoraPath path = LoraPath::kAuto);
+                       const LoraApplyOptions& options);
+inline absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
+                              const LoraBatchIndex& index, std::span<const at::Tensor> y,
+                              LoraPath path = LoraPath::kAuto) {
+  return LoraApply(x, table, index, y, LoraApplyOptions{.path = path});
+}
 
 // Which GEMM LoraLinear runs. The CPU and shapes the decode GEMM does not
 // serve always take at::mm.
@@ -181,7 +198,8 @@ bool DecodeGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora);
 // tensor-core GEMM that streams w once and adds the deltas in its epilogue,
 // after the shrink launched just before it; base and delta are summed in fp32
 // and rounded once (LoraApply adds to an already rounded base output).
-// Otherwise: at::mm, then LoraApply.
+// Otherwise: at::mm, then LoraApply (its first kernel a programmatic
+// dependent of the GEMM: LoraApplyOptions::after_base_gemm).
 // INVALID_ARGUMENT on mismatched shapes, dtypes or devices, or kDecode where
 // the decode GEMM does not serve; INTERNAL on a CUDA or torch error.
 absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,

@@ -52,6 +52,12 @@ struct LoraLaunchArgs {
   // early (programmatic dependent launch) and read weights and the index
   // before the shrink finishes.
   bool after_shrink = false;
+  // The kernel before on the stream (the base GEMM writing y) writes none of
+  // x, v, the index, the table or the weights: the first kernel (shrink or
+  // fused) is launched as its programmatic dependent, so that its launch,
+  // index and weight reads overlap that kernel's tail, and waits for it
+  // (griddepcontrol.wait) before it writes v or touches y, and before it exits.
+  bool after_producer = false;
 };
 
 // Both return an empty string on success, else the CUDA error text.

@@ -258,13 +258,16 @@ LoraWeightTable BatchAdapters::KernelTable(int layer, int first_module,
 }
 
 void BatchAdapters::ApplyKernels(const at::Tensor& x, std::span<const at::Tensor> ys, int layer,
-                                 int first_module) const {
+                                 int first_module, bool after_base_gemm) const {
   std::vector<int64_t> outs;
   for (const at::Tensor& y : ys) outs.push_back(y.size(1));
   const LoraWeightTable table = KernelTable(layer, first_module, outs, x.size(1));
   if (table.max_rank == 0) return;
+  // A copy making x contiguous would be the last kernel queued, writing x.
+  const bool strided = x.stride(-1) != 1;
   const absl::Status status =
-      LoraApply(x.stride(-1) == 1 ? x : x.contiguous(), table, kernel_index_, ys);
+      LoraApply(strided ? x.contiguous() : x, table, kernel_index_, ys,
+                LoraApplyOptions{.after_base_gemm = after_base_gemm && !strided});
   TORCH_CHECK(status.ok(), "batched LoRA kernels: ", status.ToString());
 }
 
@@ -309,7 +312,12 @@ at::Tensor LinearWithLora(const at::Tensor& x, const at::Tensor& weight, const a
     return y;
   }
   at::Tensor y = at::linear(x, weight, bias);
-  ApplyLoraDelta(x, y, adapters, layer, module, bias);
+  const bool kernels = adapters.UsesKernels(x);
+  if (kernels) {
+    adapters.ApplyKernels(x, std::span<const at::Tensor>(&y, 1), layer, module,
+                          /*after_base_gemm=*/true);
+  }
+  ApplyLoraGroups(x, y, adapters, layer, module, bias, kernels);
   return y;
 }
 
@@ -331,7 +339,8 @@ at::Tensor LinearWithLoraDeltas(const at::Tensor& x, const at::Tensor& weight,
     if (biases[i].defined()) ys.back().add_(biases[i]);
   }
   const bool kernels = adapters.UsesKernels(x);
-  if (kernels && !decode) adapters.ApplyKernels(x, ys, layer, first_module);
+  if (kernels && !decode)
+    adapters.ApplyKernels(x, ys, layer, first_module, /*after_base_gemm=*/true);
   for (size_t i = 0; i < ys.size(); ++i) {
     ApplyLoraGroups(x, ys[i], adapters, layer, first_module + static_cast<int>(i), biases[i],
                     kernels);

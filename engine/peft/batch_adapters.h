@@ -75,9 +75,11 @@ class BatchAdapters {
 
   // The kernels' half of ApplyLoraDeltas: ys[i] += the LoRA delta of module
   // first_module + i for every kernel-slot group, in one launch pair.
+  // `after_base_gemm`: the last kernel queued wrote ys (the base GEMM, or a
+  // bias add after it), not x (LoraApplyOptions::after_base_gemm).
   // REQUIRES: UsesKernels(x). Throws c10::Error on a kernel error.
   void ApplyKernels(const at::Tensor& x, std::span<const at::Tensor> ys, int layer,
-                    int first_module) const;
+                    int first_module, bool after_base_gemm = false) const;
 
   // y = x · weightᵀ through LoraLinear (kAuto), with the LoRA deltas of
   // modules first_module, first_module + 1, ... (y's consecutive column

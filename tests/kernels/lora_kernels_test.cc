@@ -579,14 +579,18 @@ TEST(LoraKernelsCudaTest, DecodeGemmMatchesFloat64) {
 // Captures one call into a CUDA graph, then rewrites the index in place and
 // replays. Split: LoraShrink + LoraExpand, any number of tokens per adapter;
 // fused: LoraApply(kFused), at most 4 tokens per adapter (the bound);
-// linear: LoraLinear's decode GEMM with the expand in its epilogue (32 rows).
-enum class GraphMode { kSplit, kFused, kLinear };
+// linear: LoraLinear's decode GEMM with the expand in its epilogue (32 rows);
+// cublas split / fused: LoraLinear's cuBLAS GEMM, then LoraApply (kAuto) as
+// its programmatic dependent, any number of tokens per adapter (the split
+// kernels) or at most 4 (the fused one).
+enum class GraphMode { kSplit, kFused, kLinear, kCublasSplit, kCublasFused };
 
 void ExpectGraphReplayFollowsIndex(GraphMode mode) {
   const at::Device gpu(at::kCUDA, 0);
   const c10::cuda::CUDAGuard guard(gpu);
-  const bool fused = mode == GraphMode::kFused;
-  const bool linear = mode == GraphMode::kLinear;
+  const bool fused = mode == GraphMode::kFused || mode == GraphMode::kCublasFused;
+  const bool cublas = mode == GraphMode::kCublasSplit || mode == GraphMode::kCublasFused;
+  const bool linear = mode == GraphMode::kLinear || cublas;
   const int64_t kTokens = linear ? 32 : 64;
   constexpr int64_t kIn = 3424, kOut = 1024, kSlots = 16, kMaxSeg = 16;
   at::manual_seed(7);
@@ -624,7 +628,7 @@ void ExpectGraphReplayFollowsIndex(GraphMode mode) {
   const std::vector<at::Tensor> ys = {y};
   const at::Tensor w_base = linear ? at::randn({kOut, kIn}, opts) / 58.0 : at::Tensor();
   LoraLinearOptions decode;
-  decode.gemm = LinearGemm::kDecode;
+  decode.gemm = cublas ? LinearGemm::kTorch : LinearGemm::kDecode;
 
   const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
   at::cuda::CUDAGraph graph;
@@ -690,6 +694,39 @@ TEST(LoraKernelsCudaTest, FusedGraphReplayFollowsIndexRewrittenInPlace) {
 TEST(LoraKernelsCudaTest, DecodeGemmGraphReplayFollowsIndexRewrittenInPlace) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   ExpectGraphReplayFollowsIndex(GraphMode::kLinear);
+}
+
+TEST(LoraKernelsCudaTest, AfterBaseGemmGraphReplayFollowsIndexRewrittenInPlace) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  ExpectGraphReplayFollowsIndex(GraphMode::kCublasSplit);
+  ExpectGraphReplayFollowsIndex(GraphMode::kCublasFused);
+}
+
+// LoraLinear's cuBLAS path: the base GEMM writes y, LoraApply's first kernel
+// (the split shrink or the fused kernel, as kAuto picks) is launched as the
+// GEMM's programmatic dependent and must wait for it before touching y.
+// Against float64, every dtype, with y NaN before the GEMM and the rows
+// without an adapter bit-equal to the GEMM alone.
+TEST(LoraKernelsCudaTest, AfterBaseGemmMatchesFloat64) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const at::Device gpu(at::kCUDA, 0);
+  std::vector<CaseSpec> cases;
+  auto add = [&](int64_t t, int64_t in, std::vector<int64_t> outs, int64_t adapters,
+                 double none = 0.2, bool round_robin = false) {
+    CaseSpec c = MakeCase(t, in, std::move(outs), adapters, none);
+    c.linear = true;
+    c.linear_options.gemm = LinearGemm::kTorch;
+    c.round_robin = round_robin;
+    cases.push_back(c);
+  };
+  add(32, 4096, {4096}, 32, 0.0, true);             // The benchmark's decode shape: fused.
+  add(32, 4096, {4096, 1024, 1024}, 8, 0.0, true);  // q/k/v, 4 tokens per adapter: fused.
+  add(32, 14336, {4096}, 4);                        // Long K, 8 tokens per adapter: split.
+  add(512, 5120, {5120, 1024, 1024}, 128, 0.1);     // Prefill-like: split.
+  add(7, 3424, {3424}, 3);
+  uint32_t seed = 500;
+  for (const CaseSpec& c : cases)
+    for (at::ScalarType t : kDtypes) ExpectGood(c, t, gpu, seed++);
 }
 
 // The fused single-launch kernel (decode shape: at most 8 tokens per adapter)
