@@ -9,7 +9,7 @@
 // itself on tensor cores with the LoRA expand in its epilogue, against the
 // base cuBLAS GEMM plus LoraApply; and a sweep of the Llama-7B projection
 // shapes over its split counts and pipeline depths against cuBLAS.
-//   lora_gpu_bench [--quick | --decode]
+//   lora_gpu_bench [--quick | --decode | --stream-check]
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAGraph.h>
@@ -18,6 +18,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -107,9 +108,8 @@ void SweepDecodeGemm(double copy_bw) {
         o.splits = splits;
         o.depth = depth;
         if (!LoraLinear(x, ws[0], y, nullptr, nullptr, o).ok()) return -1.0;
-        return TimeGraph(iters, [&](int i) {
-          (void)LoraLinear(x, ws[i % nw], y, nullptr, nullptr, o);
-        });
+        return TimeGraph(iters,
+                         [&](int i) { (void)LoraLinear(x, ws[i % nw], y, nullptr, nullptr, o); });
       };
       const double autot = run(0, 0);
       std::printf("%-20s %3ld | %8.2f %4.0f%% | %8.2f %4.0f%% s=%d |", sh.name, m, cublas * 1e3,
@@ -133,6 +133,115 @@ void SweepDecodeGemm(double copy_bw) {
   }
 }
 
+// The streaming GEMM (TMA pipeline) against cuBLAS at the Llama-7B projection
+// shapes, M rows: its rule's choice (auto) and splits x stages (0 = as many as fit).
+void SweepStreamGemm(double copy_bw) {
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+  };
+  const Shape shapes[] = {{"o 4096x4096", 4096, 4096},
+                          {"qkv 12288x4096", 12288, 4096},
+                          {"gate_up 22016x4096", 22016, 4096},
+                          {"down 4096x11008", 4096, 11008},
+                          {"lm_head 32000x4096", 32000, 4096}};
+  std::printf(
+      "\nstream GEMM sweep (bf16, us per call, W from HBM; bw = W bytes / time / copy bw)\n");
+  std::printf("%-20s %3s | %8s %5s | %8s %5s | %s\n", "shape", "M", "cublas", "bw", "auto", "bw",
+              "t<tile cols> splits/stages: us");
+  for (const Shape& sh : shapes) {
+    const std::vector<at::Tensor> ws = WeightCopies(sh.n, sh.k, bf16);
+    const int nw = static_cast<int>(ws.size());
+    for (int64_t m : {1, 8, 32}) {
+      const at::Tensor x = at::randn({m, sh.k}, bf16);
+      at::Tensor y = at::empty({m, sh.n}, bf16);
+      const int iters = 4 * nw;
+      const double wbytes = static_cast<double>(sh.n) * sh.k * 2;
+      const double cublas = TimeGraph(iters, [&](int i) { at::mm_out(y, x, ws[i % nw].t()); });
+      auto run = [&](int tile, int splits, int stages) {
+        LoraLinearOptions o;
+        o.gemm = LinearGemm::kStream;
+        o.tile_cols = tile;
+        o.splits = splits;
+        o.depth = stages;
+        if (!LoraLinear(x, ws[0], y, nullptr, nullptr, o).ok()) return -1.0;
+        return TimeGraph(iters,
+                         [&](int i) { (void)LoraLinear(x, ws[i % nw], y, nullptr, nullptr, o); });
+      };
+      const double autot = run(0, 0, 0);
+      const at::Tensor want = at::mm(x, ws[0].t());
+      LoraLinearOptions o;
+      o.gemm = LinearGemm::kStream;
+      (void)LoraLinear(x, ws[0], y, nullptr, nullptr, o);
+      const double err =
+          ((y.to(at::kFloat) - want.to(at::kFloat)).norm() / want.to(at::kFloat).norm())
+              .item<double>();
+      std::printf("%-20s %3ld | %8.2f %4.0f%% | %8.2f %4.0f%% err %.1e |", sh.name, m, cublas * 1e3,
+                  100 * wbytes / (cublas * 1e-3) / copy_bw, autot * 1e3,
+                  100 * wbytes / (autot * 1e-3) / copy_bw, err);
+      for (int tile : {64, 128}) {
+        std::printf(" t%d", tile);
+        for (int splits : {1, 2, 4, 8}) {
+          for (int stages : {4, 8, 12}) {
+            const double t = run(tile, splits, stages);
+            if (t < 0) {
+              std::printf(" %d/%d: -", splits, stages);
+            } else {
+              std::printf(" %d/%d: %.2f", splits, stages, t * 1e3);
+            }
+          }
+        }
+      }
+      std::printf("\n");
+      std::fflush(stdout);
+    }
+  }
+}
+
+// The streaming GEMM's determinism and error against fp32 at::mm over split
+// counts and stage counts (few stages: several CTAs per SM; many tiles:
+// several waves): lora_gpu_bench --stream-check
+int StreamCheck() {
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  struct Case {
+    int64_t m, n, k;
+    int splits, stages, tile;
+  };
+  const Case cases[] = {{32, 22016, 4096, 8, 3, 64},  {32, 22016, 4096, 8, 16, 64},
+                        {32, 22016, 4096, 4, 3, 128}, {32, 22016, 4096, 2, 3, 64},
+                        {32, 22016, 4096, 1, 3, 128}, {32, 4096, 4096, 8, 3, 128},
+                        {32, 4096, 4096, 2, 3, 64},   {8, 22016, 4096, 8, 3, 64},
+                        {8, 22016, 4096, 8, 5, 128},  {32, 12288, 4096, 1, 4, 0}};
+  int bad = 0;
+  for (const Case& c : cases) {
+    const at::Tensor x = at::randn({c.m, c.k}, bf16);
+    const at::Tensor w = at::randn({c.n, c.k}, bf16) / 64.0;
+    const at::Tensor want = at::mm(x.to(at::kFloat), w.to(at::kFloat).t());
+    LoraLinearOptions o;
+    o.gemm = LinearGemm::kStream;
+    o.splits = c.splits;
+    o.depth = c.stages;
+    o.tile_cols = c.tile;
+    at::Tensor y1 = at::full({c.m, c.n}, std::nan(""), bf16);
+    at::Tensor y2 = at::full({c.m, c.n}, std::nan(""), bf16);
+    const bool ok = LoraLinear(x, w, y1, nullptr, nullptr, o).ok() &&
+                    LoraLinear(x, w, y2, nullptr, nullptr, o).ok();
+    const at::Tensor d = (y1.to(at::kFloat) - want).abs();
+    const int64_t differ = (y1 != y2).sum().item<int64_t>();
+    const int64_t far = (d > 0.02 * (want.abs() + 0.1)).sum().item<int64_t>();
+    const at::Tensor rows_far = (d > 0.02 * (want.abs() + 0.1)).any(1).nonzero().flatten();
+    const at::Tensor cols_far = (d > 0.02 * (want.abs() + 0.1)).any(0).nonzero().flatten();
+    std::printf(
+        "stream check m=%ld n=%ld k=%ld splits=%d stages=%d tile=%d: ok=%d differ=%ld far=%ld "
+        "max=%.3e rows=%ld cols=%ld first col %ld\n",
+        c.m, c.n, c.k, c.splits, c.stages, c.tile, ok, differ, far, d.max().item<double>(),
+        rows_far.numel(), cols_far.numel(), cols_far.numel() ? cols_far[0].item<int64_t>() : -1);
+    bad += !ok || differ > 0 || far > 0;
+  }
+  return bad == 0 ? 0 : 1;
+}
+
 // Issue 4's decode shape with the LoRA in the GEMM: a 4096x4096 projection,
 // T rows over N distinct rank-16 adapters. cublas = at::mm alone; +apply =
 // at::mm then LoraApply (kAuto); dg = the decode GEMM alone; dg+lora =
@@ -146,8 +255,13 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
   std::printf(
       "\nLoRA in the decode GEMM's epilogue (4096x4096, rank 16; us per call; add = dg+lora - "
       "dg)\n");
-  std::printf("%4s %4s | %8s %8s %7s | %8s %5s %8s | %7s %6s %6s | %8s\n", "T", "N", "cublas",
-              "+apply", "apply/b", "dg", "dg_bw", "dg+lora", "add", "add/cb", "add/dg", "relerr");
+  std::printf(
+      "(+apply = LoraLinear(kTorch): cuBLAS, then LoraApply as its programmatic dependent; st = "
+      "the stream GEMM,\nst+lora = LoraLinear(kStream) with the adapters, st+l/cb = (st+lora - "
+      "cublas) / cublas)\n");
+  std::printf("%4s %4s | %8s %8s %7s | %8s %5s %8s | %7s %6s %6s | %8s %8s %7s | %8s\n", "T", "N",
+              "cublas", "+apply", "apply/b", "dg", "dg_bw", "dg+lora", "add", "add/cb", "add/dg",
+              "st", "st+lora", "st+l/cb", "relerr");
   std::mt19937 rng(5);
   const std::vector<int64_t> token_counts =
       quick ? std::vector<int64_t>{32} : std::vector<int64_t>{1, 8, 16, 32};
@@ -162,12 +276,20 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
       const std::vector<at::Tensor> ys = {y};
       LoraLinearOptions decode;
       decode.gemm = LinearGemm::kDecode;
+      LoraLinearOptions torch_gemm;
+      torch_gemm.gemm = LinearGemm::kTorch;
+      LoraLinearOptions stream;
+      stream.gemm = LinearGemm::kStream;
       bool ok = true;
-      const double cublas =
-          TimeGraph(iters, [&](int i) { at::mm_out(y, xs[i], ws[i % nw].t()); });
+      const double cublas = TimeGraph(iters, [&](int i) { at::mm_out(y, xs[i], ws[i % nw].t()); });
       const double apply = TimeGraph(iters, [&](int i) {
-        at::mm_out(y, xs[i], ws[i % nw].t());
-        ok &= LoraApply(xs[i], table, indexes[i], ys).ok();
+        ok &= LoraLinear(xs[i], ws[i % nw], y, &table, &indexes[i], torch_gemm).ok();
+      });
+      const double st = TimeGraph(iters, [&](int i) {
+        ok &= LoraLinear(xs[i], ws[i % nw], y, nullptr, nullptr, stream).ok();
+      });
+      const double stl = TimeGraph(iters, [&](int i) {
+        ok &= LoraLinear(xs[i], ws[i % nw], y, &table, &indexes[i], stream).ok();
       });
       const double dg = TimeGraph(iters, [&](int i) {
         ok &= LoraLinear(xs[i], ws[i % nw], y, nullptr, nullptr, decode).ok();
@@ -194,10 +316,10 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
       const double add = dgl - dg;
       std::printf(
           "%4ld %4ld | %8.2f %8.2f %6.0f%% | %8.2f %4.0f%% %8.2f | %7.2f %5.0f%% %5.0f%% | "
-          "%8.1e\n",
+          "%8.2f %8.2f %6.0f%% | %8.1e\n",
           t_count, n, cublas * 1e3, apply * 1e3, 100 * (apply - cublas) / cublas, dg * 1e3,
           100 * wbytes / (dg * 1e-3) / copy_bw, dgl * 1e3, add * 1e3, 100 * add / cublas,
-          100 * add / dg, err);
+          100 * add / dg, st * 1e3, stl * 1e3, 100 * (stl - cublas) / cublas, err);
       std::fflush(stdout);
       if (!ok) return 1;
     }
@@ -231,6 +353,7 @@ int Main(bool quick, bool decode_only) {
   absl::StatusOr<LoraWeightTable> table = builder.Build();
   if (!table.ok()) return 1;
   if (int rc = DecodeLora(*table, a_pool, b_pool, scale, copy_bw, quick); rc != 0) return rc;
+  SweepStreamGemm(copy_bw);
   SweepDecodeGemm(copy_bw);
   if (decode_only) return 0;
   std::vector<at::Tensor> base_w;
@@ -375,6 +498,10 @@ int main(int argc, char** argv) {
   if (argc == 7 && std::strcmp(argv[1], "--one") == 0) {
     return adapterd::ProfileOne(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]),
                                 std::atoi(argv[5]), std::atoi(argv[6]));
+  }
+  if (argc == 2 && std::strcmp(argv[1], "--stream-check") == 0) {
+    const c10::cuda::CUDAGuard device_guard(at::Device(at::kCUDA, 0));
+    return adapterd::StreamCheck();
   }
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool decode = argc > 1 && std::strcmp(argv[1], "--decode") == 0;

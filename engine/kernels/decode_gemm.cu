@@ -43,6 +43,7 @@
 #include <tuple>
 
 #include "engine/kernels/cuda_common.cuh"
+#include "engine/kernels/gemm_lora_epilogue.cuh"
 #include "engine/kernels/lora_launch.h"
 
 namespace adapterd::lora_internal {
@@ -55,7 +56,6 @@ constexpr int kTile = kDecodeGemmTileCols;  // Output columns per CTA: 16 * kMTi
 constexpr int kChunk = kDecodeGemmChunk;    // k per warp step: two m16n8k16 k-steps.
 constexpr int kXGroups = 4;                 // cp.async groups the x slice arrives in.
 constexpr int kPartStride = kTile + 4;      // Floats per row of partial sums (bank spread).
-constexpr int kBatch = 4;                   // Epilogue elements whose reads are issued together.
 constexpr int kMaxSmem = 200 * 1024;
 constexpr int kDefaultDepth = 2;  // W chunks in flight per warp (LoraLinearOptions::depth 0).
 constexpr int kMaxVWidth = 128;   // v staged for ranks up to this (larger: LoraLinear falls back).
@@ -125,10 +125,6 @@ __device__ __forceinline__ void CpAsyncWait(int pending) {
 }
 static_assert(kXGroups == 4, "CpAsyncWait spells out wait_group 0..3");
 
-__device__ __forceinline__ void PrefetchL2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-}
-
 __host__ __device__ __forceinline__ int RowsFor(int m) { return m <= 8 ? 8 : m <= 16 ? 16 : 32; }
 
 // Elements per row of the staged x slice: the slice plus a pad that puts
@@ -151,79 +147,6 @@ size_t SmemBytes(int m, int k, int splits, int elem_bytes, int v_width = 0) {
   return std::max(xs, epilogue);
 }
 
-// One row's adapter on one slice, as the epilogue needs it (b == nullptr:
-// no LoRA there). Staged in shared memory before the main loop, so that the
-// epilogue's only global reads are B's rows (prefetched into L2) and v.
-struct RowLora {
-  const void* b;
-  const void* a_bias;
-  const void* b_bias;
-  float scale;
-  int rank;
-  int act;
-  int slice;
-};
-
-__device__ __forceinline__ RowLora RowLoraOf(const LoraLaunchArgs& l, int slice, int slot) {
-  RowLora r = {nullptr, nullptr, nullptr, 0.0f, 0, 0, slice};
-  if (slot < 0) return r;
-  const int64_t* meta = l.meta + (static_cast<int64_t>(slice) * l.num_slots + slot) * kMetaFields;
-  if (meta[kMetaA] == 0) return r;
-  r.b = reinterpret_cast<const void*>(meta[kMetaB]);
-  r.a_bias = reinterpret_cast<const void*>(meta[kMetaABias]);
-  r.b_bias = reinterpret_cast<const void*>(meta[kMetaBBias]);
-  r.scale = ScaleOf(meta);
-  r.rank = static_cast<int>(meta[kMetaRank]);
-  r.act = static_cast<int>(meta[kMetaAct]);
-  return r;
-}
-
-__device__ __forceinline__ int SliceOf(const DecodeGemmArgs& p, int n) {
-  int s = 0;
-  while (s + 1 < p.lora.num_slices && n >= p.slice_begin[s + 1]) ++s;
-  return s;
-}
-
-// The LoRA delta of output (t, n): scale · (act(v[t] + a_bias) · B[col] + b_bias)
-// for row t's adapter on n's slice, col = n's column in that slice.
-template <typename T>
-__device__ __forceinline__ float LoraDelta(const RowLora& r, const DecodeGemmArgs& p, int t,
-                                           int n) {
-  if (r.b == nullptr) return 0.0f;
-  const LoraLaunchArgs& l = p.lora;
-  const int rank = r.rank;
-  const int col = n - p.slice_begin[r.slice];
-  const T* b = static_cast<const T*>(r.b) + static_cast<int64_t>(col) * rank;
-  const T* a_bias = static_cast<const T*>(r.a_bias);
-  const bool plain = a_bias == nullptr && r.act == 0;
-  const float* v = l.v + (static_cast<int64_t>(r.slice) * l.num_tokens + t) * l.v_width;
-  float acc = 0.0f;
-  if (rank % 8 == 0 && (reinterpret_cast<uintptr_t>(b) & 15) == 0 && l.v_width % 4 == 0) {
-    for (int j = 0; j < rank; j += 8) {
-      float bf[8];
-      ToFloats<T>(Ld16(b + j), bf);
-      const float4 v0 = *reinterpret_cast<const float4*>(v + j);
-      const float4 v1 = *reinterpret_cast<const float4*>(v + j + 4);
-      float vv[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-      if (!plain) {
-#pragma unroll
-        for (int q = 0; q < 8; ++q)
-          vv[q] = Activate(vv[q] + (a_bias != nullptr ? ToF(a_bias[j + q]) : 0.0f), r.act);
-      }
-#pragma unroll
-      for (int q = 0; q < 8; ++q) acc = fmaf(vv[q], bf[q], acc);
-    }
-  } else {
-    for (int j = 0; j < rank; ++j) {
-      float vj = v[j];
-      if (!plain) vj = Activate(vj + (a_bias != nullptr ? ToF(a_bias[j]) : 0.0f), r.act);
-      acc = fmaf(vj, ToF(b[j]), acc);
-    }
-  }
-  if (r.b_bias != nullptr) acc += ToF(static_cast<const T*>(r.b_bias)[col]);
-  return r.scale * acc;
-}
-
 // grid: (splits, ceil(n / kTile)), clusters of (splits, 1, 1). NT n-tiles of
 // 8 rows (m <= 8 * NT); D chunks of W in flight per warp.
 // Depth 2 fits two CTAs per SM (<= 128 registers), depth 4 one: thread-block
@@ -234,7 +157,6 @@ __global__ void __launch_bounds__(kThreads, D == 2 ? 2 : 1) DecodeGemmKernel(con
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ int tslot[kDecodeGemmMaxRows];
   const int splits = static_cast<int>(gridDim.x);  // The grid's x extent is one cluster.
   const int crank = static_cast<int>(blockIdx.x);
   const int tile = static_cast<int>(blockIdx.y);
@@ -292,51 +214,14 @@ __global__ void __launch_bounds__(kThreads, D == 2 ? 2 : 1) DecodeGemmKernel(con
     CpAsyncCommit();
   }
 
-  // 3. LoRA: each row's slot, and the epilogue's B rows prefetched into L2.
-  //    The index and the table were written before the shrink ran.
+  // 3. LoRA: each row's slot and adapters, and the epilogue's B rows
+  //    prefetched into L2. The index and the table were written before the
+  //    shrink ran.
   const bool lora = p.lora.meta != nullptr;
   const int rp = kTile / splits;  // Columns this CTA finishes: [n0, n0 + rp).
   const int n0 = tile * kTile + crank * rp;
-  // rows[ls][t]: row t's adapter on slice first_slice + ls, for the (at most
-  // two) slices this CTA's columns touch; more slices: looked up per element.
-  __shared__ RowLora rows[2][kDecodeGemmMaxRows];
-  const int n1 = min(p.n, n0 + rp);
-  const int first_slice = lora ? SliceOf(p, min(n0, p.n - 1)) : 0;
-  const bool staged = lora && SliceOf(p, max(n1 - 1, 0)) <= first_slice + 1;
-  if (lora) {
-    const LoraLaunchArgs& l = p.lora;
-    if (tid < kDecodeGemmMaxRows) tslot[tid] = -1;
-    __syncthreads();
-    for (int s = tid; s < l.max_segments; s += kThreads) {
-      const int slot = l.segment_slot[s];
-      if (slot < 0) continue;
-      for (int i = l.segment_start[s]; i < l.segment_start[s + 1]; ++i)
-        tslot[l.sorted_tokens[i]] = slot;
-    }
-    __syncthreads();
-    if (staged && tid < 2 * kDecodeGemmMaxRows) {
-      const int t = tid % kDecodeGemmMaxRows;
-      const int slice = first_slice + tid / kDecodeGemmMaxRows;
-      rows[tid / kDecodeGemmMaxRows][t] =
-          RowLoraOf(l, min(slice, l.num_slices - 1), t < p.m && slice < l.num_slices ? tslot[t] : -1);
-    }
-    for (int j = tid; j < l.max_segments * l.num_slices; j += kThreads) {
-      const int seg = j % l.max_segments;
-      const int s = j / l.max_segments;
-      const int slot = l.segment_slot[seg];
-      const int lo = max(n0, p.slice_begin[s]);
-      const int hi = min(n1, p.slice_begin[s + 1]);
-      if (slot < 0 || lo >= hi) continue;
-      const int64_t* meta = l.meta + (static_cast<int64_t>(s) * l.num_slots + slot) * kMetaFields;
-      if (meta[kMetaA] == 0) continue;
-      const int64_t row_bytes = meta[kMetaRank] * static_cast<int64_t>(sizeof(T));
-      const char* b = reinterpret_cast<const char*>(meta[kMetaB]);
-      const char* end = b + (hi - p.slice_begin[s]) * row_bytes;
-      for (uintptr_t q = reinterpret_cast<uintptr_t>(b + (lo - p.slice_begin[s]) * row_bytes) & ~uintptr_t{127};
-           q < reinterpret_cast<uintptr_t>(end); q += 128)
-        PrefetchL2(reinterpret_cast<const void*>(q));
-    }
-  }
+  __shared__ GemmLora gl;
+  if (lora) StageGemmLora<T>(p, n0, min(p.n, n0 + rp), tid, kThreads, gl, [] { __syncthreads(); });
 
   // 4. Main loop: chunk i uses register slot i % D, refilled with chunk i + D.
   float acc[kMTiles][NT][4];
@@ -397,113 +282,12 @@ __global__ void __launch_bounds__(kThreads, D == 2 ? 2 : 1) DecodeGemmKernel(con
   cluster.sync();
   float* sums = part + kRows * kPartStride;  // [m][rp], this thread's elements only.
   const int count = p.m * rp;
-  // Distributed shared memory reads cost hundreds of cycles each: issue all
-  // of a batch's (kBatch elements x every CTA of the cluster) before adding.
-  constexpr int kMaxSplits = 8;
-  const float* remote[kMaxSplits];
-#pragma unroll
-  for (int q = 0; q < kMaxSplits; ++q)
-    remote[q] = q < splits ? cluster.map_shared_rank(part, q) : part;  // Unused: local.
-  for (int e0 = tid; e0 < count; e0 += kThreads * kBatch) {
-    float v[kBatch][kMaxSplits];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int e = min(e0 + u * kThreads, count - 1);
-      const int off = (e / rp) * kPartStride + crank * rp + e % rp;
-#pragma unroll
-      for (int q = 0; q < kMaxSplits; ++q) v[u][q] = remote[q][off];
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      float s = 0.0f;
-#pragma unroll
-      for (int q = 0; q < kMaxSplits; ++q) s += q < splits ? v[u][q] : 0.0f;
-      if (e0 + u * kThreads < count) sums[e0 + u * kThreads] = s;
-    }
-  }
+  SumClusterPartials<kThreads>(part, kPartStride, splits, crank, rp, count, sums, tid);
   ClusterArrive();  // Done reading the other CTAs' shared memory.
 
   // 6. Epilogue: + LoRA (after the shrink has finished), one rounding, store.
-  //    v of the staged slices goes to shared memory once; then kBatch
-  //    elements at a time, the B rows of plain rank-8/16 adapters are loaded
-  //    together before any is used (other adapters: LoraDelta per element).
-  T* y = static_cast<T*>(p.y);
-  const int vw = p.lora.v_width;
-  float* vstage = sums + kRows * rp;  // [2][kRows][vw]
-  if (lora) {
-    WaitForPrimary();
-    if (staged) {
-      const int vecs = 2 * kRows * vw / 4;
-      for (int i = tid; i < vecs; i += kThreads) {
-        const int ls = (4 * i) / (kRows * vw);
-        const int t = ((4 * i) % (kRows * vw)) / vw;
-        const int j = (4 * i) % vw;
-        const int slice = first_slice + ls;
-        float4 val = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (t < p.m && slice < p.lora.num_slices) {
-          val = *reinterpret_cast<const float4*>(
-              p.lora.v + (static_cast<int64_t>(slice) * p.lora.num_tokens + t) * vw + j);
-        }
-        *reinterpret_cast<float4*>(vstage + 4 * i) = val;
-      }
-      __syncthreads();
-    }
-  }
-  const int split_col = staged ? p.slice_begin[first_slice + 1] : 0;
-  for (int e0 = tid; e0 < count; e0 += kThreads * kBatch) {
-    uint4 b_lo[kBatch], b_hi[kBatch];
-    bool fast[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int e = min(e0 + u * kThreads, count - 1);
-      const int t = e / rp;
-      const int n = min(n0 + e % rp, p.n - 1);
-      fast[u] = false;
-      b_lo[u] = b_hi[u] = make_uint4(0, 0, 0, 0);
-      if (!staged) continue;
-      const RowLora& r = rows[n >= split_col ? 1 : 0][t];
-      const T* b = static_cast<const T*>(r.b) +
-                   static_cast<int64_t>(n - p.slice_begin[r.slice]) * r.rank;
-      if (r.b != nullptr && (r.rank == 8 || r.rank == 16) && r.a_bias == nullptr && r.act == 0 &&
-          (reinterpret_cast<uintptr_t>(b) & 15) == 0) {
-        fast[u] = true;
-        b_lo[u] = Ld16(b);
-        b_hi[u] = Ld16(b + (r.rank == 16 ? 8 : 0));
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int e = e0 + u * kThreads;
-      if (e >= count) break;
-      const int t = e / rp;
-      const int n = n0 + e % rp;
-      if (n >= p.n) continue;
-      float s = sums[e];
-      if (fast[u]) {
-        const int ls = n >= split_col ? 1 : 0;
-        const RowLora& r = rows[ls][t];
-        const float* vv = vstage + (ls * kRows + t) * vw;
-        float bf[8];
-        float acc = 0.0f;
-        ToFloats<T>(b_lo[u], bf);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc = fmaf(vv[j], bf[j], acc);
-        if (r.rank == 16) {
-          ToFloats<T>(b_hi[u], bf);
-#pragma unroll
-          for (int j = 0; j < 8; ++j) acc = fmaf(vv[8 + j], bf[j], acc);
-        }
-        if (r.b_bias != nullptr)
-          acc += ToF(static_cast<const T*>(r.b_bias)[n - p.slice_begin[r.slice]]);
-        s += r.scale * acc;
-      } else if (staged) {
-        s += LoraDelta<T>(rows[n >= split_col ? 1 : 0][t], p, t, n);
-      } else if (lora) {
-        s += LoraDelta<T>(RowLoraOf(p.lora, SliceOf(p, n), tslot[t]), p, t, n);
-      }
-      y[static_cast<int64_t>(t) * p.ld_y + n] = FromF<T>(s);
-    }
-  }
+  float* vstage = sums + kRows * rp;  // [2][kRows][v_width]
+  StoreWithLora<T, kThreads>(p, sums, count, rp, n0, kRows, lora, gl, vstage, tid);
   ClusterWait();
 #endif
 }

@@ -594,8 +594,12 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
   }
 }
 
-bool DecodeGemmServes(const at::Tensor& x, const at::Tensor& w) {
-#ifdef ADAPTERD_WITH_CUDA
+namespace {
+
+// Operands the tensor-core decode GEMMs take: CUDA fp16/bf16 without autograd,
+// w contiguous, x with contiguous columns and rows 8-element strided, both
+// 16-byte aligned, sizes within int.
+bool FastGemmOperands(const at::Tensor& x, const at::Tensor& w) {
   if (!x.defined() || !w.defined() || !x.is_cuda() || w.device() != x.device()) return false;
   if (x.dim() != 2 || w.dim() != 2 || x.size(1) != w.size(1) || x.size(0) < 1) return false;
   const at::ScalarType dtype = x.scalar_type();
@@ -609,11 +613,30 @@ bool DecodeGemmServes(const at::Tensor& x, const at::Tensor& w) {
        15) != 0) {
     return false;
   }
-  if (w.size(0) > std::numeric_limits<int>::max() || x.size(1) > std::numeric_limits<int>::max()) {
-    return false;
-  }
+  return w.size(0) <= std::numeric_limits<int>::max() &&
+         x.size(1) <= std::numeric_limits<int>::max();
+}
+
+}  // namespace
+
+bool DecodeGemmServes(const at::Tensor& x, const at::Tensor& w) {
+#ifdef ADAPTERD_WITH_CUDA
+  if (!FastGemmOperands(x, w)) return false;
   const c10::cuda::CUDAGuard guard(x.device());
   return lora_internal::DecodeGemmFits(static_cast<int>(x.size(0)), static_cast<int>(w.size(0)),
+                                       static_cast<int>(x.size(1)));
+#else
+  (void)x;
+  (void)w;
+  return false;
+#endif
+}
+
+bool StreamGemmServes(const at::Tensor& x, const at::Tensor& w) {
+#ifdef ADAPTERD_WITH_CUDA
+  if (!FastGemmOperands(x, w)) return false;
+  const c10::cuda::CUDAGuard guard(x.device());
+  return lora_internal::StreamGemmFits(static_cast<int>(x.size(0)), static_cast<int>(w.size(0)),
                                        static_cast<int>(x.size(1)));
 #else
   (void)x;
@@ -695,7 +718,19 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
           lora_internal::kDecodeGemmMaxRows, " rows, K a multiple of ",
           lora_internal::kDecodeGemmChunk, ", aligned rows)"));
     }
-    if (!decode) {
+    const bool stream = options.gemm == LinearGemm::kStream;
+    if (stream) {
+      const int splits = std::max(options.splits, 1);
+      if (!StreamGemmServes(x, w) || y.stride(1) != 1 || splits > 8 || (splits & (splits - 1)) ||
+          x.size(1) % (64 * splits) != 0 || (table != nullptr && table->max_rank > 128)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "lora linear: the stream GEMM does not serve x [", x.size(0), ", ", x.size(1),
+            "] and w [", w.size(0), ", ", w.size(1), "] on ", x.device().str(),
+            " (CUDA sm_90, fp16/bf16, at most 32 rows, N and K multiples of 64, aligned rows; K a"
+            " multiple of 64 × splits, splits 1, 2, 4 or 8; ranks up to 128)"));
+      }
+    }
+    if (!decode && !stream) {
       if (y.is_contiguous()) {
         at::Tensor out = y;
         at::mm_out(out, x, w.t());
@@ -708,7 +743,7 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
     }
 #ifdef ADAPTERD_WITH_CUDA
     const c10::cuda::CUDAGuard guard(x.device());
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+    const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream().stream();
     lora_internal::DecodeGemmArgs args;
     args.dtype = ToLaunchDtype(x.scalar_type());
     args.m = static_cast<int>(x.size(0));
@@ -721,6 +756,7 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
     args.ld_y = y.size(0) > 1 ? y.stride(0) : y.size(1);
     args.splits = options.splits;
     args.depth = options.depth;
+    args.tile_cols = options.tile_cols;
     at::Tensor v;  // Lives until both launches are queued (stream-ordered reuse).
     if (table != nullptr && table->max_rank > 0 && index->num_tokens > 0 &&
         index->max_segment_tokens > 0) {
@@ -732,7 +768,7 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
       lora.ld_x = args.ld_x;
       lora.v = v.mutable_data_ptr<float>();
       lora.v_width = static_cast<int>(width);
-      const std::string err = lora_internal::LaunchLoraShrinkCuda(lora, stream);
+      const std::string err = lora_internal::LaunchLoraShrinkCuda(lora, cuda_stream);
       if (!err.empty()) return absl::InternalError(absl::StrCat("lora shrink: ", err));
       lora.after_shrink = true;
       args.lora = lora;
@@ -743,8 +779,11 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
       }
       args.slice_begin[table->num_slices] = static_cast<int>(off);
     }
-    const std::string err = lora_internal::LaunchDecodeGemmCuda(args, stream);
-    if (!err.empty()) return absl::InternalError(absl::StrCat("decode gemm: ", err));
+    const std::string err = stream ? lora_internal::LaunchStreamGemmCuda(args, cuda_stream)
+                                   : lora_internal::LaunchDecodeGemmCuda(args, cuda_stream);
+    if (!err.empty()) {
+      return absl::InternalError(absl::StrCat(stream ? "stream gemm: " : "decode gemm: ", err));
+    }
     return absl::OkStatus();
 #else
     return absl::InternalError("lora linear: built without CUDA");

@@ -164,18 +164,25 @@ inline absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
 
 // Which GEMM LoraLinear runs. The CPU and shapes the decode GEMM does not
 // serve always take at::mm.
-enum class LinearGemm : int { kAuto = 0, kTorch = 1, kDecode = 2 };
+// kStream: the TMA-pipelined streaming GEMM (stream_gemm.cu) for at most 32
+// rows, then LoraApply as its programmatic dependent; never chosen by kAuto.
+enum class LinearGemm : int { kAuto = 0, kTorch = 1, kDecode = 2, kStream = 3 };
 
 struct LoraLinearOptions {
   LinearGemm gemm = LinearGemm::kAuto;
-  int splits = 0;  // Decode GEMM: k splits per 256-column tile (1, 2, 4, 8); 0: its rule.
-  int depth = 0;   // Decode GEMM: 32-wide W chunks in flight per warp (2 or 4); 0: 2.
+  int splits = 0;     // Decode/stream GEMM: k splits per column tile (1, 2, 4, 8); 0: its rule.
+  int depth = 0;      // Decode GEMM: 32-wide W chunks in flight per warp (2 or 4); 0: 2.
+                      // Stream GEMM: pipeline stages (2..16); 0: 8.
+  int tile_cols = 0;  // Stream GEMM: output columns per CTA, 64 or 128; 0: 128 above 16 rows.
 };
 
 // Whether the decode GEMM can run y = x · wᵀ for x [T, K] and w [N, K]:
 // CUDA on an sm_90+ device, fp16/bf16, T <= 32, K a multiple of 32, w
 // contiguous, 16-byte aligned rows, autograd not recording through either.
 bool DecodeGemmServes(const at::Tensor& x, const at::Tensor& w);
+// The same for the streaming GEMM (LinearGemm::kStream): T <= 32, N a
+// multiple of 64, K a multiple of 64.
+bool StreamGemmServes(const at::Tensor& x, const at::Tensor& w);
 
 // Whether LoraLinear's kAuto takes the decode GEMM: where it serves and
 // measured faster than cuBLAS followed by LoraApply on the H200

@@ -91,6 +91,7 @@ struct DecodeGemmArgs {
   int64_t ld_y = 0;
   int splits = 0;  // K splits per output tile (a thread-block cluster): 1, 2, 4 or 8; 0: auto.
   int depth = 0;   // W chunks each warp keeps in flight: 2 or 4; 0: 2.
+  int tile_cols = 0;  // Stream GEMM: W rows per CTA, 64 or 128; 0: its rule.
   // LoRA in the epilogue (lora.meta == nullptr: none). lora.v holds the
   // shrink's output ([slices, m, v_width], written by the kernel launched
   // just before on the stream); slice s covers y's columns
@@ -107,5 +108,14 @@ bool DecodeGemmFits(int m, int n, int k);
 int DecodeGemmAutoSplits(int m, int n, int k);
 // Returns an empty string on success, else the CUDA error text.
 std::string LaunchDecodeGemmCuda(const DecodeGemmArgs& args, void* stream);
+
+// The streaming GEMM (stream_gemm.cu): the same product and LoRA epilogue
+// for m <= 32 rows, W fed through a TMA shared-memory pipeline (`depth` =
+// stages, 0: auto; `splits` k-ranges per tile, 0: auto; `tile_cols` 64 or
+// 128, 0: 64). Needs n % kStreamGemmTileCols == 0, k % 64 == 0, x and w
+// 16-byte aligned with row strides a multiple of 8 elements, sm_90.
+inline constexpr int kStreamGemmTileCols = 64;
+bool StreamGemmFits(int m, int n, int k);
+std::string LaunchStreamGemmCuda(const DecodeGemmArgs& args, void* stream);
 
 }  // namespace adapterd::lora_internal

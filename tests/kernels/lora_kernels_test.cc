@@ -207,8 +207,7 @@ Errors RunCase(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint3
     const absl::Status st = LoraLinear(x, base_w, y, &*table, &*index, c.linear_options);
     EXPECT_TRUE(st.ok()) << st;
     base_only = at::empty_like(y);
-    const absl::Status st0 =
-        LoraLinear(x, base_w, base_only, nullptr, nullptr, c.linear_options);
+    const absl::Status st0 = LoraLinear(x, base_w, base_only, nullptr, nullptr, c.linear_options);
     EXPECT_TRUE(st0.ok()) << st0;
   } else if (c.use_apply) {
     const absl::Status st = LoraApply(x, *table, *index, ys, c.path);
@@ -282,8 +281,10 @@ void ExpectGood(const CaseSpec& c, at::ScalarType dtype, at::Device device, uint
       "|y-ref|/|delta|=%.2e\n",
       device.is_cpu() ? "cpu" : "cuda", Name(dtype).c_str(), c.tokens, c.in, c.outs.size(),
       c.adapters, c.bottleneck ? " bottleneck" : "", c.use_apply ? " apply" : "",
-      c.use_apply && c.path == LoraPath::kFused ? " fused" : c.linear ? " linear" : "", e.v,
-      e.y);
+      c.use_apply && c.path == LoraPath::kFused ? " fused"
+      : c.linear                                ? " linear"
+                                                : "",
+      e.v, e.y);
   EXPECT_TRUE(e.v_finite);
   EXPECT_LT(e.v, 1e-5);
   EXPECT_LT(e.y, YTolerance(dtype));
@@ -539,15 +540,15 @@ TEST(LoraKernelsCudaTest, DecodeGemmMatchesFloat64) {
     c.linear_options.depth = depth;
     cases.push_back(c);
   };
-  add(32, 4096, {4096}, 32, 0, 0, 0.0);                // The benchmark's shape, auto splits.
-  add(32, 4096, {4096, 1024, 1024}, 32, 4, 2);         // q/k/v with GQA.
-  add(1, 4096, {4096}, 1, 1, 2, 0.0);                  // One row.
-  add(5, 3424, {3424, 856, 856}, 3, 2, 4);             // 3424: 107 chunks, uneven splits.
-  add(8, 11008, {4096}, 8, 8, 2);                      // Down projection's K.
-  add(13, 96, {200}, 4, 2, 4);                         // 3 chunks over 2 splits; 200 columns.
-  add(16, 32, {1000, 24}, 6, 1, 2);                    // One chunk; ragged last tile.
-  add(32, 5120, {14336, 14336}, 17, 0, 0);             // gate/up.
-  add(17, 1024, {520}, 9, 8, 4, 0.5);                  // Half the rows without an adapter.
+  add(32, 4096, {4096}, 32, 0, 0, 0.0);         // The benchmark's shape, auto splits.
+  add(32, 4096, {4096, 1024, 1024}, 32, 4, 2);  // q/k/v with GQA.
+  add(1, 4096, {4096}, 1, 1, 2, 0.0);           // One row.
+  add(5, 3424, {3424, 856, 856}, 3, 2, 4);      // 3424: 107 chunks, uneven splits.
+  add(8, 11008, {4096}, 8, 8, 2);               // Down projection's K.
+  add(13, 96, {200}, 4, 2, 4);                  // 3 chunks over 2 splits; 200 columns.
+  add(16, 32, {1000, 24}, 6, 1, 2);             // One chunk; ragged last tile.
+  add(32, 5120, {14336, 14336}, 17, 0, 0);      // gate/up.
+  add(17, 1024, {520}, 9, 8, 4, 0.5);           // Half the rows without an adapter.
   uint32_t seed = 500;
   for (const CaseSpec& c : cases)
     for (at::ScalarType t : {at::kHalf, at::kBFloat16}) ExpectGood(c, t, gpu, seed++);
@@ -583,16 +584,20 @@ TEST(LoraKernelsCudaTest, DecodeGemmMatchesFloat64) {
 // cublas split / fused: LoraLinear's cuBLAS GEMM, then LoraApply (kAuto) as
 // its programmatic dependent, any number of tokens per adapter (the split
 // kernels) or at most 4 (the fused one).
-enum class GraphMode { kSplit, kFused, kLinear, kCublasSplit, kCublasFused };
+// stream: LoraLinear's stream GEMM with the expand in its epilogue (32 rows).
+enum class GraphMode { kSplit, kFused, kLinear, kCublasSplit, kCublasFused, kStream };
 
 void ExpectGraphReplayFollowsIndex(GraphMode mode) {
   const at::Device gpu(at::kCUDA, 0);
   const c10::cuda::CUDAGuard guard(gpu);
   const bool fused = mode == GraphMode::kFused || mode == GraphMode::kCublasFused;
   const bool cublas = mode == GraphMode::kCublasSplit || mode == GraphMode::kCublasFused;
-  const bool linear = mode == GraphMode::kLinear || cublas;
+  const bool stream_gemm = mode == GraphMode::kStream;
+  const bool linear = mode == GraphMode::kLinear || cublas || stream_gemm;
   const int64_t kTokens = linear ? 32 : 64;
-  constexpr int64_t kIn = 3424, kOut = 1024, kSlots = 16, kMaxSeg = 16;
+  // The stream GEMM needs K a multiple of 64.
+  const int64_t kIn = stream_gemm ? 3456 : 3424;
+  constexpr int64_t kOut = 1024, kSlots = 16, kMaxSeg = 16;
   at::manual_seed(7);
   const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(gpu);
   LoraWeightTableBuilder builder(1, kSlots);
@@ -628,7 +633,9 @@ void ExpectGraphReplayFollowsIndex(GraphMode mode) {
   const std::vector<at::Tensor> ys = {y};
   const at::Tensor w_base = linear ? at::randn({kOut, kIn}, opts) / 58.0 : at::Tensor();
   LoraLinearOptions decode;
-  decode.gemm = cublas ? LinearGemm::kTorch : LinearGemm::kDecode;
+  decode.gemm = cublas        ? LinearGemm::kTorch
+                : stream_gemm ? LinearGemm::kStream
+                              : LinearGemm::kDecode;
 
   const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
   at::cuda::CUDAGraph graph;
@@ -674,7 +681,7 @@ void ExpectGraphReplayFollowsIndex(GraphMode mode) {
       const LoraSliceWeights& w = ws[slots[t]];
       want[t] += at::matmul(at::matmul(x[t].to(at::kDouble), w.a.to(at::kDouble).t()),
                             w.b.to(at::kDouble).t()) *
-                  static_cast<double>(w.scale);
+                 static_cast<double>(w.scale);
     }
     const double err = RelErr(y.to(at::kDouble), want, want - delta_base);
     EXPECT_LT(err, YTolerance(at::kBFloat16)) << "round " << round;
@@ -696,10 +703,75 @@ TEST(LoraKernelsCudaTest, DecodeGemmGraphReplayFollowsIndexRewrittenInPlace) {
   ExpectGraphReplayFollowsIndex(GraphMode::kLinear);
 }
 
+TEST(LoraKernelsCudaTest, StreamGemmGraphReplayFollowsIndexRewrittenInPlace) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  ExpectGraphReplayFollowsIndex(GraphMode::kStream);
+}
+
 TEST(LoraKernelsCudaTest, AfterBaseGemmGraphReplayFollowsIndexRewrittenInPlace) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   ExpectGraphReplayFollowsIndex(GraphMode::kCublasSplit);
   ExpectGraphReplayFollowsIndex(GraphMode::kCublasFused);
+}
+
+// The streaming GEMM (LinearGemm::kStream: TMA pipeline, cluster split-k)
+// with the LoRA expand in its epilogue, against float64: both 16-bit dtypes, row
+// counts around its 16-row x boxes, one k stage to the down projection's K,
+// every split count, 2 to 16 stages, both tile widths, q/k/v and gate/up
+// slices, grids of several waves; and where it does not serve.
+TEST(LoraKernelsCudaTest, StreamGemmMatchesFloat64) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const at::Device gpu(at::kCUDA, 0);
+  struct Shape {
+    int64_t t, in;
+    std::vector<int64_t> outs;
+    int64_t adapters;
+    int splits, stages, tile;
+  };
+  const Shape shapes[] = {
+      {1, 4096, {4096}, 1, 0, 0, 0},
+      {7, 64, {64}, 3, 1, 2, 64},
+      {16, 4096, {4096}, 8, 2, 4, 128},
+      {17, 1024, {512, 128, 128}, 5, 4, 2, 0},
+      {32, 4096, {4096}, 32, 0, 0, 0},
+      {32, 4096, {4096}, 32, 2, 8, 64},
+      {32, 11008, {4096}, 8, 4, 16, 64},
+      {32, 4096, {11008, 11008}, 16, 8, 3, 64},
+      {24, 4096, {11008, 11008}, 16, 2, 5, 128},
+      {13, 5120, {5120, 1024, 1024}, 6, 1, 0, 0},
+      {32, 1024, {320}, 4, 0, 0, 0},  // 320 columns: 64-column tiles under auto.
+  };
+  uint32_t seed = 600;
+  for (const Shape& sh : shapes) {
+    CaseSpec c = MakeCase(sh.t, sh.in, sh.outs, sh.adapters);
+    c.linear = true;
+    c.linear_options.gemm = LinearGemm::kStream;
+    c.linear_options.splits = sh.splits;
+    c.linear_options.depth = sh.stages;
+    c.linear_options.tile_cols = sh.tile;
+    for (at::ScalarType t : {at::kHalf, at::kBFloat16}) ExpectGood(c, t, gpu, seed++);
+  }
+  CaseSpec bottleneck = MakeCase(5, 1024, {512, 128, 128}, 3);
+  bottleneck.bottleneck = true;
+  bottleneck.linear = true;
+  bottleneck.linear_options.gemm = LinearGemm::kStream;
+  for (at::ScalarType t : {at::kHalf, at::kBFloat16}) ExpectGood(bottleneck, t, gpu, seed++);
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(gpu);
+  LoraLinearOptions stream;
+  stream.gemm = LinearGemm::kStream;
+  EXPECT_FALSE(StreamGemmServes(at::randn({33, 64}, opts), at::randn({64, 64}, opts)));
+  EXPECT_FALSE(StreamGemmServes(at::randn({8, 96}, opts), at::randn({64, 96}, opts)));
+  EXPECT_FALSE(StreamGemmServes(at::randn({8, 64}, opts), at::randn({72, 64}, opts)));
+  EXPECT_FALSE(StreamGemmServes(at::randn({8, 64}), at::randn({64, 64})));
+  EXPECT_EQ(LoraLinear(at::randn({33, 64}, opts), at::randn({64, 64}, opts),
+                       at::empty({33, 64}, opts), nullptr, nullptr, stream)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  stream.splits = 8;  // k = 64 does not split in 8.
+  EXPECT_EQ(LoraLinear(at::randn({8, 64}, opts), at::randn({64, 64}, opts),
+                       at::empty({8, 64}, opts), nullptr, nullptr, stream)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // LoraLinear's cuBLAS path: the base GEMM writes y, LoraApply's first kernel
