@@ -76,24 +76,26 @@ std::vector<at::Tensor> WeightCopies(int64_t n, int64_t k, const at::TensorOptio
   return out;
 }
 
+// The Llama-7B projections the GEMM sweeps run (W is [n, k]).
+struct ProjectionShape {
+  const char* name;
+  int64_t n, k;
+};
+constexpr ProjectionShape kProjectionShapes[] = {{"o 4096x4096", 4096, 4096},
+                                                 {"qkv 12288x4096", 12288, 4096},
+                                                 {"gate_up 22016x4096", 22016, 4096},
+                                                 {"down 4096x11008", 4096, 11008},
+                                                 {"lm_head 32000x4096", 32000, 4096}};
+
 // The decode GEMM against cuBLAS at the Llama-7B projection shapes, M rows:
 // every split count and depth, and the rule's choice (auto).
 void SweepDecodeGemm(double copy_bw) {
   const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
-  struct Shape {
-    const char* name;
-    int64_t n, k;
-  };
-  const Shape shapes[] = {{"o 4096x4096", 4096, 4096},
-                          {"qkv 12288x4096", 12288, 4096},
-                          {"gate_up 22016x4096", 22016, 4096},
-                          {"down 4096x11008", 4096, 11008},
-                          {"lm_head 32000x4096", 32000, 4096}};
   std::printf(
       "\ndecode GEMM sweep (bf16, us per call, W from HBM; bw = W bytes / time / copy bw)\n");
   std::printf("%-20s %3s | %8s %5s | %8s %5s | %s\n", "shape", "M", "cublas", "bw", "auto", "bw",
               "splits/depth: us");
-  for (const Shape& sh : shapes) {
+  for (const ProjectionShape& sh : kProjectionShapes) {
     const std::vector<at::Tensor> ws = WeightCopies(sh.n, sh.k, bf16);
     const int nw = static_cast<int>(ws.size());
     for (int64_t m : {8, 32}) {
@@ -134,23 +136,14 @@ void SweepDecodeGemm(double copy_bw) {
 }
 
 // The streaming GEMM (TMA pipeline) against cuBLAS at the Llama-7B projection
-// shapes, M rows: its rule's choice (auto) and splits x stages (0 = as many as fit).
+// shapes, M rows: its rule's choice (auto) and tile widths x splits x stages.
 void SweepStreamGemm(double copy_bw) {
   const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
-  struct Shape {
-    const char* name;
-    int64_t n, k;
-  };
-  const Shape shapes[] = {{"o 4096x4096", 4096, 4096},
-                          {"qkv 12288x4096", 12288, 4096},
-                          {"gate_up 22016x4096", 22016, 4096},
-                          {"down 4096x11008", 4096, 11008},
-                          {"lm_head 32000x4096", 32000, 4096}};
   std::printf(
       "\nstream GEMM sweep (bf16, us per call, W from HBM; bw = W bytes / time / copy bw)\n");
   std::printf("%-20s %3s | %8s %5s | %8s %5s | %s\n", "shape", "M", "cublas", "bw", "auto", "bw",
               "t<tile cols> splits/stages: us");
-  for (const Shape& sh : shapes) {
+  for (const ProjectionShape& sh : kProjectionShapes) {
     const std::vector<at::Tensor> ws = WeightCopies(sh.n, sh.k, bf16);
     const int nw = static_cast<int>(ws.size());
     for (int64_t m : {1, 8, 32}) {

@@ -146,6 +146,34 @@ inline bool Sm90KernelRuns(const void* kernel, int (&cache)[64]) {
   return cache[dev] == 1;
 }
 
+// Launch attributes for cudaLaunchKernelEx: a thread-block cluster of
+// `cluster_x` CTAs along x (0: none) and, with `pdl`, programmatic stream
+// serialization (the kernel may start before the one queued before it on the
+// stream finishes; it waits for it with griddepcontrol.wait). Keep the object
+// alive until the launch: the config points into it.
+struct LaunchAttrs {
+  cudaLaunchAttribute attr[2];
+  unsigned count = 0;
+  LaunchAttrs(unsigned cluster_x, bool pdl) {
+    if (cluster_x > 0) {
+      attr[count].id = cudaLaunchAttributeClusterDimension;
+      attr[count].val.clusterDim.x = cluster_x;
+      attr[count].val.clusterDim.y = 1;
+      attr[count].val.clusterDim.z = 1;
+      ++count;
+    }
+    if (pdl) {
+      attr[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[count].val.programmaticStreamSerializationAllowed = 1;
+      ++count;
+    }
+  }
+  void ApplyTo(cudaLaunchConfig_t& config) {
+    config.attrs = attr;
+    config.numAttrs = count;
+  }
+};
+
 inline std::string LastError() {
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));

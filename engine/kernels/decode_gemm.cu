@@ -318,15 +318,8 @@ std::string Launch(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(splits);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = p.lora.meta != nullptr && p.lora.after_shrink ? 2 : 1;
+  LaunchAttrs attrs(static_cast<unsigned>(splits), p.lora.meta != nullptr && p.lora.after_shrink);
+  attrs.ApplyTo(config);
   const cudaError_t e = cudaLaunchKernelEx(&config, kernel, p);
   if (e != cudaSuccess) return cudaGetErrorString(e);
   return std::string();
@@ -370,13 +363,8 @@ int ConcurrentCtas(int splits, size_t smem) {
   config.gridDim = dim3(static_cast<unsigned>(splits), 1024);
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = smem;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(splits);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  config.attrs = attr;
-  config.numAttrs = 1;
+  LaunchAttrs attrs(static_cast<unsigned>(splits), false);
+  attrs.ApplyTo(config);
   int clusters = 0;
   if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
     cudaGetLastError();

@@ -617,32 +617,35 @@ bool FastGemmOperands(const at::Tensor& x, const at::Tensor& w) {
          x.size(1) <= std::numeric_limits<int>::max();
 }
 
-}  // namespace
+enum class FastGemm { kDecode, kStream };
 
-bool DecodeGemmServes(const at::Tensor& x, const at::Tensor& w) {
+// Whether the operands suit the tensor-core GEMMs and the GEMM serves the
+// shape on x's device.
+bool FastGemmServes(const at::Tensor& x, const at::Tensor& w, FastGemm which) {
 #ifdef ADAPTERD_WITH_CUDA
   if (!FastGemmOperands(x, w)) return false;
   const c10::cuda::CUDAGuard guard(x.device());
-  return lora_internal::DecodeGemmFits(static_cast<int>(x.size(0)), static_cast<int>(w.size(0)),
-                                       static_cast<int>(x.size(1)));
+  const int m = static_cast<int>(x.size(0));
+  const int n = static_cast<int>(w.size(0));
+  const int k = static_cast<int>(x.size(1));
+  return which == FastGemm::kDecode ? lora_internal::DecodeGemmFits(m, n, k)
+                                    : lora_internal::StreamGemmFits(m, n, k);
 #else
   (void)x;
   (void)w;
+  (void)which;
   return false;
 #endif
 }
 
+}  // namespace
+
+bool DecodeGemmServes(const at::Tensor& x, const at::Tensor& w) {
+  return FastGemmServes(x, w, FastGemm::kDecode);
+}
+
 bool StreamGemmServes(const at::Tensor& x, const at::Tensor& w) {
-#ifdef ADAPTERD_WITH_CUDA
-  if (!FastGemmOperands(x, w)) return false;
-  const c10::cuda::CUDAGuard guard(x.device());
-  return lora_internal::StreamGemmFits(static_cast<int>(x.size(0)), static_cast<int>(w.size(0)),
-                                       static_cast<int>(x.size(1)));
-#else
-  (void)x;
-  (void)w;
-  return false;
-#endif
+  return FastGemmServes(x, w, FastGemm::kStream);
 }
 
 bool DecodeGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora) {

@@ -478,11 +478,8 @@ void LaunchShrink(const LoraLaunchArgs& p, cudaStream_t stream) {
                         p.num_slices, p.max_segments);
   config.blockDim = dim3(kShrinkThreads);
   config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = p.after_producer ? 1 : 0;
+  LaunchAttrs attrs(0, p.after_producer);
+  attrs.ApplyTo(config);
   (void)cudaLaunchKernelEx(&config, ShrinkKernel<T, BM>, p, rtiles);  // LastError() reports it.
 }
 
@@ -522,11 +519,8 @@ std::string LaunchExpand(const LoraLaunchArgs& p, cudaStream_t stream) {
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = p.after_shrink ? 1 : 0;
+  LaunchAttrs attrs(0, p.after_shrink);
+  attrs.ApplyTo(config);
   const cudaError_t e = cudaLaunchKernelEx(&config, ExpandKernel<T, BM>, p, mgroups, mt_per_cta);
   if (e != cudaSuccess) return cudaGetErrorString(e);
   return std::string();
@@ -565,15 +559,8 @@ std::string LaunchFused(const LoraLaunchArgs& p, cudaStream_t stream) {
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = FusedSmemBytes(BM, p.max_rank);
   config.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = kClusterCtas;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = p.after_producer ? 2 : 1;
+  LaunchAttrs attrs(kClusterCtas, p.after_producer);
+  attrs.ApplyTo(config);
   const cudaError_t e = cudaLaunchKernelEx(&config, FusedKernel<T, BM>, p);
   if (e != cudaSuccess) return cudaGetErrorString(e);
   return std::string();

@@ -358,17 +358,10 @@ std::string Launch(const DecodeGemmArgs& a, cudaStream_t stream) {
   config.blockDim = dim3(Threads<BN>());
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = p.splits;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
   // With LoRA: a programmatic dependent of the shrink launched just before
   // (the main loop runs beside it; the epilogue waits for it).
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = p.lora.meta != nullptr && p.lora.after_shrink ? 2 : 1;
+  LaunchAttrs attrs(static_cast<unsigned>(p.splits), p.lora.meta != nullptr && p.lora.after_shrink);
+  attrs.ApplyTo(config);
   e = cudaLaunchKernelEx(&config, kernel, wmap, xmap, p);
   if (e != cudaSuccess) {
     cudaGetLastError();
