@@ -165,7 +165,8 @@ inline absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
 // Which GEMM LoraLinear runs. The CPU and shapes the decode GEMM does not
 // serve always take at::mm.
 // kStream: the TMA-pipelined streaming GEMM (stream_gemm.cu) for at most 32
-// rows, then LoraApply as its programmatic dependent; never chosen by kAuto.
+// rows, with the deltas in its epilogue as the decode GEMM; never chosen by
+// kAuto (docs/kernels.md, round 5).
 enum class LinearGemm : int { kAuto = 0, kTorch = 1, kDecode = 2, kStream = 3 };
 
 struct LoraLinearOptions {
@@ -173,7 +174,7 @@ struct LoraLinearOptions {
   int splits = 0;     // Decode/stream GEMM: k splits per column tile (1, 2, 4, 8); 0: its rule.
   int depth = 0;      // Decode GEMM: 32-wide W chunks in flight per warp (2 or 4); 0: 2.
                       // Stream GEMM: pipeline stages (2..16); 0: 8.
-  int tile_cols = 0;  // Stream GEMM: output columns per CTA, 64 or 128; 0: 128 above 16 rows.
+  int tile_cols = 0;  // Stream GEMM: output columns per CTA, 64 or 128; 0: 64.
 };
 
 // Whether the decode GEMM can run y = x · wᵀ for x [T, K] and w [N, K]:
@@ -201,7 +202,8 @@ bool DecodeGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora);
 // table's slices in order (q | k | v), their out_features summing to w's
 // rows. x: [T, K] with contiguous columns; w: [N, K] contiguous; y: [T, N]
 // with contiguous columns (written, not read); one dtype.
-// With the decode GEMM (kDecode, or kAuto where DecodeGemmPreferred): one
+// With the decode GEMM (kDecode, or kAuto where DecodeGemmPreferred) or the
+// stream GEMM (kStream; INVALID_ARGUMENT where it does not serve): one
 // tensor-core GEMM that streams w once and adds the deltas in its epilogue,
 // after the shrink launched just before it; base and delta are summed in fp32
 // and rounded once (LoraApply adds to an already rounded base output).

@@ -314,14 +314,14 @@ int AutoSplits(int tiles, int k) {
   return best;
 }
 
-// The stages, their two mbarriers and 1024 bytes of alignment slack; at
-// least kMinSmem. The partial sums reuse the first stages after the main loop.
+// The stages and 1024 bytes of alignment slack, at least kMinSmem (the
+// mbarriers are static). The epilogue reuses the stages' memory.
 size_t SmemBytes(int bn, int nx, int stages) {
-  return std::max<size_t>(static_cast<size_t>(stages) * (StageBytes(bn, nx) + 16) + 1024, kMinSmem);
+  return std::max<size_t>(static_cast<size_t>(stages) * StageBytes(bn, nx) + 1024, kMinSmem);
 }
 
 int MaxStages(int bn, int nx) {
-  return std::min(16, (kMaxSmem - 1024) / (StageBytes(bn, nx) + 16));
+  return std::min(kMaxStages, (kMaxSmem - 1024) / StageBytes(bn, nx));
 }
 
 // Auto: 8 stages (the best on the H200 at 4096x4096 and 4096x11008; more
