@@ -596,6 +596,7 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
 
 namespace {
 
+#ifdef ADAPTERD_WITH_CUDA
 // Operands the tensor-core decode GEMMs take: CUDA fp16/bf16 without autograd,
 // w contiguous, x with contiguous columns and rows 8-element strided, both
 // 16-byte aligned, sizes within int.
@@ -616,6 +617,7 @@ bool FastGemmOperands(const at::Tensor& x, const at::Tensor& w) {
   return w.size(0) <= std::numeric_limits<int>::max() &&
          x.size(1) <= std::numeric_limits<int>::max();
 }
+#endif
 
 enum class FastGemm { kDecode, kStream };
 
