@@ -346,8 +346,10 @@ int Main(bool quick, bool decode_only) {
   absl::StatusOr<LoraWeightTable> table = builder.Build();
   if (!table.ok()) return 1;
   if (int rc = DecodeLora(*table, a_pool, b_pool, scale, copy_bw, quick); rc != 0) return rc;
-  SweepStreamGemm(copy_bw);
-  SweepDecodeGemm(copy_bw);
+  if (!quick) {  // The sweeps take a minute.
+    SweepStreamGemm(copy_bw);
+    SweepDecodeGemm(copy_bw);
+  }
   if (decode_only) return 0;
   std::vector<at::Tensor> base_w;
   for (int i = 0; i < 8; ++i) base_w.push_back(at::randn({kHidden, kHidden}, bf16) / 64.0);
