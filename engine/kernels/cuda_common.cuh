@@ -102,6 +102,36 @@ __device__ __forceinline__ uint4 Ld16(const void* p) {
   return __ldg(reinterpret_cast<const uint4*>(p));
 }
 
+// d += a · b on tensor cores: mma.sync.m16n8k16 with fp32 accumulation
+// (a: the 16x16 row-major A fragment, b: the 16x8 column-major B fragment).
+template <typename T>
+struct Mma;
+template <>
+struct Mma<__nv_bfloat16> {
+  static __device__ __forceinline__ void Run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                             uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct Mma<__half> {
+  static __device__ __forceinline__ void Run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                             uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+
+// A generic pointer into shared memory as a shared-window address.
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
 __device__ __forceinline__ void LaunchDependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -173,6 +203,22 @@ struct LaunchAttrs {
     config.numAttrs = count;
   }
 };
+
+// Lets `kernel` take up to `bytes` of dynamic shared memory, once per device
+// (`done` remembers; one array per kernel). Returns the CUDA error text, or
+// empty.
+inline std::string AllowDynamicSmem(const void* kernel, int bytes, bool (&done)[64]) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64 && done[dev]) return {};
+  const cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // Not left behind for the next launch check to find.
+    return cudaGetErrorString(e);
+  }
+  if (dev >= 0 && dev < 64) done[dev] = true;
+  return {};
+}
 
 inline std::string LastError() {
   const cudaError_t e = cudaGetLastError();

@@ -61,29 +61,6 @@ constexpr int kDefaultDepth = 2;  // W chunks in flight per warp (LoraLinearOpti
 constexpr int kMaxVWidth = 128;   // v staged for ranks up to this (larger: LoraLinear falls back).
 static_assert(kTile == kWarps * 16 * kMTiles, "kMTiles m16 tiles per warp");
 
-template <typename T>
-struct Mma;
-template <>
-struct Mma<__nv_bfloat16> {
-  static __device__ __forceinline__ void Run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                             uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-};
-template <>
-struct Mma<__half> {
-  static __device__ __forceinline__ void Run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                             uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-};
-
 // A weight vector read once: no L1 allocation, and a 256-byte L2 fetch (the
 // next chunks of the row follow).
 __device__ __forceinline__ uint4 LdStream(const void* p) {
@@ -96,8 +73,7 @@ __device__ __forceinline__ uint4 LdStream(const void* p) {
 
 // 16 bytes global → shared without registers; zeros where !valid.
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(smem)), "l"(gmem),
                "r"(valid ? 16 : 0)
                : "memory");
 }
@@ -304,13 +280,12 @@ std::string Launch(const DecodeGemmArgs& p, int splits, cudaStream_t stream) {
   const size_t smem =
       SmemBytes(p.m, p.k, splits, sizeof(T), p.lora.meta != nullptr ? p.lora.v_width : 0);
   static bool opted_in[64] = {};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  if (smem > 48 * 1024 && !(dev >= 0 && dev < 64 && opted_in[dev])) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
-    if (e != cudaSuccess) return cudaGetErrorString(e);
-    if (dev >= 0 && dev < 64) opted_in[dev] = true;
+  if (smem > 48 * 1024) {
+    if (std::string err =
+            AllowDynamicSmem(reinterpret_cast<const void*>(kernel), kMaxSmem, opted_in);
+        !err.empty()) {
+      return err;
+    }
   }
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>(splits),

@@ -35,7 +35,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 
 #include "engine/kernels/cuda_common.cuh"
 #include "engine/kernels/gemm_lora_epilogue.cuh"
@@ -59,10 +58,6 @@ __host__ __device__ constexpr int Threads() {
   return (BN / 16 + 1) * 32;
 }
 __host__ __device__ constexpr int StageBytes(int bn, int nx) { return (bn + 16 * nx) * kBK * 2; }
-
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 __device__ __forceinline__ void MbarInit(uint64_t* bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(SmemAddr(bar)), "r"(count)
@@ -108,22 +103,6 @@ __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
-}
-
-template <typename T>
-__device__ __forceinline__ void MmaBf(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                      uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
 }
 
 // Shared address of (row, 16-byte chunk) in a box of 128-byte rows at `base`
@@ -224,8 +203,8 @@ __global__ void __launch_bounds__(Threads<BN>(), 1)
         for (int g = 0; g < NX; ++g) {
           uint32_t b[4];
           LdMatrixX4(b, Swizzled(st + BN * 128, g * 16 + b_row, ks * 2 + b_half));
-          MmaBf<T>(acc[2 * g], a, b[0], b[1]);
-          MmaBf<T>(acc[2 * g + 1], a, b[2], b[3]);
+          Mma<T>::Run(acc[2 * g], a[0], a[1], a[2], a[3], b[0], b[1]);
+          Mma<T>::Run(acc[2 * g + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
         }
       }
       __syncwarp();
@@ -347,11 +326,10 @@ std::string Launch(const DecodeGemmArgs& a, cudaStream_t stream) {
   const size_t smem = std::max(SmemBytes(BN, NX, p.depth), epilogue);
   if (smem > static_cast<size_t>(kMaxSmem)) return "the epilogue does not fit shared memory";
   auto kernel = StreamGemmKernel<T, BN, NX>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem));
-  if (e != cudaSuccess) {
-    cudaGetLastError();  // Not left behind for the next launch check to find.
-    return cudaGetErrorString(e);
+  static bool opted_in[64] = {};
+  if (std::string err = AllowDynamicSmem(reinterpret_cast<const void*>(kernel), kMaxSmem, opted_in);
+      !err.empty()) {
+    return err;
   }
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>(a.n / BN * p.splits));
@@ -362,7 +340,7 @@ std::string Launch(const DecodeGemmArgs& a, cudaStream_t stream) {
   // (the main loop runs beside it; the epilogue waits for it).
   LaunchAttrs attrs(static_cast<unsigned>(p.splits), p.lora.meta != nullptr && p.lora.after_shrink);
   attrs.ApplyTo(config);
-  e = cudaLaunchKernelEx(&config, kernel, wmap, xmap, p);
+  const cudaError_t e = cudaLaunchKernelEx(&config, kernel, wmap, xmap, p);
   if (e != cudaSuccess) {
     cudaGetLastError();
     return cudaGetErrorString(e);

@@ -285,9 +285,11 @@ at::Tensor BatchAdapters::DecodeLinear(const at::Tensor& x, const at::Tensor& we
 }
 
 void ApplyLoraDelta(const at::Tensor& x, at::Tensor& y, const BatchAdapters& adapters, int layer,
-                    int module, const at::Tensor& base_bias) {
+                    int module, const at::Tensor& base_bias, bool after_base_gemm) {
   const bool kernels = adapters.UsesKernels(x);
-  if (kernels) adapters.ApplyKernels(x, std::span<const at::Tensor>(&y, 1), layer, module);
+  if (kernels) {
+    adapters.ApplyKernels(x, std::span<const at::Tensor>(&y, 1), layer, module, after_base_gemm);
+  }
   ApplyLoraGroups(x, y, adapters, layer, module, base_bias, kernels);
 }
 
@@ -312,12 +314,7 @@ at::Tensor LinearWithLora(const at::Tensor& x, const at::Tensor& weight, const a
     return y;
   }
   at::Tensor y = at::linear(x, weight, bias);
-  const bool kernels = adapters.UsesKernels(x);
-  if (kernels) {
-    adapters.ApplyKernels(x, std::span<const at::Tensor>(&y, 1), layer, module,
-                          /*after_base_gemm=*/true);
-  }
-  ApplyLoraGroups(x, y, adapters, layer, module, bias, kernels);
+  ApplyLoraDelta(x, y, adapters, layer, module, bias, /*after_base_gemm=*/true);
   return y;
 }
 

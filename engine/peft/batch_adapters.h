@@ -135,8 +135,10 @@ class BatchAdapters {
 // x: [T, in] (the module's input), y: [T, out] (its base output incl. bias),
 // base_bias: the module's bias or undefined. The one place LoRA is applied;
 // the batched kernels of engine/kernels may replace its body.
+// `after_base_gemm`: the last kernel queued wrote y, not x (the base GEMM or
+// a bias add after it): BatchAdapters::ApplyKernels.
 void ApplyLoraDelta(const at::Tensor& x, at::Tensor& y, const BatchAdapters& adapters, int layer,
-                    int module, const at::Tensor& base_bias);
+                    int module, const at::Tensor& base_bias, bool after_base_gemm = false);
 
 // ApplyLoraDelta for modules first_module, first_module + 1, ... that share
 // the input x (q/k/v, gate/up), ys[i] the base output of module
