@@ -135,6 +135,42 @@ void SweepDecodeGemm(double copy_bw) {
   }
 }
 
+// cuBLASLt (LoraLinear(kOverlap) without adapters) against at::mm's cuBLAS at
+// the Llama-7B projection shapes: which base GEMM the model should call.
+void SweepBlasLt(double copy_bw) {
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  std::printf("\ncuBLASLt against at::mm (bf16, us per call, W from HBM; bw of copy bw)\n");
+  std::printf("(lt = on the whole device, lt_c = leaving kOverlapSms SMs free)\n");
+  std::printf("%-20s %3s | %8s %5s | %8s %5s | %8s %5s\n", "shape", "M", "at::mm", "bw", "lt",
+              "bw", "lt_c", "bw");
+  LoraLinearOptions lt;
+  lt.gemm = LinearGemm::kOverlap;
+  lt.overlap_sms = -1;
+  LoraLinearOptions lt_c;
+  lt_c.gemm = LinearGemm::kOverlap;
+  for (const ProjectionShape& sh : kProjectionShapes) {
+    const std::vector<at::Tensor> ws = WeightCopies(sh.n, sh.k, bf16);
+    const int nw = static_cast<int>(ws.size());
+    for (int64_t m : {1, 8, 32, 128}) {
+      const at::Tensor x = at::randn({m, sh.k}, bf16);
+      at::Tensor y = at::empty({m, sh.n}, bf16);
+      const int iters = 4 * nw;
+      const double wbytes = static_cast<double>(sh.n) * sh.k * 2;
+      const double mm = TimeGraph(iters, [&](int i) { at::mm_out(y, x, ws[i % nw].t()); });
+      bool ok = true;
+      const double t = TimeGraph(
+          iters, [&](int i) { ok &= LoraLinear(x, ws[i % nw], y, nullptr, nullptr, lt).ok(); });
+      const double tc = TimeGraph(
+          iters, [&](int i) { ok &= LoraLinear(x, ws[i % nw], y, nullptr, nullptr, lt_c).ok(); });
+      std::printf("%-20s %3ld | %8.2f %4.0f%% | %8.2f %4.0f%% | %8.2f %4.0f%%%s\n", sh.name, m,
+                  mm * 1e3, 100 * wbytes / (mm * 1e-3) / copy_bw, t * 1e3,
+                  100 * wbytes / (t * 1e-3) / copy_bw, tc * 1e3,
+                  100 * wbytes / (tc * 1e-3) / copy_bw, ok ? "" : " (failed)");
+      std::fflush(stdout);
+    }
+  }
+}
+
 // The streaming GEMM (TMA pipeline) against cuBLAS at the Llama-7B projection
 // shapes, M rows: its rule's choice (auto) and tile widths x splits x stages.
 void SweepStreamGemm(double copy_bw) {
@@ -252,9 +288,15 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
       "(+apply = LoraLinear(kTorch): cuBLAS, then LoraApply as its programmatic dependent; st = "
       "the stream GEMM,\nst+lora = LoraLinear(kStream) with the adapters, st+l/cb = (st+lora - "
       "cublas) / cublas)\n");
-  std::printf("%4s %4s | %8s %8s %7s | %8s %5s %8s | %7s %6s %6s | %8s %8s %7s | %8s\n", "T", "N",
-              "cublas", "+apply", "apply/b", "dg", "dg_bw", "dg+lora", "add", "add/cb", "add/dg",
-              "st", "st+lora", "st+l/cb", "relerr");
+  std::printf(
+      "(lt = cuBLASLt alone on the whole device (kOverlap, overlap_sms -1); ov+lora = "
+      "kOverlap with them: cuBLASLt\non all but kOverlapSms SMs, the LoRA beside it on a forked "
+      "stream, then the delta add; ov/b = (ov+lora - b) / b,\nb = the faster of cublas and lt; "
+      "ov_err = its error against fp32)\n");
+  std::printf(
+      "%4s %4s | %8s %8s %7s | %8s %5s %8s | %7s %6s %6s | %8s %8s %7s | %8s %8s %6s %8s | %8s\n",
+      "T", "N", "cublas", "+apply", "apply/b", "dg", "dg_bw", "dg+lora", "add", "add/cb", "add/dg",
+      "st", "st+lora", "st+l/cb", "lt", "ov+lora", "ov/b", "ov_err", "relerr");
   std::mt19937 rng(5);
   const std::vector<int64_t> token_counts =
       quick ? std::vector<int64_t>{32} : std::vector<int64_t>{1, 8, 16, 32};
@@ -273,6 +315,8 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
       torch_gemm.gemm = LinearGemm::kTorch;
       LoraLinearOptions stream;
       stream.gemm = LinearGemm::kStream;
+      LoraLinearOptions overlap;
+      overlap.gemm = LinearGemm::kOverlap;
       bool ok = true;
       const double cublas = TimeGraph(iters, [&](int i) { at::mm_out(y, xs[i], ws[i % nw].t()); });
       const double apply = TimeGraph(iters, [&](int i) {
@@ -290,11 +334,22 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
       const double dgl = TimeGraph(iters, [&](int i) {
         ok &= LoraLinear(xs[i], ws[i % nw], y, &table, &indexes[i], decode).ok();
       });
+      LoraLinearOptions lt_full = overlap;
+      lt_full.overlap_sms = -1;
+      const double lt = TimeGraph(iters, [&](int i) {
+        ok &= LoraLinear(xs[i], ws[i % nw], y, nullptr, nullptr, lt_full).ok();
+      });
+      const double ovl = TimeGraph(iters, [&](int i) {
+        ok &= LoraLinear(xs[i], ws[i % nw], y, &table, &indexes[i], overlap).ok();
+      });
       if (!ok) {
         std::printf("decode gemm call failed\n");
         return 1;
       }
       // One call against fp32 torch: base + gathered LoRA.
+      y.fill_(std::nan(""));
+      ok &= LoraLinear(xs[0], ws[0], y, &table, &indexes[0], overlap).ok();
+      const at::Tensor y_overlap = y.to(at::kFloat);
       ok &= LoraLinear(xs[0], ws[0], y, &table, &indexes[0], decode).ok();
       const at::Tensor xf = xs[0].to(at::kFloat);
       const at::Tensor want =
@@ -305,14 +360,29 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
                   .squeeze(1) *
               scale;
       const double err = ((y.to(at::kFloat) - want).norm() / want.norm()).item<double>();
+      const double ov_err = ((y_overlap - want).norm() / want.norm()).item<double>();
       const double wbytes = static_cast<double>(kHidden) * kHidden * 2;
       const double add = dgl - dg;
+      const double best_base = std::min(cublas, lt);
       std::printf(
           "%4ld %4ld | %8.2f %8.2f %6.0f%% | %8.2f %4.0f%% %8.2f | %7.2f %5.0f%% %5.0f%% | "
-          "%8.2f %8.2f %6.0f%% | %8.1e\n",
+          "%8.2f %8.2f %6.0f%% | %8.2f %8.2f %5.0f%% %8.1e | %8.1e\n",
           t_count, n, cublas * 1e3, apply * 1e3, 100 * (apply - cublas) / cublas, dg * 1e3,
           100 * wbytes / (dg * 1e-3) / copy_bw, dgl * 1e3, add * 1e3, 100 * add / cublas,
-          100 * add / dg, st * 1e3, stl * 1e3, 100 * (stl - cublas) / cublas, err);
+          100 * add / dg, st * 1e3, stl * 1e3, 100 * (stl - cublas) / cublas, lt * 1e3,
+          ovl * 1e3, 100 * (ovl - best_base) / best_base, ov_err, err);
+      if (t_count == 32 && n == 32) {  // The SMs left to the LoRA, swept.
+        std::printf("       overlap_sms sweep (ov+lora us, ov/b):");
+        for (int sms : {8, 16, 24, 32, 48, 64}) {
+          LoraLinearOptions o = overlap;
+          o.overlap_sms = sms;
+          const double t = TimeGraph(iters, [&](int i) {
+            ok &= LoraLinear(xs[i], ws[i % nw], y, &table, &indexes[i], o).ok();
+          });
+          std::printf(" %d: %.2f %.0f%%", sms, t * 1e3, 100 * (t - best_base) / best_base);
+        }
+        std::printf("\n");
+      }
       std::fflush(stdout);
       if (!ok) return 1;
     }
@@ -346,6 +416,7 @@ int Main(bool quick, bool decode_only) {
   absl::StatusOr<LoraWeightTable> table = builder.Build();
   if (!table.ok()) return 1;
   if (int rc = DecodeLora(*table, a_pool, b_pool, scale, copy_bw, quick); rc != 0) return rc;
+  SweepBlasLt(copy_bw);
   if (!quick) {  // The sweeps take a minute.
     SweepStreamGemm(copy_bw);
     SweepDecodeGemm(copy_bw);
@@ -364,14 +435,15 @@ int Main(bool quick, bool decode_only) {
       "adapter);\nseq = base GEMM then LoraApply(kAuto) in one graph, seq_add = (seq - base) / "
       "base; "
       "pdl = the same with\nLoraApply's first kernel a programmatic dependent of the GEMM "
-      "(after_base_gemm), pdl_add = (pdl - base) / base;\nbw_frac = of the faster of lora and "
-      "fused\n");
+      "(after_base_gemm), pdl_add = (pdl - base) / base;\nlt = cuBLASLt alone, ovl = "
+      "LoraLinear(kOverlap): the LoRA beside a cuBLASLt GEMM leaving SMs free, ovl_add = (ovl - "
+      "b) / b,\nb = the faster of base and lt; bw_frac = of the faster of lora and fused\n");
   std::printf(
-      "\n%6s %5s %5s | %9s %9s %7s | %9s %7s | %9s %7s | %9s %7s | %9s %7s | %8s %7s | "
-      "%9s %9s | %8s %8s\n",
+      "\n%6s %5s %5s | %9s %9s %7s | %9s %7s | %9s %7s | %9s %7s | %8s %8s %7s | %9s %7s | "
+      "%8s %7s | %9s %9s | %8s %8s\n",
       "T", "N", "Neff", "base_us", "lora_us", "lora/b", "fused_us", "fused/b", "seq_us", "seq_add",
-      "pdl_us", "pdl_add", "torch_us", "torch/b", "MB", "bw_frac", "shrink_us", "expand_us",
-      "relerr", "f_relerr");
+      "pdl_us", "pdl_add", "lt_us", "ovl_us", "ovl_add", "torch_us", "torch/b", "MB", "bw_frac",
+      "shrink_us", "expand_us", "relerr", "f_relerr");
   std::mt19937 rng(1);
   for (int64_t t_count : token_counts) {
     for (int64_t n : adapter_counts) {
@@ -411,6 +483,19 @@ int Main(bool quick, bool decode_only) {
       };
       const double seq_ms = projection(false);
       const double pdl_ms = projection(true);
+      // LinearGemm::kOverlap: cuBLASLt leaving SMs free, the LoRA beside it
+      // (ovl), and the cuBLASLt GEMM alone on the whole device (lt).
+      LoraLinearOptions overlap;
+      overlap.gemm = LinearGemm::kOverlap;
+      LoraLinearOptions lt_full = overlap;
+      lt_full.overlap_sms = -1;
+      const double lt_ms = TimeGraph(iters, [&](int i) {
+        ok &= LoraLinear(xs[i], base_w[i % 8], y, nullptr, nullptr, lt_full).ok();
+      });
+      const double ovl_ms = TimeGraph(iters, [&](int i) {
+        ok &= LoraLinear(xs[i], base_w[i % 8], y, &*table, &indexes[i], overlap).ok();
+      });
+      const double best_base_ms = std::min(base_ms, lt_ms);
       const double shrink_ms =
           TimeGraph(iters, [&](int i) { ok &= LoraShrink(xs[i], *table, indexes[i], v).ok(); });
       const double expand_ms =
@@ -454,13 +539,13 @@ int Main(bool quick, bool decode_only) {
         std::snprintf(fused_err_col, sizeof(fused_err_col), "%8.1e", fused_err);
       }
       std::printf(
-          "%6ld %5ld %5ld | %9.2f %9.2f %6.0f%% | %s | %9.2f %6.0f%% | %9.2f %6.0f%% | %9.2f "
-          "%6.0f%% | %8.2f "
-          "%6.0f%% | %9.2f %9.2f | %8.1e %s\n",
+          "%6ld %5ld %5ld | %9.2f %9.2f %6.0f%% | %s | %9.2f %6.0f%% | %9.2f %6.0f%% | %8.2f "
+          "%8.2f %6.0f%% | %9.2f %6.0f%% | %8.2f %6.0f%% | %9.2f %9.2f | %8.1e %s\n",
           t_count, n, n_eff, base_ms * 1e3, lora_ms * 1e3, 100 * lora_ms / base_ms, fused_cols,
           seq_ms * 1e3, 100 * (seq_ms - base_ms) / base_ms, pdl_ms * 1e3,
-          100 * (pdl_ms - base_ms) / base_ms, torch_ms * 1e3, 100 * torch_ms / base_ms, bytes / 1e6,
-          100 * frac, shrink_ms * 1e3, expand_ms * 1e3, err, fused_err_col);
+          100 * (pdl_ms - base_ms) / base_ms, lt_ms * 1e3, ovl_ms * 1e3,
+          100 * (ovl_ms - best_base_ms) / best_base_ms, torch_ms * 1e3, 100 * torch_ms / base_ms,
+          bytes / 1e6, 100 * frac, shrink_ms * 1e3, expand_ms * 1e3, err, fused_err_col);
       std::fflush(stdout);
     }
   }

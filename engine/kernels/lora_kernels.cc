@@ -12,13 +12,16 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/kernels/lora_launch.h"
 
 #ifdef ADAPTERD_WITH_CUDA
+#include <ATen/cuda/CUDAContextLight.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 #endif
 
 namespace adapterd {
@@ -273,9 +276,46 @@ absl::Status ValidateShrink(const at::Tensor& x, const LoraWeightTable& table,
   return absl::OkStatus();
 }
 
+#ifdef ADAPTERD_WITH_CUDA
+// While `stream` is being captured and its one last node is a kernel node
+// (the base GEMM): makes the next node captured on it depend on that kernel
+// through its launch-completion port (a programmatic edge: the next kernel
+// is dispatched once every CTA of the GEMM has begun, and its
+// griddepcontrol.wait still waits for the GEMM's completion). Returns whether
+// it did; false outside a capture or after anything else.
+absl::StatusOr<bool> DependOnLastKernelsLaunch(cudaStream_t stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  const cudaGraphNode_t* deps = nullptr;
+  size_t num_deps = 0;
+  cudaError_t e =
+      cudaStreamGetCaptureInfo(stream, &capture, nullptr, nullptr, &deps, nullptr, &num_deps);
+  if (e != cudaSuccess) {
+    return absl::InternalError(absl::StrCat("lora: capture info: ", cudaGetErrorString(e)));
+  }
+  cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+  if (capture != cudaStreamCaptureStatusActive || num_deps != 1 ||
+      cudaGraphNodeGetType(deps[0], &type) != cudaSuccess || type != cudaGraphNodeTypeKernel) {
+    return false;
+  }
+  cudaGraphNode_t gemm = deps[0];
+  cudaGraphEdgeData edge = {};
+  edge.from_port = cudaGraphKernelNodePortLaunchCompletion;
+  edge.type = cudaGraphDependencyTypeProgrammatic;
+  e = cudaStreamUpdateCaptureDependencies(stream, &gemm, &edge, 1,
+                                          cudaStreamSetCaptureDependencies);
+  if (e != cudaSuccess) {
+    return absl::InternalError(
+        absl::StrCat("lora: depend on the GEMM's launch: ", cudaGetErrorString(e)));
+  }
+  return true;
+}
+
+#endif
+
+// after_producer / beside: LoraApplyOptions::after_base_gemm / beside_base_gemm.
 absl::Status ShrinkImpl(const at::Tensor& x, const LoraWeightTable& table,
                         const LoraBatchIndex& index, const at::Tensor& v,
-                        bool after_producer = false) {
+                        bool after_producer = false, bool beside = false) {
   if (auto s = ValidateShrink(x, table, index, v); !s.ok()) return s;
   if (x.is_cpu()) {
     ShrinkCpu(x, table, index, v);
@@ -291,8 +331,13 @@ absl::Status ShrinkImpl(const at::Tensor& x, const LoraWeightTable& table,
     args.v = v.mutable_data_ptr<float>();
     args.v_width = static_cast<int>(v.size(2));
     args.after_producer = after_producer;
-    const std::string err =
-        lora_internal::LaunchLoraShrinkCuda(args, c10::cuda::getCurrentCUDAStream().stream());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+    if (after_producer && beside) {
+      absl::StatusOr<bool> edge = DependOnLastKernelsLaunch(stream);
+      if (!edge.ok()) return edge.status();
+      args.producer_edge = *edge;
+    }
+    const std::string err = lora_internal::LaunchLoraShrinkCuda(args, stream);
     if (!err.empty()) return absl::InternalError(absl::StrCat("lora shrink: ", err));
     return absl::OkStatus();
   }
@@ -529,6 +574,7 @@ absl::Status LoraExpand(const at::Tensor& v, const LoraWeightTable& table,
   }
 }
 
+
 absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
                        const LoraBatchIndex& index, std::span<const at::Tensor> y,
                        const LoraApplyOptions& options) {
@@ -560,6 +606,7 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
       if (auto s = ValidateExpand(v, table, index, y); !s.ok()) return s;
       const c10::cuda::CUDAGuard guard(x.device());
       if (index.num_tokens == 0 || index.max_segment_tokens == 0) return absl::OkStatus();
+      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
       LoraLaunchArgs args = MakeLaunchArgs(table, index);
       args.x = x.const_data_ptr();
       args.ld_x = x.stride(0);
@@ -568,10 +615,18 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
         args.ld_y[s] = y[s].stride(0);
       }
       args.after_producer = options.after_base_gemm;
-      if ((path == LoraPath::kFused || FusedPreferred(args)) &&
-          lora_internal::LoraFusedFits(args)) {
-        const std::string err =
-            lora_internal::LaunchLoraFusedCuda(args, c10::cuda::getCurrentCUDAStream().stream());
+      // Beside the GEMM the fused kernel does everything but the add to y
+      // while the GEMM runs: taken wherever it serves.
+      const bool beside = options.after_base_gemm && options.beside_base_gemm;
+      const bool fused = (path == LoraPath::kFused || beside || FusedPreferred(args)) &&
+                         lora_internal::LoraFusedFits(args);
+      if (fused && beside) {
+        absl::StatusOr<bool> edge = DependOnLastKernelsLaunch(stream);
+        if (!edge.ok()) return edge.status();
+        args.producer_edge = *edge;
+      }
+      if (fused) {
+        const std::string err = lora_internal::LaunchLoraFusedCuda(args, stream);
         if (!err.empty()) return absl::InternalError(absl::StrCat("lora fused: ", err));
         return absl::OkStatus();
       }
@@ -587,7 +642,10 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
   }
 #endif
   try {
-    if (auto s = ShrinkImpl(x, table, index, v, options.after_base_gemm); !s.ok()) return s;
+    if (auto s = ShrinkImpl(x, table, index, v, options.after_base_gemm, options.beside_base_gemm);
+        !s.ok()) {
+      return s;
+    }
     return ExpandImpl(v, table, index, y, /*after_shrink=*/true);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("lora: ", e.what_without_backtrace()));
@@ -650,6 +708,16 @@ bool StreamGemmServes(const at::Tensor& x, const at::Tensor& w) {
   return FastGemmServes(x, w, FastGemm::kStream);
 }
 
+bool OverlapGemmServes(const at::Tensor& x, const at::Tensor& w) {
+#ifdef ADAPTERD_WITH_CUDA
+  return FastGemmOperands(x, w);
+#else
+  (void)x;
+  (void)w;
+  return false;
+#endif
+}
+
 bool DecodeGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora) {
   return lora && x.defined() && w.defined() && x.dim() == 2 && w.dim() == 2 &&
          x.size(0) <= kDecodeGemmAutoRows && w.size(0) <= kDecodeGemmAutoCols &&
@@ -704,6 +772,37 @@ std::vector<at::Tensor> Slices(const at::Tensor& y, const LoraWeightTable& table
   return ys;
 }
 
+#ifdef ADAPTERD_WITH_CUDA
+// LinearGemm::kOverlap (LoraLinear has validated the operands): the cuBLASLt
+// GEMM on all but `overlap_sms` SMs, then LoraApply beside it.
+absl::Status OverlapLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
+                           const LoraWeightTable* table, const LoraBatchIndex* index,
+                           const LoraLinearOptions& options) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  lora_internal::DecodeGemmArgs gemm;
+  gemm.dtype = ToLaunchDtype(x.scalar_type());
+  gemm.m = static_cast<int>(x.size(0));
+  gemm.n = static_cast<int>(w.size(0));
+  gemm.k = static_cast<int>(x.size(1));
+  gemm.x = x.const_data_ptr();
+  gemm.ld_x = x.size(0) > 1 ? x.stride(0) : x.size(1);
+  gemm.w = w.const_data_ptr();
+  gemm.y = y.data_ptr();
+  gemm.ld_y = y.size(0) > 1 ? y.stride(0) : y.size(1);
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int free_sms =
+      options.overlap_sms < 0
+          ? 0
+          : std::clamp(options.overlap_sms > 0 ? options.overlap_sms : kOverlapSms, 1, sms - 1);
+  const std::string err = lora_internal::LaunchBlasLtGemm(
+      gemm, free_sms > 0 ? sms - free_sms : 0, c10::cuda::getCurrentCUDAStream().stream());
+  if (!err.empty()) return absl::InternalError(absl::StrCat("lora linear: ", err));
+  if (table == nullptr) return absl::OkStatus();
+  return LoraApply(x, *table, *index, Slices(y, *table),
+                   LoraApplyOptions{.after_base_gemm = true, .beside_base_gemm = true});
+}
+#endif
+
 }  // namespace
 
 absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
@@ -711,6 +810,16 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
                         const LoraLinearOptions& options) {
   try {
     if (auto s = ValidateLinear(x, w, y, table, index); !s.ok()) return s;
+    if (options.gemm == LinearGemm::kOverlap) {
+      if (!OverlapGemmServes(x, w)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "lora linear: the overlap GEMM does not serve x [", x.size(0), ", ", x.size(1),
+            "] on ", x.device().str(), " (CUDA, fp16/bf16, w contiguous, aligned rows)"));
+      }
+#ifdef ADAPTERD_WITH_CUDA
+      return OverlapLinear(x, w, y, table, index, options);
+#endif
+    }
     // The decode GEMM stages v of ranks up to 128 in shared memory.
     const bool decode =
         (options.gemm == LinearGemm::kDecode ||

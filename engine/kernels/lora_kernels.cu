@@ -146,21 +146,15 @@ __global__ void __launch_bounds__(kShrinkThreads) ShrinkKernel(const LoraLaunchA
   }
 }
 
-// One token tile of the expand for one CTA: each thread's kCols output
-// columns o[c] (B rows brow[c]; bpre holds their first kPre 16-byte vectors
-// when vec_ok) for the tile's mcount tokens stok[m], whose act(v + a_bias)
-// rows are staged in shared memory (vs, row stride rank):
-// y[stok[m], o[c]] += scale · (vs[m] · B[o[c]]ᵀ + bb[c]).
+// ExpandTile (below) in two steps: ExpandAcc computes the products (no y
+// access), ExpandStore adds them to y (after a base GEMM: once it is done).
 template <typename T, int BM>
-__device__ __forceinline__ void ExpandTile(const T* const (&brow)[kCols], const int (&o)[kCols],
-                                           int out, int rank, bool vec_ok,
-                                           const uint4 (&bpre)[kCols][kPre], const float* vs,
-                                           int mcount, const int* stok, T* y, int64_t ld,
-                                           float scale, const float (&bb)[kCols]) {
+__device__ __forceinline__ void ExpandAcc(const T* const (&brow)[kCols], int rank, bool vec_ok,
+                                          const uint4 (&bpre)[kCols][kPre], const float* vs,
+                                          int mcount, float (&acc)[BM][kCols]) {
   constexpr int VEC = kVec<T>;
   constexpr int C = kCols;
   const int nvec = rank / VEC;
-  float acc[BM][C];
 #pragma unroll
   for (int m = 0; m < BM; ++m)
 #pragma unroll
@@ -206,6 +200,13 @@ __device__ __forceinline__ void ExpandTile(const T* const (&brow)[kCols], const 
       }
     }
   }
+}
+
+template <typename T, int BM>
+__device__ __forceinline__ void ExpandStore(const float (&acc)[BM][kCols], const int (&o)[kCols],
+                                            int out, int mcount, const int* stok, T* y,
+                                            int64_t ld, float scale, const float (&bb)[kCols]) {
+  constexpr int C = kCols;
   float yv[BM][C];
 #pragma unroll
   for (int m = 0; m < BM; ++m)
@@ -219,6 +220,22 @@ __device__ __forceinline__ void ExpandTile(const T* const (&brow)[kCols], const 
       if (m < mcount && o[c] < out)
         y[static_cast<int64_t>(stok[m]) * ld + o[c]] =
             FromF<T>(yv[m][c] + scale * (acc[m][c] + bb[c]));
+}
+
+// One token tile of the expand for one CTA: each thread's kCols output
+// columns o[c] (B rows brow[c]; bpre holds their first kPre 16-byte vectors
+// when vec_ok) for the tile's mcount tokens stok[m], whose act(v + a_bias)
+// rows are staged in shared memory (vs, row stride rank):
+// y[stok[m], o[c]] += scale · (vs[m] · B[o[c]]ᵀ + bb[c]).
+template <typename T, int BM>
+__device__ __forceinline__ void ExpandTile(const T* const (&brow)[kCols], const int (&o)[kCols],
+                                           int out, int rank, bool vec_ok,
+                                           const uint4 (&bpre)[kCols][kPre], const float* vs,
+                                           int mcount, const int* stok, T* y, int64_t ld,
+                                           float scale, const float (&bb)[kCols]) {
+  float acc[BM][kCols];
+  ExpandAcc<T, BM>(brow, rank, vec_ok, bpre, vs, mcount, acc);
+  ExpandStore<T, BM>(acc, o, out, mcount, stok, y, ld, scale, bb);
 }
 
 // grid: (mgroups * otiles, num_slices, max_segments). Each thread owns kCols
@@ -457,12 +474,17 @@ __global__ void __launch_bounds__(kThreads) FusedKernel(const LoraLaunchArgs p) 
   }
   __syncthreads();  // vs and stok are complete (and every warp converged for the arrive).
   ClusterArrive();  // Done reading the other CTAs' shared memory.
-  WaitForPrimary();  // After a base GEMM: y is written (B's first vectors are in flight).
 
+  // The first tile's products before waiting for a base GEMM (beside it, the
+  // GEMM may still be running): after the wait only y is read and written.
+  float acc[BM][C];
+  if (crank < otiles) ExpandAcc<T, BM>(brow, rank, b_vec, bpre, vs, mcount, acc);
+  WaitForPrimary();  // After a base GEMM: y is written.
   T* y = static_cast<T*>(p.y[slice]);
   const int64_t ld = p.ld_y[slice];
-  for (int ot = crank; ot < otiles; ot += kClusterCtas) {
-    if (ot != crank) load_tile(ot);
+  if (crank < otiles) ExpandStore<T, BM>(acc, o, out, mcount, stok, y, ld, scale, bb);
+  for (int ot = crank + kClusterCtas; ot < otiles; ot += kClusterCtas) {
+    load_tile(ot);
     ExpandTile<T, BM>(brow, o, out, rank, b_vec, bpre, vs, mcount, stok, y, ld, scale, bb);
   }
   ClusterWait();
@@ -478,7 +500,7 @@ void LaunchShrink(const LoraLaunchArgs& p, cudaStream_t stream) {
                         p.num_slices, p.max_segments);
   config.blockDim = dim3(kShrinkThreads);
   config.stream = stream;
-  LaunchAttrs attrs(0, p.after_producer);
+  LaunchAttrs attrs(0, p.after_producer && !p.producer_edge);
   attrs.ApplyTo(config);
   (void)cudaLaunchKernelEx(&config, ShrinkKernel<T, BM>, p, rtiles);  // LastError() reports it.
 }
@@ -559,7 +581,7 @@ std::string LaunchFused(const LoraLaunchArgs& p, cudaStream_t stream) {
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = FusedSmemBytes(BM, p.max_rank);
   config.stream = stream;
-  LaunchAttrs attrs(kClusterCtas, p.after_producer);
+  LaunchAttrs attrs(kClusterCtas, p.after_producer && !p.producer_edge);
   attrs.ApplyTo(config);
   const cudaError_t e = cudaLaunchKernelEx(&config, FusedKernel<T, BM>, p);
   if (e != cudaSuccess) return cudaGetErrorString(e);

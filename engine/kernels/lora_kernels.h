@@ -149,6 +149,14 @@ struct LoraApplyOptions {
   // GEMM before it writes or touches y. Wrong where that kernel writes x
   // (e.g. a copy making x contiguous); ignored on the CPU.
   bool after_base_gemm = false;
+  // With after_base_gemm, while a CUDA graph is being captured and the
+  // GEMM is the capture's one last node: the first kernel depends on the
+  // GEMM's kernel node through its launch-completion port instead, so that
+  // it is dispatched as soon as every GEMM CTA has begun and runs beside the
+  // GEMM on the SMs it leaves free (everything but touching y; it still waits
+  // for the GEMM before that). Only worth it after a GEMM that leaves SMs
+  // free (LinearGemm::kOverlap); elsewhere as after_base_gemm alone.
+  bool beside_base_gemm = false;
 };
 
 // y[s] += shrink-then-expand of x, as LoraShrink followed by LoraExpand
@@ -167,7 +175,13 @@ inline absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
 // kStream: the TMA-pipelined streaming GEMM (stream_gemm.cu) for at most 32
 // rows, with the deltas in its epilogue as the decode GEMM; never chosen by
 // kAuto (docs/kernels.md, round 5).
-enum class LinearGemm : int { kAuto = 0, kTorch = 1, kDecode = 2, kStream = 3 };
+// kOverlap: the base GEMM by cuBLASLt told to leave `overlap_sms` SMs free,
+// then LoraApply beside it (LoraApplyOptions::beside_base_gemm): captured in
+// a CUDA graph, the LoRA runs on the SMs the GEMM leaves free while the GEMM
+// runs, and only adds its deltas to y after it (docs/kernels.md, round 6).
+// CUDA fp16/bf16; without adapters, the same cuBLASLt GEMM alone (so that
+// rows without an adapter come out the same).
+enum class LinearGemm : int { kAuto = 0, kTorch = 1, kDecode = 2, kStream = 3, kOverlap = 4 };
 
 struct LoraLinearOptions {
   LinearGemm gemm = LinearGemm::kAuto;
@@ -175,7 +189,16 @@ struct LoraLinearOptions {
   int depth = 0;      // Decode GEMM: 32-wide W chunks in flight per warp (2 or 4); 0: 2.
                       // Stream GEMM: pipeline stages (2..16); 0: 8.
   int tile_cols = 0;  // Stream GEMM: output columns per CTA, 64 or 128; 0: 64.
+  int overlap_sms = 0;  // kOverlap: SMs the GEMM leaves to the LoRA; 0: kOverlapSms;
+                        // negative: none (the GEMM on the whole device).
 };
+
+// SMs LinearGemm::kOverlap leaves to the LoRA by default (of the H200's 132).
+inline constexpr int kOverlapSms = 32;
+
+// Whether LinearGemm::kOverlap serves y = x · wᵀ: CUDA fp16/bf16 without
+// autograd recording through x or w, w contiguous, x with contiguous columns.
+bool OverlapGemmServes(const at::Tensor& x, const at::Tensor& w);
 
 // Whether the decode GEMM can run y = x · wᵀ for x [T, K] and w [N, K]:
 // CUDA on an sm_90+ device, fp16/bf16, T <= 32, K a multiple of 32, w

@@ -58,6 +58,10 @@ struct LoraLaunchArgs {
   // index and weight reads overlap that kernel's tail, and waits for it
   // (griddepcontrol.wait) before it writes v or touches y, and before it exits.
   bool after_producer = false;
+  // With after_producer: the capture already holds the programmatic edge from
+  // the producer to this launch (LoraApplyOptions::beside_base_gemm), so the
+  // first kernel is launched without the stream attribute.
+  bool producer_edge = false;
 };
 
 // Both return an empty string on success, else the CUDA error text.
@@ -117,5 +121,12 @@ std::string LaunchDecodeGemmCuda(const DecodeGemmArgs& args, void* stream);
 inline constexpr int kStreamGemmTileCols = 64;
 bool StreamGemmFits(int m, int n, int k);
 std::string LaunchStreamGemmCuda(const DecodeGemmArgs& args, void* stream);
+
+// y = x · wᵀ by cuBLASLt (blaslt_gemm.cc) for args' shape (fp16/bf16; lora,
+// splits, depth and tile_cols unused), asking it to use at most `sm_count`
+// SMs (CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET; 0: all), so that kernels on the
+// other SMs can run beside it. Torch's handle and workspace for the current
+// device and stream.
+std::string LaunchBlasLtGemm(const DecodeGemmArgs& args, int sm_count, void* stream);
 
 }  // namespace adapterd::lora_internal

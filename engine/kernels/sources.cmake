@@ -23,7 +23,7 @@ if(ADAPTERD_WITH_CUDA)
   endif()
   set(CMAKE_CUDA_ARCHITECTURES ${_kernels_archs})
   list(APPEND ADAPTERD_KERNELS_SOURCES kernels/lora_kernels.cu kernels/decode_gemm.cu
-       kernels/stream_gemm.cu kernels/decode_attention.cu)
+       kernels/stream_gemm.cu kernels/decode_attention.cu kernels/blaslt_gemm.cc)
   # Device code is optimised by ptxas at -O3 whatever the host flags; add
   # -Xptxas=-v locally to read registers and spills (docs/kernels.md).
   set_source_files_properties(kernels/lora_kernels.cu kernels/decode_gemm.cu kernels/stream_gemm.cu

@@ -585,15 +585,29 @@ TEST(LoraKernelsCudaTest, DecodeGemmMatchesFloat64) {
 // its programmatic dependent, any number of tokens per adapter (the split
 // kernels) or at most 4 (the fused one).
 // stream: LoraLinear's stream GEMM with the expand in its epilogue (32 rows).
-enum class GraphMode { kSplit, kFused, kLinear, kCublasSplit, kCublasFused, kStream };
+// overlap split / fused: LoraLinear's cuBLASLt GEMM leaving SMs free, then
+// LoraApply beside it (the fused kernel depends on the GEMM's launch, not its
+// completion, and must still add to y only after the GEMM wrote it).
+enum class GraphMode {
+  kSplit,
+  kFused,
+  kLinear,
+  kCublasSplit,
+  kCublasFused,
+  kStream,
+  kOverlapSplit,
+  kOverlapFused
+};
 
 void ExpectGraphReplayFollowsIndex(GraphMode mode) {
   const at::Device gpu(at::kCUDA, 0);
   const c10::cuda::CUDAGuard guard(gpu);
-  const bool fused = mode == GraphMode::kFused || mode == GraphMode::kCublasFused;
+  const bool fused = mode == GraphMode::kFused || mode == GraphMode::kCublasFused ||
+                     mode == GraphMode::kOverlapFused;
   const bool cublas = mode == GraphMode::kCublasSplit || mode == GraphMode::kCublasFused;
   const bool stream_gemm = mode == GraphMode::kStream;
-  const bool linear = mode == GraphMode::kLinear || cublas || stream_gemm;
+  const bool overlap = mode == GraphMode::kOverlapSplit || mode == GraphMode::kOverlapFused;
+  const bool linear = mode == GraphMode::kLinear || cublas || stream_gemm || overlap;
   const int64_t kTokens = linear ? 32 : 64;
   // The stream GEMM needs K a multiple of 64.
   const int64_t kIn = stream_gemm ? 3456 : 3424;
@@ -635,6 +649,7 @@ void ExpectGraphReplayFollowsIndex(GraphMode mode) {
   LoraLinearOptions decode;
   decode.gemm = cublas        ? LinearGemm::kTorch
                 : stream_gemm ? LinearGemm::kStream
+                : overlap     ? LinearGemm::kOverlap
                               : LinearGemm::kDecode;
 
   const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
@@ -712,6 +727,61 @@ TEST(LoraKernelsCudaTest, AfterBaseGemmGraphReplayFollowsIndexRewrittenInPlace) 
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   ExpectGraphReplayFollowsIndex(GraphMode::kCublasSplit);
   ExpectGraphReplayFollowsIndex(GraphMode::kCublasFused);
+}
+
+TEST(LoraKernelsCudaTest, OverlapGemmGraphReplayFollowsIndexRewrittenInPlace) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  ExpectGraphReplayFollowsIndex(GraphMode::kOverlapSplit);
+  ExpectGraphReplayFollowsIndex(GraphMode::kOverlapFused);
+}
+
+// LinearGemm::kOverlap (cuBLASLt leaving SMs free, then LoraApply beside it)
+// called eagerly, against float64 (graph capture: the replay test above): both
+// 16-bit dtypes, decode and prefill shapes, q/k/v and gate/up slices, rows
+// without an adapter (bit-equal to the GEMM alone), bottleneck adapters,
+// every SM split; and where it does not serve.
+TEST(LoraKernelsCudaTest, OverlapGemmMatchesFloat64) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const at::Device gpu(at::kCUDA, 0);
+  std::vector<CaseSpec> cases;
+  auto add = [&](int64_t t, int64_t in, std::vector<int64_t> outs, int64_t adapters,
+                 double none = 0.2, int overlap_sms = 0) {
+    CaseSpec c = MakeCase(t, in, std::move(outs), adapters, none);
+    c.linear = true;
+    c.round_robin = true;
+    c.linear_options.gemm = LinearGemm::kOverlap;
+    c.linear_options.overlap_sms = overlap_sms;
+    cases.push_back(c);
+  };
+  add(32, 4096, {4096}, 32, 0.0);               // The benchmark's decode shape.
+  add(32, 4096, {4096, 1024, 1024}, 8, 0.1);    // q/k/v with GQA.
+  add(1, 4096, {4096}, 1, 0.0, 8);              // One row, 8 SMs left.
+  add(8, 3424, {3424, 856, 856}, 3, 0.2, 64);   // Odd hidden size, half the device left.
+  add(32, 5120, {14336, 14336}, 17, 0.2, -1);   // gate/up, the GEMM on the whole device.
+  add(300, 4096, {4096}, 5, 0.3);               // Prefill: long segments.
+  add(17, 1024, {520}, 9, 0.5);                 // Half the rows without an adapter.
+  uint32_t seed = 900;
+  for (const CaseSpec& c : cases)
+    for (at::ScalarType t : {at::kHalf, at::kBFloat16}) ExpectGood(c, t, gpu, seed++);
+  CaseSpec bottleneck = cases[3];
+  bottleneck.bottleneck = true;
+  for (at::ScalarType t : {at::kHalf, at::kBFloat16}) ExpectGood(bottleneck, t, gpu, seed++);
+
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(gpu);
+  EXPECT_TRUE(OverlapGemmServes(at::randn({32, 4096}, opts), at::randn({128, 4096}, opts)));
+  LoraLinearOptions overlap;
+  overlap.gemm = LinearGemm::kOverlap;
+  // fp32, and x rows not 16-byte aligned: INVALID_ARGUMENT, nothing written.
+  EXPECT_EQ(LoraLinear(at::randn({4, 64}, opts.dtype(at::kFloat)),
+                       at::randn({16, 64}, opts.dtype(at::kFloat)),
+                       at::empty({4, 16}, opts.dtype(at::kFloat)), nullptr, nullptr, overlap)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  const at::Tensor wide = at::randn({4, 65}, opts);
+  EXPECT_EQ(LoraLinear(wide.narrow(1, 1, 64), at::randn({16, 64}, opts), at::empty({4, 16}, opts),
+                       nullptr, nullptr, overlap)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // The streaming GEMM (LinearGemm::kStream: TMA pipeline, cluster split-k)
