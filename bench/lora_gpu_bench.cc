@@ -25,6 +25,7 @@
 #include <functional>
 #include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "bench/cuda_graph_timer.h"
@@ -135,37 +136,95 @@ void SweepDecodeGemm(double copy_bw) {
   }
 }
 
-// cuBLASLt (LoraLinear(kOverlap) without adapters) against at::mm's cuBLAS at
-// the Llama-7B projection shapes: which base GEMM the model should call.
-void SweepBlasLt(double copy_bw) {
+// The Llama-7B projections (LoRA on o, qkv, gate_up, down) with M rows over
+// min(M, 32) distinct rank-16 adapters, every way LoraLinear runs them, each
+// against the faster plain GEMM (at::mm's cuBLAS or cuBLASLt on the whole
+// device): which path kAuto should take. lm_head: the plain GEMMs only.
+void SweepProjections(double copy_bw) {
   const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
-  std::printf("\ncuBLASLt against at::mm (bf16, us per call, W from HBM; bw of copy bw)\n");
-  std::printf("(lt = on the whole device, lt_c = leaving kOverlapSms SMs free)\n");
-  std::printf("%-20s %3s | %8s %5s | %8s %5s | %8s %5s\n", "shape", "M", "at::mm", "bw", "lt",
-              "bw", "lt_c", "bw");
-  LoraLinearOptions lt;
-  lt.gemm = LinearGemm::kOverlap;
-  lt.overlap_sms = -1;
-  LoraLinearOptions lt_c;
-  lt_c.gemm = LinearGemm::kOverlap;
+  std::printf(
+      "\nprojections (bf16, us per call, W and adapters from HBM): mm = at::mm, lt = cuBLASLt on "
+      "the whole device,\nlt_c = cuBLASLt leaving kOverlapSms SMs free, +apply = kTorch (mm, "
+      "then LoraApply after it), ov = kOverlap,\ndg = kDecode (- where it does not serve), auto = "
+      "kAuto; % = add-on against b = min(mm, lt); bw of copy bw\n");
+  std::printf("%-20s %3s %3s | %8s %5s %8s %8s | %8s %5s | %8s %5s | %8s %5s | %8s %5s\n", "shape",
+              "M", "N", "mm", "bw", "lt", "lt_c", "+apply", "%", "ov", "%", "dg", "%", "auto",
+              "%");
+  constexpr int64_t kShapePool = 128;
+  std::mt19937 rng(11);
   for (const ProjectionShape& sh : kProjectionShapes) {
+    const bool lora = sh.n != 32000;
     const std::vector<at::Tensor> ws = WeightCopies(sh.n, sh.k, bf16);
     const int nw = static_cast<int>(ws.size());
-    for (int64_t m : {1, 8, 32, 128}) {
+    std::optional<LoraWeightTable> table;
+    at::Tensor a_pool, b_pool;
+    if (lora) {
+      a_pool = at::randn({kShapePool, kRank, sh.k}, bf16) / 64.0;
+      b_pool = at::randn({kShapePool, sh.n, kRank}, bf16) / 4.0;
+      LoraWeightTableBuilder builder(1, kShapePool);
+      for (int64_t i = 0; i < kShapePool; ++i) {
+        LoraSliceWeights w;
+        w.a = a_pool[i];
+        w.b = b_pool[i];
+        w.scale = 2.0f;
+        if (!builder.Set(0, i, w).ok()) return;
+      }
+      absl::StatusOr<LoraWeightTable> built = builder.Build();
+      if (!built.ok()) return;
+      table = *std::move(built);
+    }
+    for (int64_t m : {1, 8, 16, 32}) {
+      const int64_t n = std::min<int64_t>(m, 32);
+      const int iters = std::max(4 * nw, 16);
+      const double wbytes = static_cast<double>(sh.n) * sh.k * 2;
       const at::Tensor x = at::randn({m, sh.k}, bf16);
       at::Tensor y = at::empty({m, sh.n}, bf16);
-      const int iters = 4 * nw;
-      const double wbytes = static_cast<double>(sh.n) * sh.k * 2;
-      const double mm = TimeGraph(iters, [&](int i) { at::mm_out(y, x, ws[i % nw].t()); });
+      std::vector<LoraBatchIndex> indexes;
+      for (int i = 0; lora && i < iters; ++i) {
+        std::vector<int32_t> slots(m);
+        for (int64_t t = 0; t < m; ++t) slots[t] = static_cast<int32_t>((i * n + t % n) % kShapePool);
+        std::shuffle(slots.begin(), slots.end(), rng);
+        absl::StatusOr<LoraBatchIndex> index = BuildLoraBatchIndex(slots, kShapePool, n, at::kCUDA);
+        if (!index.ok()) return;
+        indexes.push_back(*std::move(index));
+      }
       bool ok = true;
-      const double t = TimeGraph(
-          iters, [&](int i) { ok &= LoraLinear(x, ws[i % nw], y, nullptr, nullptr, lt).ok(); });
-      const double tc = TimeGraph(
-          iters, [&](int i) { ok &= LoraLinear(x, ws[i % nw], y, nullptr, nullptr, lt_c).ok(); });
-      std::printf("%-20s %3ld | %8.2f %4.0f%% | %8.2f %4.0f%% | %8.2f %4.0f%%%s\n", sh.name, m,
-                  mm * 1e3, 100 * wbytes / (mm * 1e-3) / copy_bw, t * 1e3,
-                  100 * wbytes / (t * 1e-3) / copy_bw, tc * 1e3,
-                  100 * wbytes / (tc * 1e-3) / copy_bw, ok ? "" : " (failed)");
+      auto time = [&](LinearGemm gemm, int overlap_sms, bool with_lora) {
+        LoraLinearOptions o;
+        o.gemm = gemm;
+        o.overlap_sms = overlap_sms;
+        if (with_lora &&
+            !LoraLinear(x, ws[0], y, &*table, &indexes[0], o).ok()) {
+          return -1.0;
+        }
+        return TimeGraph(iters, [&](int i) {
+          ok &= with_lora ? LoraLinear(x, ws[i % nw], y, &*table, &indexes[i], o).ok()
+                          : LoraLinear(x, ws[i % nw], y, nullptr, nullptr, o).ok();
+        });
+      };
+      const double mm = TimeGraph(iters, [&](int i) { at::mm_out(y, x, ws[i % nw].t()); });
+      const double lt = time(LinearGemm::kOverlap, -1, false);
+      const double lt_c = time(LinearGemm::kOverlap, 0, false);
+      const double b = std::min(mm, lt);
+      auto col = [&](double t) {
+        char buf[32];
+        if (t < 0) {
+          std::snprintf(buf, sizeof(buf), "%8s %5s", "-", "-");
+        } else {
+          std::snprintf(buf, sizeof(buf), "%8.2f %4.0f%%", t * 1e3, 100 * (t - b) / b);
+        }
+        return std::string(buf);
+      };
+      std::string cols;
+      if (lora) {
+        cols = col(time(LinearGemm::kTorch, 0, true)) + " | " +
+               col(time(LinearGemm::kOverlap, 0, true)) + " | " +
+               col(time(LinearGemm::kDecode, 0, true)) + " | " +
+               col(time(LinearGemm::kAuto, 0, true));
+      }
+      std::printf("%-20s %3ld %3ld | %8.2f %4.0f%% %8.2f %8.2f | %s%s\n", sh.name, m,
+                  lora ? n : 0, mm * 1e3, 100 * wbytes / (mm * 1e-3) / copy_bw, lt * 1e3,
+                  lt_c * 1e3, cols.c_str(), ok ? "" : " (failed)");
       std::fflush(stdout);
     }
   }
@@ -416,7 +475,7 @@ int Main(bool quick, bool decode_only) {
   absl::StatusOr<LoraWeightTable> table = builder.Build();
   if (!table.ok()) return 1;
   if (int rc = DecodeLora(*table, a_pool, b_pool, scale, copy_bw, quick); rc != 0) return rc;
-  SweepBlasLt(copy_bw);
+  SweepProjections(copy_bw);
   if (!quick) {  // The sweeps take a minute.
     SweepStreamGemm(copy_bw);
     SweepDecodeGemm(copy_bw);

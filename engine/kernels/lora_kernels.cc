@@ -718,6 +718,11 @@ bool OverlapGemmServes(const at::Tensor& x, const at::Tensor& w) {
 #endif
 }
 
+bool OverlapGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora) {
+  return lora && x.defined() && x.dim() == 2 && x.size(0) <= kOverlapAutoRows &&
+         OverlapGemmServes(x, w);
+}
+
 bool DecodeGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora) {
   return lora && x.defined() && w.defined() && x.dim() == 2 && w.dim() == 2 &&
          x.size(0) <= kDecodeGemmAutoRows && w.size(0) <= kDecodeGemmAutoCols &&
@@ -810,7 +815,10 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
                         const LoraLinearOptions& options) {
   try {
     if (auto s = ValidateLinear(x, w, y, table, index); !s.ok()) return s;
-    if (options.gemm == LinearGemm::kOverlap) {
+    const bool overlap =
+        options.gemm == LinearGemm::kOverlap ||
+        (options.gemm == LinearGemm::kAuto && OverlapGemmPreferred(x, w, table != nullptr));
+    if (overlap) {
       if (!OverlapGemmServes(x, w)) {
         return absl::InvalidArgumentError(absl::StrCat(
             "lora linear: the overlap GEMM does not serve x [", x.size(0), ", ", x.size(1),

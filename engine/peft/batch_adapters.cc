@@ -4,6 +4,7 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <optional>
 #include <cstring>
 #include <map>
 
@@ -273,14 +274,14 @@ void BatchAdapters::ApplyKernels(const at::Tensor& x, std::span<const at::Tensor
 
 at::Tensor BatchAdapters::DecodeLinear(const at::Tensor& x, const at::Tensor& weight,
                                        std::span<const int64_t> out_features, int layer,
-                                       int first_module) const {
+                                       int first_module, LinearGemm gemm) const {
   at::Tensor y = at::empty({x.size(0), weight.size(0)}, x.options());
   LoraWeightTable table;
   if (UsesKernels(x)) table = KernelTable(layer, first_module, out_features, x.size(1));
   const bool lora = table.max_rank > 0;
   const absl::Status status = LoraLinear(x, weight, y, lora ? &table : nullptr,
-                                         lora ? &kernel_index_ : nullptr);
-  TORCH_CHECK(status.ok(), "decode GEMM: ", status.ToString());
+                                         lora ? &kernel_index_ : nullptr, {.gemm = gemm});
+  TORCH_CHECK(status.ok(), "projection with LoRA: ", status.ToString());
   return y;
 }
 
@@ -304,12 +305,28 @@ void ApplyLoraDeltas(const at::Tensor& x, std::span<const at::Tensor> ys,
   }
 }
 
+namespace {
+
+// The GEMM a projection with kernel-slot groups runs through LoraLinear
+// (LinearWithLora's comment), or nullopt: at::linear, then the kernels.
+std::optional<LinearGemm> FusedLinearGemm(const at::Tensor& x, const at::Tensor& weight,
+                                          const BatchAdapters& adapters, bool any_bias,
+                                          bool decode_gemm) {
+  if (any_bias || !adapters.UsesKernels(x)) return std::nullopt;
+  if (decode_gemm && DecodeGemmPreferred(x, weight, /*lora=*/true)) return LinearGemm::kDecode;
+  if (OverlapGemmPreferred(x, weight, /*lora=*/true)) return LinearGemm::kOverlap;
+  return std::nullopt;
+}
+
+}  // namespace
+
 at::Tensor LinearWithLora(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                           const BatchAdapters& adapters, int layer, int module, bool decode_gemm) {
-  if (decode_gemm && !bias.defined() && adapters.UsesKernels(x) &&
-      DecodeGemmPreferred(x, weight, /*lora=*/true)) {
+  if (const std::optional<LinearGemm> gemm =
+          FusedLinearGemm(x, weight, adapters, bias.defined(), decode_gemm)) {
     const int64_t out = weight.size(0);
-    at::Tensor y = adapters.DecodeLinear(x, weight, std::span<const int64_t>(&out, 1), layer, module);
+    at::Tensor y =
+        adapters.DecodeLinear(x, weight, std::span<const int64_t>(&out, 1), layer, module, *gemm);
     ApplyLoraGroups(x, y, adapters, layer, module, bias, adapters.UsesKernels(x));
     return y;
   }
@@ -324,10 +341,10 @@ at::Tensor LinearWithLoraDeltas(const at::Tensor& x, const at::Tensor& weight,
                                 int layer, int first_module, bool decode_gemm) {
   const bool any_bias = std::any_of(biases.begin(), biases.end(),
                                     [](const at::Tensor& b) { return b.defined(); });
-  const bool decode = decode_gemm && !any_bias && adapters.UsesKernels(x) &&
-                      DecodeGemmPreferred(x, weight, /*lora=*/true);
-  at::Tensor y = decode ? adapters.DecodeLinear(x, weight, out_features, layer, first_module)
-                        : at::linear(x, weight);
+  const std::optional<LinearGemm> gemm =
+      FusedLinearGemm(x, weight, adapters, any_bias, decode_gemm);
+  at::Tensor y = gemm ? adapters.DecodeLinear(x, weight, out_features, layer, first_module, *gemm)
+                      : at::linear(x, weight);
   std::vector<at::Tensor> ys;
   int64_t off = 0;
   for (size_t i = 0; i < out_features.size(); ++i) {
@@ -336,7 +353,7 @@ at::Tensor LinearWithLoraDeltas(const at::Tensor& x, const at::Tensor& weight,
     if (biases[i].defined()) ys.back().add_(biases[i]);
   }
   const bool kernels = adapters.UsesKernels(x);
-  if (kernels && !decode)
+  if (kernels && !gemm)
     adapters.ApplyKernels(x, ys, layer, first_module, /*after_base_gemm=*/true);
   for (size_t i = 0; i < ys.size(); ++i) {
     ApplyLoraGroups(x, ys[i], adapters, layer, first_module + static_cast<int>(i), biases[i],

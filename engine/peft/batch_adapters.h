@@ -81,14 +81,13 @@ class BatchAdapters {
   void ApplyKernels(const at::Tensor& x, std::span<const at::Tensor> ys, int layer,
                     int first_module, bool after_base_gemm = false) const;
 
-  // y = x · weightᵀ through LoraLinear (kAuto), with the LoRA deltas of
+  // y = x · weightᵀ through LoraLinear (`gemm`), with the LoRA deltas of
   // modules first_module, first_module + 1, ... (y's consecutive column
   // slices of out_features[i] columns) for every kernel-slot group when
-  // UsesKernels(x): in the decode GEMM's epilogue where DecodeGemmPreferred,
-  // else at::mm then LoraApply. Throws c10::Error on a kernel error.
+  // UsesKernels(x). Throws c10::Error on a kernel error.
   at::Tensor DecodeLinear(const at::Tensor& x, const at::Tensor& weight,
-                          std::span<const int64_t> out_features, int layer,
-                          int first_module) const;
+                          std::span<const int64_t> out_features, int layer, int first_module,
+                          LinearGemm gemm = LinearGemm::kAuto) const;
 
   // A step whose adapted rows all take the kernels, their index and table in
   // caller-owned device buffers (CUDA-graph decode steps): `meta` int64
@@ -148,11 +147,12 @@ void ApplyLoraDeltas(const at::Tensor& x, std::span<const at::Tensor> ys,
                      const BatchAdapters& adapters, int layer, int first_module,
                      std::span<const at::Tensor> base_biases);
 
-// at::linear(x, weight, bias) followed by ApplyLoraDelta. With
-// `decode_gemm`, no bias, kernel-slot groups and a small decode step
-// (DecodeGemmPreferred), the projection runs through the decode GEMM with
-// those groups' LoRA in its epilogue instead (base and delta rounded once),
-// then the other groups as ApplyLoraDelta applies them.
+// at::linear(x, weight, bias) followed by ApplyLoraDelta. With no bias and
+// kernel-slot groups, a decode step runs through LoraLinear instead, then the
+// other groups as ApplyLoraDelta applies them: with `decode_gemm` where
+// DecodeGemmPreferred, the decode GEMM with those groups' LoRA in its
+// epilogue (base and delta rounded once); else where OverlapGemmPreferred,
+// cuBLASLt with the LoRA beside it (LinearGemm::kOverlap).
 at::Tensor LinearWithLora(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                           const BatchAdapters& adapters, int layer, int module,
                           bool decode_gemm = false);
