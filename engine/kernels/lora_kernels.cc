@@ -719,8 +719,8 @@ bool OverlapGemmServes(const at::Tensor& x, const at::Tensor& w) {
 }
 
 bool OverlapGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora) {
-  return lora && x.defined() && x.dim() == 2 && x.size(0) <= kOverlapAutoRows &&
-         OverlapGemmServes(x, w);
+  return lora && x.defined() && x.dim() == 2 && x.size(0) >= kOverlapAutoMinRows &&
+         x.size(0) <= kOverlapAutoRows && OverlapGemmServes(x, w);
 }
 
 bool DecodeGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora) {

@@ -202,9 +202,13 @@ inline constexpr int kOverlapSms = 32;
 bool OverlapGemmServes(const at::Tensor& x, const at::Tensor& w);
 
 // Whether LoraLinear's kAuto takes kOverlap: with adapters in the batch
-// (`lora`), at most kOverlapAutoRows rows (decode steps), where it serves.
-// Measured on the H200 (docs/kernels.md, round 6): 4096x4096 at 32 rows over
-// 32 adapters 15.1 us against 20.0 for cuBLAS then LoraApply.
+// (`lora`), kOverlapAutoMinRows..kOverlapAutoRows rows (decode steps), where
+// it serves. Measured on the H200 (docs/kernels.md, round 6; rank 16, one
+// adapter per row up to 32): 4096x4096 at 32 rows 15.0 us against 19.9 for
+// cuBLAS then LoraApply; the four Llama-7B projections of a layer at 8 rows
+// 142.6 against 149.8 us, at 32 rows 134.5 against 158.5; at 1 row 136.4
+// against 135.1 (the SM target makes cuBLASLt slower there).
+inline constexpr int64_t kOverlapAutoMinRows = 8;
 inline constexpr int64_t kOverlapAutoRows = 32;
 bool OverlapGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora);
 
