@@ -9,7 +9,8 @@
 // itself on tensor cores with the LoRA expand in its epilogue, against the
 // base cuBLAS GEMM plus LoraApply; and a sweep of the Llama-7B projection
 // shapes over its split counts and pipeline depths against cuBLAS.
-//   lora_gpu_bench [--quick | --decode | --stream-check]
+//   lora_gpu_bench [--quick | --decode | --tables | --stream-check]
+// (--tables: every table at full size, without the GEMM sweeps)
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAGraph.h>
@@ -449,7 +450,7 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
   return 0;
 }
 
-int Main(bool quick, bool decode_only) {
+int Main(bool quick, bool decode_only, bool sweeps) {
   if (!at::hasCUDA()) {
     std::printf("lora_gpu_bench: no CUDA device\n");
     return 0;
@@ -476,7 +477,7 @@ int Main(bool quick, bool decode_only) {
   if (!table.ok()) return 1;
   if (int rc = DecodeLora(*table, a_pool, b_pool, scale, copy_bw, quick); rc != 0) return rc;
   SweepProjections(copy_bw);
-  if (!quick) {  // The sweeps take a minute.
+  if (sweeps) {  // The sweeps take a minute.
     SweepStreamGemm(copy_bw);
     SweepDecodeGemm(copy_bw);
   }
@@ -644,5 +645,6 @@ int main(int argc, char** argv) {
   }
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool decode = argc > 1 && std::strcmp(argv[1], "--decode") == 0;
-  return adapterd::Main(quick, decode);
+  const bool tables = argc > 1 && std::strcmp(argv[1], "--tables") == 0;
+  return adapterd::Main(quick, decode, /*sweeps=*/!quick && !tables);
 }

@@ -8,7 +8,7 @@
 # (a cluster barrier never met) still returns the logs.
 #   carry: [".deps/debs", ".deps/kern-src.tar.gz"] (or [".gpu-tree", ".deps/debs"], run
 #   from .gpu-tree)
-#   command: bash scripts/gpu/lora_kernels.sh [--quick | --decode] (passed to lora_gpu_bench)
+#   command: bash scripts/gpu/lora_kernels.sh [--quick | --decode | --tables] (passed to lora_gpu_bench)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
