@@ -34,9 +34,10 @@ struct ModelLoadOptions {
   bool cuda_graphs = true;
   // CUDA, fp16/bf16 (Llama family): projections with LoRA adapters in small
   // decode steps (DecodeGemmPreferred) run through the decode GEMM of
-  // engine/kernels, the batched LoRA in its epilogue, instead of cuBLAS + the
-  // LoRA kernels. Off by default: on the H200 the whole decode step measured
-  // slower with it (docs/gpu.md); benchmarks compare both.
+  // engine/kernels, the batched LoRA in its epilogue, instead of the default
+  // (cuBLAS + the LoRA kernels; from 8 rows LinearGemm::kOverlap, the LoRA
+  // beside cuBLASLt). Off by default: on the H200 the whole decode step
+  // measured slower with it (docs/gpu.md); benchmarks compare both.
   bool decode_gemm = false;
 };
 

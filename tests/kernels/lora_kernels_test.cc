@@ -653,7 +653,7 @@ void ExpectGraphReplayFollowsIndex(GraphMode mode) {
                               : LinearGemm::kDecode;
 
   const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
-  at::cuda::CUDAGraph graph;
+  at::cuda::CUDAGraph graph(/*keep_graph=*/overlap);  // Overlap: its edges are inspected.
   {
     const c10::cuda::CUDAStreamGuard sg(stream);
     // Warm-up outside capture.
@@ -673,6 +673,27 @@ void ExpectGraphReplayFollowsIndex(GraphMode mode) {
     }
     graph.capture_end();
     ASSERT_TRUE(s1.ok() && s2.ok()) << s1 << s2;
+  }
+  if (overlap) {
+    // The LoRA's first kernel hangs off the GEMM's launch-completion port
+    // (it runs beside the GEMM), and nothing else does.
+    size_t num_edges = 0;
+    ASSERT_EQ(cudaGraphGetEdges(graph.raw_cuda_graph(), nullptr, nullptr, nullptr, &num_edges),
+              cudaSuccess);
+    std::vector<cudaGraphNode_t> from(num_edges), to(num_edges);
+    std::vector<cudaGraphEdgeData> data(num_edges);
+    ASSERT_EQ(cudaGraphGetEdges(graph.raw_cuda_graph(), from.data(), to.data(), data.data(),
+                                &num_edges),
+              cudaSuccess);
+    int launch_edges = 0;
+    for (const cudaGraphEdgeData& e : data) {
+      if (e.from_port == cudaGraphKernelNodePortLaunchCompletion) {
+        EXPECT_EQ(e.type, cudaGraphDependencyTypeProgrammatic);
+        ++launch_edges;
+      }
+    }
+    EXPECT_EQ(launch_edges, 1) << num_edges << " edges";
+    graph.instantiate();
   }
   for (int round = 0; round < 3; ++round) {
     const std::vector<int32_t> slots = make_slots();
