@@ -149,8 +149,7 @@ void SweepProjections(double copy_bw) {
       "then LoraApply after it), ov = kOverlap,\ndg = kDecode (- where it does not serve), auto = "
       "kAuto; % = add-on against b = min(mm, lt); bw of copy bw\n");
   std::printf("%-20s %3s %3s | %8s %5s %8s %8s | %8s %5s | %8s %5s | %8s %5s | %8s %5s\n", "shape",
-              "M", "N", "mm", "bw", "lt", "lt_c", "+apply", "%", "ov", "%", "dg", "%", "auto",
-              "%");
+              "M", "N", "mm", "bw", "lt", "lt_c", "+apply", "%", "ov", "%", "dg", "%", "auto", "%");
   constexpr int64_t kShapePool = 128;
   std::mt19937 rng(11);
   for (const ProjectionShape& sh : kProjectionShapes) {
@@ -183,7 +182,8 @@ void SweepProjections(double copy_bw) {
       std::vector<LoraBatchIndex> indexes;
       for (int i = 0; lora && i < iters; ++i) {
         std::vector<int32_t> slots(m);
-        for (int64_t t = 0; t < m; ++t) slots[t] = static_cast<int32_t>((i * n + t % n) % kShapePool);
+        for (int64_t t = 0; t < m; ++t)
+          slots[t] = static_cast<int32_t>((i * n + t % n) % kShapePool);
         std::shuffle(slots.begin(), slots.end(), rng);
         absl::StatusOr<LoraBatchIndex> index = BuildLoraBatchIndex(slots, kShapePool, n, at::kCUDA);
         if (!index.ok()) return;
@@ -194,8 +194,7 @@ void SweepProjections(double copy_bw) {
         LoraLinearOptions o;
         o.gemm = gemm;
         o.overlap_sms = overlap_sms;
-        if (with_lora &&
-            !LoraLinear(x, ws[0], y, &*table, &indexes[0], o).ok()) {
+        if (with_lora && !LoraLinear(x, ws[0], y, &*table, &indexes[0], o).ok()) {
           return -1.0;
         }
         return TimeGraph(iters, [&](int i) {
@@ -223,9 +222,9 @@ void SweepProjections(double copy_bw) {
                col(time(LinearGemm::kDecode, 0, true)) + " | " +
                col(time(LinearGemm::kAuto, 0, true));
       }
-      std::printf("%-20s %3ld %3ld | %8.2f %4.0f%% %8.2f %8.2f | %s%s\n", sh.name, m,
-                  lora ? n : 0, mm * 1e3, 100 * wbytes / (mm * 1e-3) / copy_bw, lt * 1e3,
-                  lt_c * 1e3, cols.c_str(), ok ? "" : " (failed)");
+      std::printf("%-20s %3ld %3ld | %8.2f %4.0f%% %8.2f %8.2f | %s%s\n", sh.name, m, lora ? n : 0,
+                  mm * 1e3, 100 * wbytes / (mm * 1e-3) / copy_bw, lt * 1e3, lt_c * 1e3,
+                  cols.c_str(), ok ? "" : " (failed)");
       std::fflush(stdout);
     }
   }
@@ -429,8 +428,8 @@ int DecodeLora(const LoraWeightTable& table, const at::Tensor& a_pool, const at:
           "%8.2f %8.2f %6.0f%% | %8.2f %8.2f %5.0f%% %8.1e | %8.1e\n",
           t_count, n, cublas * 1e3, apply * 1e3, 100 * (apply - cublas) / cublas, dg * 1e3,
           100 * wbytes / (dg * 1e-3) / copy_bw, dgl * 1e3, add * 1e3, 100 * add / cublas,
-          100 * add / dg, st * 1e3, stl * 1e3, 100 * (stl - cublas) / cublas, lt * 1e3,
-          ovl * 1e3, 100 * (ovl - best_base) / best_base, ov_err, err);
+          100 * add / dg, st * 1e3, stl * 1e3, 100 * (stl - cublas) / cublas, lt * 1e3, ovl * 1e3,
+          100 * (ovl - best_base) / best_base, ov_err, err);
       if (t_count == 32 && n == 32) {  // The SMs left to the LoRA, swept.
         std::printf("       overlap_sms sweep (ov+lora us, ov/b):");
         for (int sms : {8, 16, 24, 32, 48, 64}) {

@@ -139,10 +139,9 @@ std::string LaunchBlasLtGemm(const DecodeGemmArgs& args, int sm_count, void* str
   }
   const float alpha = 1.0f;
   const float beta = 0.0f;
-  const cublasStatus_t s =
-      cublasLtMatmul(handle, plan.desc, &alpha, args.w, plan.a, args.x, plan.b, &beta, args.y,
-                     plan.c, args.y, plan.c, &plan.algo, workspace, workspace_bytes,
-                     static_cast<cudaStream_t>(stream));
+  const cublasStatus_t s = cublasLtMatmul(
+      handle, plan.desc, &alpha, args.w, plan.a, args.x, plan.b, &beta, args.y, plan.c, args.y,
+      plan.c, &plan.algo, workspace, workspace_bytes, static_cast<cudaStream_t>(stream));
   if (s != CUBLAS_STATUS_SUCCESS) return LtError("cublasLtMatmul", s);
   return std::string();
 }

@@ -4,9 +4,9 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/mm.h>
-#include <c10/core/GradMode.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/silu.h>
+#include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -282,30 +282,32 @@ absl::Status ValidateShrink(const at::Tensor& x, const LoraWeightTable& table,
 // through its launch-completion port (a programmatic edge: the next kernel
 // is dispatched once every CTA of the GEMM has begun, and its
 // griddepcontrol.wait still waits for the GEMM's completion). Returns whether
-// it did; false outside a capture or after anything else.
-absl::StatusOr<bool> DependOnLastKernelsLaunch(cudaStream_t stream) {
+// it did; false outside a capture, after anything else, or where the driver
+// refuses the edge (the launch then takes the plain programmatic attribute).
+bool DependOnLastKernelsLaunch(cudaStream_t stream) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   const cudaGraphNode_t* deps = nullptr;
   size_t num_deps = 0;
-  cudaError_t e =
-      cudaStreamGetCaptureInfo(stream, &capture, nullptr, nullptr, &deps, nullptr, &num_deps);
-  if (e != cudaSuccess) {
-    return absl::InternalError(absl::StrCat("lora: capture info: ", cudaGetErrorString(e)));
-  }
-  cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
-  if (capture != cudaStreamCaptureStatusActive || num_deps != 1 ||
-      cudaGraphNodeGetType(deps[0], &type) != cudaSuccess || type != cudaGraphNodeTypeKernel) {
+  if (cudaStreamGetCaptureInfo(stream, &capture, nullptr, nullptr, &deps, nullptr, &num_deps) !=
+      cudaSuccess) {
+    cudaGetLastError();  // Not left for the next launch check to find.
     return false;
   }
+  if (capture != cudaStreamCaptureStatusActive || num_deps != 1) return false;
+  cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+  if (cudaGraphNodeGetType(deps[0], &type) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (type != cudaGraphNodeTypeKernel) return false;
   cudaGraphNode_t gemm = deps[0];
   cudaGraphEdgeData edge = {};
   edge.from_port = cudaGraphKernelNodePortLaunchCompletion;
   edge.type = cudaGraphDependencyTypeProgrammatic;
-  e = cudaStreamUpdateCaptureDependencies(stream, &gemm, &edge, 1,
-                                          cudaStreamSetCaptureDependencies);
-  if (e != cudaSuccess) {
-    return absl::InternalError(
-        absl::StrCat("lora: depend on the GEMM's launch: ", cudaGetErrorString(e)));
+  if (cudaStreamUpdateCaptureDependencies(stream, &gemm, &edge, 1,
+                                          cudaStreamSetCaptureDependencies) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
   }
   return true;
 }
@@ -332,11 +334,7 @@ absl::Status ShrinkImpl(const at::Tensor& x, const LoraWeightTable& table,
     args.v_width = static_cast<int>(v.size(2));
     args.after_producer = after_producer;
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-    if (after_producer && beside) {
-      absl::StatusOr<bool> edge = DependOnLastKernelsLaunch(stream);
-      if (!edge.ok()) return edge.status();
-      args.producer_edge = *edge;
-    }
+    args.producer_edge = after_producer && beside && DependOnLastKernelsLaunch(stream);
     const std::string err = lora_internal::LaunchLoraShrinkCuda(args, stream);
     if (!err.empty()) return absl::InternalError(absl::StrCat("lora shrink: ", err));
     return absl::OkStatus();
@@ -574,7 +572,6 @@ absl::Status LoraExpand(const at::Tensor& v, const LoraWeightTable& table,
   }
 }
 
-
 absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
                        const LoraBatchIndex& index, std::span<const at::Tensor> y,
                        const LoraApplyOptions& options) {
@@ -620,12 +617,8 @@ absl::Status LoraApply(const at::Tensor& x, const LoraWeightTable& table,
       const bool beside = options.after_base_gemm && options.beside_base_gemm;
       const bool fused = (path == LoraPath::kFused || beside || FusedPreferred(args)) &&
                          lora_internal::LoraFusedFits(args);
-      if (fused && beside) {
-        absl::StatusOr<bool> edge = DependOnLastKernelsLaunch(stream);
-        if (!edge.ok()) return edge.status();
-        args.producer_edge = *edge;
-      }
       if (fused) {
+        args.producer_edge = beside && DependOnLastKernelsLaunch(stream);
         const std::string err = lora_internal::LaunchLoraFusedCuda(args, stream);
         if (!err.empty()) return absl::InternalError(absl::StrCat("lora fused: ", err));
         return absl::OkStatus();
@@ -778,12 +771,9 @@ std::vector<at::Tensor> Slices(const at::Tensor& y, const LoraWeightTable& table
 }
 
 #ifdef ADAPTERD_WITH_CUDA
-// LinearGemm::kOverlap (LoraLinear has validated the operands): the cuBLASLt
-// GEMM on all but `overlap_sms` SMs, then LoraApply beside it.
-absl::Status OverlapLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
-                           const LoraWeightTable* table, const LoraBatchIndex* index,
-                           const LoraLinearOptions& options) {
-  const c10::cuda::CUDAGuard guard(x.device());
+// The product y = x · wᵀ as the GEMM launchers take it (no LoRA, auto tuning).
+lora_internal::DecodeGemmArgs GemmArgsOf(const at::Tensor& x, const at::Tensor& w,
+                                         const at::Tensor& y) {
   lora_internal::DecodeGemmArgs gemm;
   gemm.dtype = ToLaunchDtype(x.scalar_type());
   gemm.m = static_cast<int>(x.size(0));
@@ -794,6 +784,16 @@ absl::Status OverlapLinear(const at::Tensor& x, const at::Tensor& w, const at::T
   gemm.w = w.const_data_ptr();
   gemm.y = y.data_ptr();
   gemm.ld_y = y.size(0) > 1 ? y.stride(0) : y.size(1);
+  return gemm;
+}
+
+// LinearGemm::kOverlap (LoraLinear has validated the operands): the cuBLASLt
+// GEMM on all but `overlap_sms` SMs, then LoraApply beside it.
+absl::Status OverlapLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y,
+                           const LoraWeightTable* table, const LoraBatchIndex* index,
+                           const LoraLinearOptions& options) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const lora_internal::DecodeGemmArgs gemm = GemmArgsOf(x, w, y);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int free_sms =
       options.overlap_sms < 0
@@ -821,8 +821,8 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
     if (overlap) {
       if (!OverlapGemmServes(x, w)) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "lora linear: the overlap GEMM does not serve x [", x.size(0), ", ", x.size(1),
-            "] on ", x.device().str(), " (CUDA, fp16/bf16, w contiguous, aligned rows)"));
+            "lora linear: the overlap GEMM does not serve x [", x.size(0), ", ", x.size(1), "] on ",
+            x.device().str(), " (CUDA, fp16/bf16, w contiguous, aligned rows)"));
       }
 #ifdef ADAPTERD_WITH_CUDA
       return OverlapLinear(x, w, y, table, index, options);
@@ -866,16 +866,7 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
 #ifdef ADAPTERD_WITH_CUDA
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream().stream();
-    lora_internal::DecodeGemmArgs args;
-    args.dtype = ToLaunchDtype(x.scalar_type());
-    args.m = static_cast<int>(x.size(0));
-    args.n = static_cast<int>(w.size(0));
-    args.k = static_cast<int>(x.size(1));
-    args.x = x.const_data_ptr();
-    args.ld_x = x.size(0) > 1 ? x.stride(0) : x.size(1);
-    args.w = w.const_data_ptr();
-    args.y = y.data_ptr();
-    args.ld_y = y.size(0) > 1 ? y.stride(0) : y.size(1);
+    lora_internal::DecodeGemmArgs args = GemmArgsOf(x, w, y);
     args.splits = options.splits;
     args.depth = options.depth;
     args.tile_cols = options.tile_cols;

@@ -4,9 +4,9 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
-#include <optional>
 #include <cstring>
 #include <map>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "engine/kernels/lora_launch.h"
@@ -353,8 +353,7 @@ at::Tensor LinearWithLoraDeltas(const at::Tensor& x, const at::Tensor& weight,
     if (biases[i].defined()) ys.back().add_(biases[i]);
   }
   const bool kernels = adapters.UsesKernels(x);
-  if (kernels && !gemm)
-    adapters.ApplyKernels(x, ys, layer, first_module, /*after_base_gemm=*/true);
+  if (kernels && !gemm) adapters.ApplyKernels(x, ys, layer, first_module, /*after_base_gemm=*/true);
   for (size_t i = 0; i < ys.size(); ++i) {
     ApplyLoraGroups(x, ys[i], adapters, layer, first_module + static_cast<int>(i), biases[i],
                     kernels);

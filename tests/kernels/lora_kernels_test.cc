@@ -682,9 +682,9 @@ void ExpectGraphReplayFollowsIndex(GraphMode mode) {
               cudaSuccess);
     std::vector<cudaGraphNode_t> from(num_edges), to(num_edges);
     std::vector<cudaGraphEdgeData> data(num_edges);
-    ASSERT_EQ(cudaGraphGetEdges(graph.raw_cuda_graph(), from.data(), to.data(), data.data(),
-                                &num_edges),
-              cudaSuccess);
+    ASSERT_EQ(
+        cudaGraphGetEdges(graph.raw_cuda_graph(), from.data(), to.data(), data.data(), &num_edges),
+        cudaSuccess);
     int launch_edges = 0;
     for (const cudaGraphEdgeData& e : data) {
       if (e.from_port == cudaGraphKernelNodePortLaunchCompletion) {
@@ -774,13 +774,13 @@ TEST(LoraKernelsCudaTest, OverlapGemmMatchesFloat64) {
     c.linear_options.overlap_sms = overlap_sms;
     cases.push_back(c);
   };
-  add(32, 4096, {4096}, 32, 0.0);               // The benchmark's decode shape.
-  add(32, 4096, {4096, 1024, 1024}, 8, 0.1);    // q/k/v with GQA.
-  add(1, 4096, {4096}, 1, 0.0, 8);              // One row, 8 SMs left.
-  add(8, 3424, {3424, 856, 856}, 3, 0.2, 64);   // Odd hidden size, half the device left.
-  add(32, 5120, {14336, 14336}, 17, 0.2, -1);   // gate/up, the GEMM on the whole device.
-  add(300, 4096, {4096}, 5, 0.3);               // Prefill: long segments.
-  add(17, 1024, {520}, 9, 0.5);                 // Half the rows without an adapter.
+  add(32, 4096, {4096}, 32, 0.0);              // The benchmark's decode shape.
+  add(32, 4096, {4096, 1024, 1024}, 8, 0.1);   // q/k/v with GQA.
+  add(1, 4096, {4096}, 1, 0.0, 8);             // One row, 8 SMs left.
+  add(8, 3424, {3424, 856, 856}, 3, 0.2, 64);  // Odd hidden size, half the device left.
+  add(32, 5120, {14336, 14336}, 17, 0.2, -1);  // gate/up, the GEMM on the whole device.
+  add(300, 4096, {4096}, 5, 0.3);              // Prefill: long segments.
+  add(17, 1024, {520}, 9, 0.5);                // Half the rows without an adapter.
   uint32_t seed = 900;
   for (const CaseSpec& c : cases)
     for (at::ScalarType t : {at::kHalf, at::kBFloat16}) ExpectGood(c, t, gpu, seed++);
