@@ -716,6 +716,10 @@ bool OverlapGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora) {
          x.size(0) <= kOverlapAutoRows && OverlapGemmServes(x, w);
 }
 
+bool BlasLtPreferred(const at::Tensor& x, const at::Tensor& w) {
+  return x.defined() && x.dim() == 2 && x.size(0) <= kBlasLtAutoRows && OverlapGemmServes(x, w);
+}
+
 bool DecodeGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora) {
   return lora && x.defined() && w.defined() && x.dim() == 2 && w.dim() == 2 &&
          x.size(0) <= kDecodeGemmAutoRows && w.size(0) <= kDecodeGemmAutoCols &&
@@ -815,9 +819,10 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
                         const LoraLinearOptions& options) {
   try {
     if (auto s = ValidateLinear(x, w, y, table, index); !s.ok()) return s;
-    const bool overlap =
-        options.gemm == LinearGemm::kOverlap ||
-        (options.gemm == LinearGemm::kAuto && OverlapGemmPreferred(x, w, table != nullptr));
+    const bool auto_gemm = options.gemm == LinearGemm::kAuto;
+    const bool plain_lt = auto_gemm && table == nullptr && BlasLtPreferred(x, w);
+    const bool overlap = options.gemm == LinearGemm::kOverlap || plain_lt ||
+                         (auto_gemm && OverlapGemmPreferred(x, w, table != nullptr));
     if (overlap) {
       if (!OverlapGemmServes(x, w)) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -825,7 +830,9 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
             x.device().str(), " (CUDA, fp16/bf16, w contiguous, aligned rows)"));
       }
 #ifdef ADAPTERD_WITH_CUDA
-      return OverlapLinear(x, w, y, table, index, options);
+      LoraLinearOptions overlap_options = options;
+      if (plain_lt) overlap_options.overlap_sms = -1;  // The whole device.
+      return OverlapLinear(x, w, y, table, index, overlap_options);
 #endif
     }
     // The decode GEMM stages v of ranks up to 128 in shared memory.

@@ -212,6 +212,15 @@ inline constexpr int64_t kOverlapAutoMinRows = 8;
 inline constexpr int64_t kOverlapAutoRows = 32;
 bool OverlapGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora);
 
+// Whether LoraLinear's kAuto runs a projection without adapters through
+// cuBLASLt on the whole device (kOverlap's GEMM) instead of at::mm: at most
+// kBlasLtAutoRows rows, where kOverlap serves. Measured on the H200 over the
+// Llama-7B projections at 1-32 rows (docs/kernels.md, round 6): within
+// 0.1 us of at::mm's cuBLAS everywhere, 1.9 us faster on o (4096x4096) and
+// 2.3 us on down (4096x11008) at 32 rows.
+inline constexpr int64_t kBlasLtAutoRows = 32;
+bool BlasLtPreferred(const at::Tensor& x, const at::Tensor& w);
+
 // Whether the decode GEMM can run y = x · wᵀ for x [T, K] and w [N, K]:
 // CUDA on an sm_90+ device, fp16/bf16, T <= 32, K a multiple of 32, w
 // contiguous, 16-byte aligned rows, autograd not recording through either.
@@ -238,7 +247,8 @@ bool DecodeGemmPreferred(const at::Tensor& x, const at::Tensor& w, bool lora);
 // rows. x: [T, K] with contiguous columns; w: [N, K] contiguous; y: [T, N]
 // with contiguous columns (written, not read); one dtype.
 // kAuto: kOverlap where OverlapGemmPreferred, else the decode GEMM where
-// DecodeGemmPreferred, else at::mm then LoraApply.
+// DecodeGemmPreferred, else at::mm then LoraApply (without adapters:
+// cuBLASLt where BlasLtPreferred, else at::mm).
 // With the decode GEMM (kDecode, or kAuto where DecodeGemmPreferred) or the
 // stream GEMM (kStream; INVALID_ARGUMENT where it does not serve): one
 // tensor-core GEMM that streams w once and adds the deltas in its epilogue,

@@ -318,6 +318,16 @@ std::optional<LinearGemm> FusedLinearGemm(const at::Tensor& x, const at::Tensor&
   return std::nullopt;
 }
 
+// at::linear(x, weight, bias), through cuBLASLt where LoraLinear's kAuto
+// takes it for a projection without adapters (BlasLtPreferred, no bias).
+at::Tensor PlainLinear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  if (bias.defined() || !BlasLtPreferred(x, weight)) return at::linear(x, weight, bias);
+  at::Tensor y = at::empty({x.size(0), weight.size(0)}, x.options());
+  const absl::Status status = LoraLinear(x, weight, y, nullptr, nullptr);
+  TORCH_CHECK(status.ok(), "projection: ", status.ToString());
+  return y;
+}
+
 }  // namespace
 
 at::Tensor LinearWithLora(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
@@ -330,7 +340,7 @@ at::Tensor LinearWithLora(const at::Tensor& x, const at::Tensor& weight, const a
     ApplyLoraGroups(x, y, adapters, layer, module, bias, adapters.UsesKernels(x));
     return y;
   }
-  at::Tensor y = at::linear(x, weight, bias);
+  at::Tensor y = PlainLinear(x, weight, bias);
   ApplyLoraDelta(x, y, adapters, layer, module, bias, /*after_base_gemm=*/true);
   return y;
 }
@@ -344,7 +354,7 @@ at::Tensor LinearWithLoraDeltas(const at::Tensor& x, const at::Tensor& weight,
   const std::optional<LinearGemm> gemm =
       FusedLinearGemm(x, weight, adapters, any_bias, decode_gemm);
   at::Tensor y = gemm ? adapters.DecodeLinear(x, weight, out_features, layer, first_module, *gemm)
-                      : at::linear(x, weight);
+                      : PlainLinear(x, weight, at::Tensor());
   std::vector<at::Tensor> ys;
   int64_t off = 0;
   for (size_t i = 0; i < out_features.size(); ++i) {
