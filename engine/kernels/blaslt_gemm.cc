@@ -23,9 +23,9 @@ namespace {
 
 // The largest power of two (up to 256) dividing the address: what the
 // heuristic may assume of the buffer's alignment.
-int AlignmentOf(const void* p) {
+uint32_t AlignmentOf(const void* p) {
   const auto a = reinterpret_cast<uintptr_t>(p);
-  int align = 256;
+  uint32_t align = 256;
   while (align > 1 && (a % static_cast<uintptr_t>(align)) != 0) align /= 2;
   return align;
 }
@@ -40,15 +40,32 @@ struct Plan {
   cublasLtMatmulAlgo_t algo = {};
 };
 
-using PlanKey = std::tuple<int, int, int, int, int, int64_t, int64_t, int, int, int, int, size_t>;
+using PlanKey = std::tuple<int, int, int, int, int, int64_t, int64_t, int, uint32_t, uint32_t,
+                           uint32_t, size_t>;
 
 std::string LtError(const char* what, cublasStatus_t s) {
   return absl::StrCat(what, ": ", cublasLtGetStatusString(s));
 }
 
-// Builds the plan for `key`'s shape; empty string on success.
+// The heuristic's assumptions about the buffers' alignment: w, x, and y
+// (the input and the output).
+struct Alignments {
+  uint32_t a, b, c;
+};
+
+void DestroyPlan(Plan& plan) {
+  if (plan.c != nullptr) cublasLtMatrixLayoutDestroy(plan.c);
+  if (plan.b != nullptr) cublasLtMatrixLayoutDestroy(plan.b);
+  if (plan.a != nullptr) cublasLtMatrixLayoutDestroy(plan.a);
+  if (plan.desc != nullptr) cublasLtMatmulDescDestroy(plan.desc);
+  plan = Plan();
+}
+
+// Builds the plan for args' shape (its descriptors and the heuristic's
+// algorithm); empty string on success. On failure `plan` may hold some
+// descriptors: DestroyPlan.
 std::string MakePlan(cublasLtHandle_t handle, const DecodeGemmArgs& args, int sm_count,
-                     size_t workspace_bytes, Plan& plan) {
+                     const Alignments& align, size_t workspace_bytes, Plan& plan) {
   const cudaDataType_t type = args.dtype == LoraDType::kBFloat16 ? CUDA_R_16BF : CUDA_R_16F;
   cublasStatus_t s = cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
   if (s != CUBLAS_STATUS_SUCCESS) return LtError("cublasLtMatmulDescCreate", s);
@@ -78,17 +95,14 @@ std::string MakePlan(cublasLtHandle_t handle, const DecodeGemmArgs& args, int sm
   const uint64_t ws = workspace_bytes;
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                        sizeof(ws));
-  const uint32_t align_a = AlignmentOf(args.w);
-  const uint32_t align_b = AlignmentOf(args.x);
-  const uint32_t align_c = AlignmentOf(args.y);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
-                                       sizeof(align_a));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
-                                       sizeof(align_b));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
-                                       sizeof(align_c));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
-                                       sizeof(align_c));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align.a,
+                                       sizeof(align.a));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align.b,
+                                       sizeof(align.b));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align.c,
+                                       sizeof(align.c));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align.c,
+                                       sizeof(align.c));
   cublasLtMatmulHeuristicResult_t result = {};
   int found = 0;
   s = cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1,
@@ -111,18 +125,9 @@ std::string LaunchBlasLtGemm(const DecodeGemmArgs& args, int sm_count, void* str
   cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
   void* workspace = at::cuda::getCUDABlasLtWorkspace();
   const size_t workspace_bytes = at::cuda::getCUDABlasLtWorkspaceSize();
-  const PlanKey key{device,
-                    static_cast<int>(args.dtype),
-                    args.m,
-                    args.n,
-                    args.k,
-                    args.ld_x,
-                    args.ld_y,
-                    sm_count,
-                    AlignmentOf(args.w),
-                    AlignmentOf(args.x),
-                    AlignmentOf(args.y),
-                    workspace_bytes};
+  const Alignments align{AlignmentOf(args.w), AlignmentOf(args.x), AlignmentOf(args.y)};
+  const PlanKey key(device, static_cast<int>(args.dtype), args.m, args.n, args.k, args.ld_x,
+                    args.ld_y, sm_count, align.a, align.b, align.c, workspace_bytes);
   static std::mutex mu;
   static auto* plans = new std::map<PlanKey, Plan>();  // Never destroyed (see Plan).
   Plan plan;
@@ -130,7 +135,9 @@ std::string LaunchBlasLtGemm(const DecodeGemmArgs& args, int sm_count, void* str
     const std::lock_guard<std::mutex> lock(mu);
     auto it = plans->find(key);
     if (it == plans->end()) {
-      if (std::string err = MakePlan(handle, args, sm_count, workspace_bytes, plan); !err.empty()) {
+      if (std::string err = MakePlan(handle, args, sm_count, align, workspace_bytes, plan);
+          !err.empty()) {
+        DestroyPlan(plan);
         return err;
       }
       it = plans->emplace(key, plan).first;

@@ -820,11 +820,12 @@ absl::Status LoraLinear(const at::Tensor& x, const at::Tensor& w, const at::Tens
   try {
     if (auto s = ValidateLinear(x, w, y, table, index); !s.ok()) return s;
     const bool auto_gemm = options.gemm == LinearGemm::kAuto;
+    // kAuto without adapters: cuBLASLt on the whole device where preferred.
+    // (Both rules imply OverlapGemmServes.)
     const bool plain_lt = auto_gemm && table == nullptr && BlasLtPreferred(x, w);
-    const bool overlap = options.gemm == LinearGemm::kOverlap || plain_lt ||
-                         (auto_gemm && OverlapGemmPreferred(x, w, table != nullptr));
-    if (overlap) {
-      if (!OverlapGemmServes(x, w)) {
+    if (options.gemm == LinearGemm::kOverlap || plain_lt ||
+        (auto_gemm && OverlapGemmPreferred(x, w, table != nullptr))) {
+      if (options.gemm == LinearGemm::kOverlap && !OverlapGemmServes(x, w)) {
         return absl::InvalidArgumentError(absl::StrCat(
             "lora linear: the overlap GEMM does not serve x [", x.size(0), ", ", x.size(1), "] on ",
             x.device().str(), " (CUDA, fp16/bf16, w contiguous, aligned rows)"));

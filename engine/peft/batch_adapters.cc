@@ -318,12 +318,14 @@ std::optional<LinearGemm> FusedLinearGemm(const at::Tensor& x, const at::Tensor&
   return std::nullopt;
 }
 
-// at::linear(x, weight, bias), through cuBLASLt where LoraLinear's kAuto
-// takes it for a projection without adapters (BlasLtPreferred, no bias).
+// at::linear(x, weight, bias), through cuBLASLt on the whole device where
+// LoraLinear's kAuto would take it for a projection without adapters
+// (BlasLtPreferred, no bias).
 at::Tensor PlainLinear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   if (bias.defined() || !BlasLtPreferred(x, weight)) return at::linear(x, weight, bias);
   at::Tensor y = at::empty({x.size(0), weight.size(0)}, x.options());
-  const absl::Status status = LoraLinear(x, weight, y, nullptr, nullptr);
+  const absl::Status status =
+      LoraLinear(x, weight, y, nullptr, nullptr, {.gemm = LinearGemm::kOverlap, .overlap_sms = -1});
   TORCH_CHECK(status.ok(), "projection: ", status.ToString());
   return y;
 }
